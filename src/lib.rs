@@ -3,3 +3,12 @@
 //!
 //! The pipeline is `spec` → `model` → `plan` ← `state`; `apply` drives `providers`;
 //! the `cli` sits on top. See `docs/ARCHITECTURE.md` for the code map and invariants.
+
+pub mod apply;
+pub mod cli;
+pub mod model;
+pub mod ops;
+pub mod plan;
+pub mod providers;
+pub mod spec;
+pub mod state;

@@ -1,0 +1,658 @@
+//! The command line: argument parsing, terminal output and exit codes. Each command
+//! parses its flags and calls into `ops`; the only logic here is presentation.
+//!
+//! Exit codes, as Terraform: 0 success (no changes), 1 error, 2 changes present (with
+//! `--detailed-exitcode`).
+
+mod output;
+
+use crate::apply::{ApplyConfig, Event};
+use crate::model::Address;
+use crate::ops::{self, Inputs, OpsError, Workspace};
+use crate::plan::json::PlanDocument;
+use crate::plan::{render, Plan, PlanOptions};
+use crate::providers::Registry;
+use crate::state::{self, State};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "anvil",
+    version,
+    about = "Declarative plan-and-apply for Cloud Foundry service foundations and the cloud under them"
+)]
+pub struct Cli {
+    /// State backend URL (default: state/<metadata.name>.json). `file://PATH` or a path.
+    #[arg(long, global = true, env = "ANVIL_STATE")]
+    state: Option<String>,
+    /// Never colour the output (also: the NO_COLOR environment variable).
+    #[arg(long, global = true)]
+    no_color: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check spec files without touching state or the real world.
+    Validate(SpecArgs),
+    /// Show what apply would change.
+    Plan(PlanArgs),
+    /// Make the real world match the spec (PATH), or apply a saved plan (PLANFILE).
+    Apply(ApplyArgs),
+    /// Destroy everything the workspace manages.
+    Destroy(DestroyArgs),
+    /// Show the state, or a saved plan.
+    Show(ShowArgs),
+    /// Inspect and edit the state.
+    #[command(subcommand)]
+    State(StateCmd),
+    /// Print the resource graph.
+    Graph(GraphArgs),
+    /// Print the JSON Schema of a spec kind (`resources`) or of the plan (`plan`).
+    Schema { kind: String },
+    /// Remove a stuck lock (see the lock's id in the error that names its holder).
+    ForceUnlock {
+        id: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct SpecArgs {
+    /// Spec files or directories (default: the current directory).
+    paths: Vec<PathBuf>,
+    /// Set a variable: --var NAME=VALUE (repeatable).
+    #[arg(long = "var")]
+    vars: Vec<String>,
+    /// Read variables from a YAML or JSON file (repeatable).
+    #[arg(long = "var-file")]
+    var_files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct PlanFlags {
+    /// Plan only these addresses and what they depend on.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Leave these addresses and what depends on them out.
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
+    /// Replace these resources even if nothing changed.
+    #[arg(long = "replace")]
+    replace: Vec<String>,
+    /// Read the real objects before planning (--refresh=false to skip).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    refresh: bool,
+    /// Operations at once (refresh and apply).
+    #[arg(long, default_value_t = 10)]
+    parallelism: usize,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    flags: PlanFlags,
+    /// Plan the destruction of everything.
+    #[arg(long)]
+    destroy: bool,
+    /// Save the plan to FILE for `anvil apply FILE`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the plan as JSON (schemas/plan.schema.json).
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    detailed_exitcode: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    flags: PlanFlags,
+    /// Apply without asking (required without a terminal).
+    #[arg(long)]
+    auto_approve: bool,
+    /// Wait this long for the state lock (e.g. 30s, 5m).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct DestroyArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    flags: PlanFlags,
+    #[arg(long)]
+    auto_approve: bool,
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ShowArgs {
+    /// A saved plan file; without it, the state of the workspace in the current directory.
+    planfile: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCmd {
+    /// List recorded addresses.
+    List {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Show one recorded resource.
+    Show {
+        address: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Forget resources (the real objects are kept).
+    Rm {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+        #[arg(long = "path", default_value = ".")]
+        path: PathBuf,
+    },
+    /// Move a record to another address.
+    Mv {
+        source: String,
+        destination: String,
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+        #[arg(long = "path", default_value = ".")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct GraphArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[arg(long, default_value = "dot", value_parser = ["dot", "json"])]
+    format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}): use e.g. 30s, 5m, 1h"))
+}
+
+/// Runs the command line and returns the exit code.
+///
+/// # Errors
+/// Any failure, for `main` to print; exit code 1.
+pub fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    let color =
+        !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(dispatch(cli, color))
+}
+
+fn inputs(spec: &SpecArgs, state: &Option<String>) -> Inputs {
+    Inputs {
+        paths: spec.paths.clone(),
+        vars: spec.vars.clone(),
+        var_files: spec.var_files.clone(),
+        state_url: state.clone(),
+    }
+}
+
+fn plan_options(flags: &PlanFlags, destroy: bool) -> PlanOptions {
+    PlanOptions {
+        targets: flags.targets.clone(),
+        excludes: flags.excludes.clone(),
+        replace: flags.replace.clone(),
+        destroy,
+    }
+}
+
+async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
+    let style = render::Style { color };
+    match cli.command {
+        Command::Validate(spec) => {
+            let ws = ops::load_workspace(&inputs(&spec, &cli.state), Registry::builtin())?;
+            println!(
+                "The spec is valid: {} resource(s) in workspace `{}` from {} file(s).",
+                ws.model.len(),
+                ws.name,
+                ws.spec.files.len()
+            );
+            Ok(0)
+        }
+        Command::Plan(a) => {
+            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            let state = ws.backend.load()?;
+            let opts = plan_options(&a.flags, a.destroy);
+            let observed = if a.flags.refresh {
+                ops::refresh(&ws.registry, &state, a.flags.parallelism).await?
+            } else {
+                Default::default()
+            };
+            let plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+            let doc = ops::plan_document(&ws, &state, &plan, &observed, &opts, a.flags.refresh);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", render::render_plan(&plan, style));
+            }
+            if let Some(out) = &a.out {
+                let body = serde_json::to_string_pretty(&doc)? + "\n";
+                std::fs::write(out, body)
+                    .with_context(|| format!("{}: could not write the plan file", out.display()))?;
+                if !a.json {
+                    println!(
+                        "\nSaved the plan to {}. Apply exactly this plan with: anvil apply {}",
+                        out.display(),
+                        out.display()
+                    );
+                }
+            }
+            Ok(if a.detailed_exitcode && plan.has_changes() {
+                2
+            } else {
+                0
+            })
+        }
+        Command::Apply(a) => {
+            if let Some(planfile) = planfile_arg(&a.spec.paths) {
+                return apply_planfile(&planfile, &a, &cli.state, style).await;
+            }
+            let opts = plan_options(&a.flags, false);
+            plan_and_apply(
+                inputs(&a.spec, &cli.state),
+                opts,
+                &a.flags,
+                a.auto_approve,
+                a.lock_timeout,
+                style,
+                "apply",
+            )
+            .await
+        }
+        Command::Destroy(a) => {
+            let opts = plan_options(&a.flags, true);
+            plan_and_apply(
+                inputs(&a.spec, &cli.state),
+                opts,
+                &a.flags,
+                a.auto_approve,
+                a.lock_timeout,
+                style,
+                "destroy",
+            )
+            .await
+        }
+        Command::Show(a) => match &a.planfile {
+            Some(p) => {
+                let doc = read_planfile(p)?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                } else {
+                    print!(
+                        "{}",
+                        render::render_plan(&output::plan_from_document(&doc), style)
+                    );
+                }
+                Ok(0)
+            }
+            None => {
+                let ws = ops::load_workspace(
+                    &Inputs {
+                        state_url: cli.state.clone(),
+                        ..Default::default()
+                    },
+                    Registry::builtin(),
+                )?;
+                let st = ws.backend.load()?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    print!("{}", output::render_state(&st));
+                }
+                Ok(0)
+            }
+        },
+        Command::State(cmd) => state_command(cmd, &cli.state).await,
+        Command::Graph(a) => {
+            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            print!("{}", output::render_graph(&ws.model, &a.format));
+            Ok(0)
+        }
+        Command::Schema { kind } => {
+            let schema = match kind.to_ascii_lowercase().as_str() {
+                "plan" => crate::plan::json::schema(),
+                k => crate::spec::schema_for_kind(k).ok_or_else(|| {
+                    anyhow!(
+                        "unknown kind `{kind}`: expected one of {}, plan",
+                        crate::spec::KINDS.join(", ").to_lowercase()
+                    )
+                })?,
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(0)
+        }
+        Command::ForceUnlock { id, spec } => {
+            let backend = open_backend(&spec, &cli.state)?;
+            backend.force_unlock(&id)?;
+            println!(
+                "Lock {id} removed from {}. anvil commands can take the state again.",
+                backend.describe()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// `apply FILE` where FILE is a saved plan (JSON, not YAML).
+fn planfile_arg(paths: &[PathBuf]) -> Option<PathBuf> {
+    let [p] = paths else { return None };
+    if !p.is_file() || p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        return None;
+    }
+    let head = std::fs::read(p).ok()?;
+    let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
+    text.contains("\"anvil-plan\"").then(|| p.clone())
+}
+
+fn read_planfile(p: &PathBuf) -> Result<PlanDocument> {
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("{}: could not read the plan file", p.display()))?;
+    let doc: PlanDocument = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}:{}:{}: not an anvil plan file: {e}; make one with `anvil plan --out FILE`",
+            p.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if doc.format != crate::plan::json::FORMAT
+        || doc.format_version != crate::plan::json::FORMAT_VERSION
+    {
+        bail!(
+            "{}: plan format {} v{} is not supported by anvil {} (expected {} v{})",
+            p.display(),
+            doc.format,
+            doc.format_version,
+            env!("CARGO_PKG_VERSION"),
+            crate::plan::json::FORMAT,
+            crate::plan::json::FORMAT_VERSION
+        );
+    }
+    Ok(doc)
+}
+
+fn open_backend(
+    spec: &SpecArgs,
+    state_url: &Option<String>,
+) -> Result<Box<dyn state::StateBackend>> {
+    if state_url.is_some() && spec.paths.is_empty() {
+        return Ok(state::open(state_url.as_deref(), "default")?);
+    }
+    let ws = ops::load_workspace(&inputs(spec, state_url), Registry::builtin())?;
+    Ok(ws.backend)
+}
+
+fn confirm(what: &str, auto_approve: bool) -> Result<bool> {
+    if auto_approve {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what} needs confirmation, but there is no terminal to ask on: review the plan above and run again with --auto-approve (or apply a saved plan file)");
+    }
+    print!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_and_apply(
+    inp: Inputs,
+    opts: PlanOptions,
+    flags: &PlanFlags,
+    auto_approve: bool,
+    lock_timeout: Duration,
+    style: render::Style,
+    what: &str,
+) -> Result<i32> {
+    let ws = ops::load_workspace(&inp, Registry::builtin())?;
+    let lock = ws.backend.lock(what, lock_timeout)?;
+    let state = ws.backend.load()?;
+    let observed = if flags.refresh {
+        ops::refresh(&ws.registry, &state, flags.parallelism).await?
+    } else {
+        Default::default()
+    };
+    let plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+    print!("{}", render::render_plan(&plan, style));
+    if !plan.has_changes() {
+        return Ok(0);
+    }
+    if !confirm(what, auto_approve)? {
+        println!("\n{what} cancelled.");
+        return Ok(1);
+    }
+    execute(&ws, state, &lock, &plan, flags.parallelism, what).await
+}
+
+async fn apply_planfile(
+    path: &PathBuf,
+    a: &ApplyArgs,
+    state_url: &Option<String>,
+    style: render::Style,
+) -> Result<i32> {
+    let doc = read_planfile(path)?;
+    let files: Vec<PathBuf> = doc.spec.files.iter().map(PathBuf::from).collect();
+    let inp = Inputs {
+        paths: files,
+        vars: a.spec.vars.clone(),
+        var_files: a.spec.var_files.clone(),
+        state_url: state_url.clone(),
+    };
+    let ws = ops::load_workspace(&inp, Registry::builtin()).map_err(|e| {
+        anyhow!(
+            "{}: the spec this plan was made from cannot be loaded again: {e}",
+            path.display()
+        )
+    })?;
+    let lock = ws.backend.lock("apply", a.lock_timeout)?;
+    let state = ws.backend.load()?;
+    let (plan, _observed) = ops::check_saved_plan(&ws, &state, &doc, &path.display().to_string())?;
+    print!("{}", render::render_plan(&plan, style));
+    if !plan.has_changes() {
+        return Ok(0);
+    }
+    execute(&ws, state, &lock, &plan, a.flags.parallelism, "apply").await
+}
+
+async fn execute(
+    ws: &Workspace,
+    state: State,
+    lock: &state::LockHandle,
+    plan: &Plan,
+    parallelism: usize,
+    what: &str,
+) -> Result<i32> {
+    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let total = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != crate::plan::Action::NoOp)
+        .count();
+    let printer = tokio::spawn(output::progress(rx, total));
+    let signals = tokio::spawn(async move {
+        wait_for_interrupt().await;
+        eprintln!("\nInterrupt received: no new operations will start; waiting for those in flight to finish and be recorded. Interrupt again to stop at once (the journal keeps state readable).");
+        let _ = cancel_tx.send(true);
+        wait_for_interrupt().await;
+        eprintln!(
+            "Second interrupt: stopping now. The next run finishes what the journal recorded."
+        );
+        std::process::exit(130);
+    });
+    let result = ops::run_apply(
+        ws,
+        state,
+        lock,
+        plan,
+        &ApplyConfig { parallelism },
+        tx,
+        cancel_rx,
+    )
+    .await;
+    let _ = printer.await;
+    signals.abort();
+    let (_state, report) = result?;
+    print!("{}", output::render_report(&report, what));
+    if lock.is_lost() {
+        eprintln!("Warning: the state lock was lost during the run (its lease expired and another process took it); check `anvil plan` before running again.");
+    }
+    Ok(if report.success() { 0 } else { 1 })
+}
+
+#[cfg(unix)]
+async fn wait_for_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_interrupt() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32> {
+    match cmd {
+        StateCmd::List { spec } => {
+            let backend = open_backend(&spec, state_url)?;
+            let st = backend.load()?;
+            for addr in st.resources.keys() {
+                println!("{addr}");
+            }
+            Ok(0)
+        }
+        StateCmd::Show { address, spec } => {
+            let backend = open_backend(&spec, state_url)?;
+            let st = backend.load()?;
+            let rec = st.resources.get(&address).ok_or_else(|| {
+                anyhow!(
+                    "{address}: not in state {}; see `anvil state list`",
+                    backend.describe()
+                )
+            })?;
+            print!("{}", output::render_record(&address, rec));
+            Ok(0)
+        }
+        StateCmd::Rm {
+            addresses,
+            lock_timeout,
+            path,
+        } => {
+            let backend = open_backend(
+                &SpecArgs {
+                    paths: vec![path],
+                    vars: vec![],
+                    var_files: vec![],
+                },
+                state_url,
+            )?;
+            let lock = backend.lock("state rm", lock_timeout)?;
+            let mut st = backend.load()?;
+            for a in &addresses {
+                if st.resources.remove(a).is_none() {
+                    bail!(
+                        "{a}: not in state {}; nothing was removed. See `anvil state list`",
+                        backend.describe()
+                    );
+                }
+            }
+            st.serial += 1;
+            backend.write(&st, &lock)?;
+            for a in &addresses {
+                println!("Removed {a} from state (the real object is untouched).");
+            }
+            Ok(0)
+        }
+        StateCmd::Mv {
+            source,
+            destination,
+            lock_timeout,
+            path,
+        } => {
+            let dest = Address::parse(&destination).map_err(|e| anyhow!("destination {e}"))?;
+            let backend = open_backend(
+                &SpecArgs {
+                    paths: vec![path],
+                    vars: vec![],
+                    var_files: vec![],
+                },
+                state_url,
+            )?;
+            let lock = backend.lock("state mv", lock_timeout)?;
+            let mut st = backend.load()?;
+            if st.resources.contains_key(&destination) {
+                bail!("{destination}: already in state {}; remove it first with `anvil state rm {destination}`", backend.describe());
+            }
+            let mut rec = st.resources.remove(&source).ok_or_else(|| {
+                anyhow!(
+                    "{source}: not in state {}; see `anvil state list`",
+                    backend.describe()
+                )
+            })?;
+            if rec.ty != dest.ty {
+                bail!("cannot move {source} to {destination}: the type differs ({} vs {}); a record keeps its type", rec.ty, dest.ty);
+            }
+            rec.updated_at = chrono::Utc::now();
+            st.resources.insert(destination.clone(), rec);
+            st.serial += 1;
+            backend.write(&st, &lock)?;
+            println!("Moved {source} to {destination}.");
+            Ok(0)
+        }
+    }
+}
+
+/// Maps an error to what the user sees (used by `main`).
+pub fn describe_error(e: &anyhow::Error) -> String {
+    if let Some(OpsError::Spec(errs)) = e.downcast_ref::<OpsError>() {
+        return format!("{errs}");
+    }
+    format!("{e:#}")
+}

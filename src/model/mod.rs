@@ -1,0 +1,491 @@
+//! The InfraModel: every resource the spec declares, as a petgraph DAG.
+//!
+//! Edges run from a dependency to its dependent: implicit ones from `${TYPE.NAME.ATTR}`
+//! references, explicit ones from `depends_on`. Building the model checks what needs the
+//! whole picture (duplicate addresses, unknown types and attributes, dangling and
+//! self-references, cycles) and reports each problem at its `file:line:column`.
+//! No IO: it takes a loaded [`Spec`] and schemas, and returns data.
+
+pub mod expr;
+pub mod schema;
+
+pub use expr::{Expr, Lookup, PValue, Reference};
+pub use schema::{AttrKind, AttrSchema, ResourceSchema, Schemas};
+
+use crate::spec::{DocumentBody, FieldPath, Lifecycle, Location, Spec, SpecError, SpecErrors};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// A resource address, `TYPE.NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    pub ty: String,
+    pub name: String,
+}
+
+impl Address {
+    pub fn new(ty: &str, name: &str) -> Address {
+        Address {
+            ty: ty.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Parses `TYPE.NAME`.
+    ///
+    /// # Errors
+    /// A string that is not two non-empty dot-separated parts of letters, digits, `_`, `-`.
+    pub fn parse(s: &str) -> Result<Address, String> {
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        match s.split_once('.') {
+            Some((t, n)) if ok(t) && ok(n) => Ok(Address::new(t, n)),
+            _ => Err(format!(
+                "`{s}` is not a resource address: expected TYPE.NAME, e.g. null_resource.base"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ty, self.name)
+    }
+}
+
+/// One declared resource, ready to plan.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub address: Address,
+    pub provider: String,
+    pub attributes: BTreeMap<String, Expr>,
+    /// Every address this resource depends on (explicit and through references), sorted.
+    pub dependencies: Vec<Address>,
+    pub lifecycle: Lifecycle,
+    pub source: Option<Location>,
+}
+
+/// The resource graph. Edges run dependency → dependent.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub graph: DiGraph<Resource, ()>,
+    index: HashMap<Address, NodeIndex>,
+}
+
+impl Model {
+    pub fn get(&self, addr: &Address) -> Option<&Resource> {
+        self.index.get(addr).map(|i| &self.graph[*i])
+    }
+
+    pub fn contains(&self, addr: &Address) -> bool {
+        self.index.contains_key(addr)
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// Resources sorted by address.
+    pub fn resources(&self) -> Vec<&Resource> {
+        let mut v: Vec<&Resource> = self.graph.node_weights().collect();
+        v.sort_by(|a, b| a.address.cmp(&b.address));
+        v
+    }
+
+    /// Resources in dependency order (dependencies first), ties broken by address.
+    pub fn topo_order(&self) -> Vec<&Resource> {
+        let mut indeg: Vec<usize> = self
+            .graph
+            .node_indices()
+            .map(|n| self.graph.neighbors_directed(n, petgraph::Incoming).count())
+            .collect();
+        let mut ready: BTreeSet<(&Address, NodeIndex)> = self
+            .graph
+            .node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(|n| (&self.graph[n].address, n))
+            .collect();
+        let mut out = Vec::with_capacity(self.len());
+        while let Some(first) = ready.pop_first() {
+            let n = first.1;
+            out.push(&self.graph[n]);
+            for m in self.graph.neighbors_directed(n, petgraph::Outgoing) {
+                indeg[m.index()] -= 1;
+                if indeg[m.index()] == 0 {
+                    ready.insert((&self.graph[m].address, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Addresses that depend on `addr`, directly.
+    pub fn dependents(&self, addr: &Address) -> Vec<&Address> {
+        match self.index.get(addr) {
+            Some(i) => self
+                .graph
+                .neighbors_directed(*i, petgraph::Outgoing)
+                .map(|n| &self.graph[n].address)
+                .collect(),
+            None => vec![],
+        }
+    }
+
+    /// Builds a model from already-built resources (e.g. from a saved plan), checking
+    /// only that dependencies exist and the graph is acyclic.
+    ///
+    /// # Errors
+    /// A duplicate address, a dangling dependency or a cycle.
+    pub fn from_resources(resources: Vec<Resource>) -> Result<Model, String> {
+        let mut model = Model::default();
+        for r in resources {
+            if model.index.contains_key(&r.address) {
+                return Err(format!("duplicate address {}", r.address));
+            }
+            let a = r.address.clone();
+            let i = model.graph.add_node(r);
+            model.index.insert(a, i);
+        }
+        model.link().map_err(|e| e.join("; "))?;
+        Ok(model)
+    }
+
+    fn link(&mut self) -> Result<(), Vec<String>> {
+        let mut edges = Vec::new();
+        let mut errs = Vec::new();
+        for n in self.graph.node_indices() {
+            for d in &self.graph[n].dependencies {
+                match self.index.get(d) {
+                    Some(&di) => edges.push((di, n)),
+                    None => errs.push(format!(
+                        "{} depends on {d}, which is not declared",
+                        self.graph[n].address
+                    )),
+                }
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        for (a, b) in edges {
+            self.graph.add_edge(a, b, ());
+        }
+        let cycles = self.cycles();
+        if cycles.is_empty() {
+            Ok(())
+        } else {
+            Err(cycles.iter().map(|c| describe_cycle(c)).collect())
+        }
+    }
+
+    /// Every dependency cycle, each as the addresses along it (first repeated at the end
+    /// is implied).
+    fn cycles(&self) -> Vec<Vec<Address>> {
+        let mut out = Vec::new();
+        for scc in petgraph::algo::tarjan_scc(&self.graph) {
+            if scc.len() < 2 {
+                continue;
+            }
+            let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+            let start = *scc
+                .iter()
+                .min_by_key(|n| &self.graph[**n].address)
+                .unwrap_or(&scc[0]);
+            // Breadth-first from `start` back to `start` inside the component.
+            let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+            let mut queue = std::collections::VecDeque::from([start]);
+            let mut end = None;
+            'bfs: while let Some(n) = queue.pop_front() {
+                for e in self.graph.edges_directed(n, petgraph::Outgoing) {
+                    let m = e.target();
+                    if !members.contains(&m) {
+                        continue;
+                    }
+                    if m == start {
+                        end = Some(n);
+                        break 'bfs;
+                    }
+                    if let std::collections::hash_map::Entry::Vacant(v) = prev.entry(m) {
+                        v.insert(n);
+                        queue.push_back(m);
+                    }
+                }
+            }
+            let mut path = Vec::new();
+            let mut cur = end;
+            while let Some(n) = cur {
+                path.push(self.graph[n].address.clone());
+                cur = if n == start {
+                    None
+                } else {
+                    prev.get(&n).copied()
+                };
+            }
+            path.reverse();
+            out.push(path);
+        }
+        out.sort();
+        out
+    }
+}
+
+fn describe_cycle(c: &[Address]) -> String {
+    let mut s: Vec<String> = c.iter().map(|a| a.to_string()).collect();
+    if let Some(f) = c.first() {
+        s.push(f.to_string());
+    }
+    format!(
+        "dependency cycle: {}; break it by removing one of these references or depends_on entries",
+        s.join(" -> ")
+    )
+}
+
+/// Builds and checks the model of a loaded spec.
+///
+/// # Errors
+/// Every problem found, each located at its `file:line:column`.
+pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
+    let mut errors: Vec<SpecError> = Vec::new();
+    let mut model = Model::default();
+    let mut seen: HashMap<Address, Option<Location>> = HashMap::new();
+    // Per node: where its depends_on entries and references were written, for errors.
+    let mut sites: Vec<Vec<(Address, Option<Location>, FieldPath)>> = Vec::new();
+
+    let err = |loc: Option<Location>, path: &FieldPath, message: String| SpecError {
+        file: loc.as_ref().map(|l| l.file.clone()),
+        location: loc,
+        path: path.to_string(),
+        message,
+    };
+
+    for doc in &spec.documents {
+        let DocumentBody::Resources(body) = &doc.body;
+        let base = FieldPath::default().key("resources");
+        for (i, rs) in body.resources.iter().enumerate() {
+            let rpath = base.index(i);
+            let loc = Some(doc.locate(&rpath));
+            let address = Address::new(&rs.ty, &rs.name);
+            if let Some(first) = seen.get(&address) {
+                let at = first
+                    .as_ref()
+                    .map(|l| format!(" (first declared at {l})"))
+                    .unwrap_or_default();
+                errors.push(err(Some(doc.locate(&rpath.key("name"))), &rpath.key("name"), format!("duplicate address {address}{at}: give each resource of a type a distinct name")));
+                continue;
+            }
+            seen.insert(address.clone(), loc.clone());
+            let Some(schema) = schemas.get(&rs.ty) else {
+                let known: Vec<&str> = schemas.keys().map(String::as_str).collect();
+                errors.push(err(
+                    Some(doc.locate(&rpath.key("type"))),
+                    &rpath.key("type"),
+                    format!(
+                        "unknown resource type `{}`: expected one of {}",
+                        rs.ty,
+                        known.join(", ")
+                    ),
+                ));
+                continue;
+            };
+            let mut attributes = BTreeMap::new();
+            let mut site = Vec::new();
+            let apath = rpath.key("attributes");
+            for (name, value) in &rs.attributes {
+                let p = apath.key(name);
+                let Some(a) = schema.attributes.get(name) else {
+                    let known: Vec<&str> = schema.attributes.keys().map(String::as_str).collect();
+                    errors.push(err(
+                        Some(doc.locate(&p)),
+                        &p,
+                        format!(
+                            "unknown attribute `{name}` for {}: expected one of {}",
+                            rs.ty,
+                            known.join(", ")
+                        ),
+                    ));
+                    continue;
+                };
+                if !a.kind.accepts(value) {
+                    errors.push(err(
+                        Some(doc.locate(&p)),
+                        &p,
+                        format!("expected {}, found {}", a.kind.describe(), json_kind(value)),
+                    ));
+                    continue;
+                }
+                match Expr::parse(value) {
+                    Ok(e) => {
+                        let mut refs = Vec::new();
+                        e.references(&mut refs);
+                        for r in refs {
+                            site.push((r.target.clone(), Some(doc.locate(&p)), p.clone()));
+                            check_ref_attr(&r, schemas, &mut errors, doc.locate(&p), &p);
+                        }
+                        attributes.insert(name.clone(), e);
+                    }
+                    Err((sub, e)) => {
+                        let full = if sub.is_empty() {
+                            p.to_string()
+                        } else if sub.starts_with('[') {
+                            format!("{p}{sub}")
+                        } else {
+                            format!("{p}.{sub}")
+                        };
+                        errors.push(SpecError {
+                            file: Some(doc.file.clone()),
+                            location: Some(doc.locate(&p)),
+                            path: full,
+                            message: e.0,
+                        });
+                    }
+                }
+            }
+            for (name, a) in &schema.attributes {
+                if a.required && !rs.attributes.contains_key(name) {
+                    errors.push(err(
+                        Some(doc.locate(&apath)),
+                        &apath,
+                        format!("missing required attribute `{name}` for {}", rs.ty),
+                    ));
+                }
+            }
+            for (j, ic) in rs.lifecycle.ignore_changes.iter().enumerate() {
+                let top = ic.split('.').next().unwrap_or(ic);
+                if ic != "all" && !schema.attributes.contains_key(top) {
+                    let p = rpath.key("lifecycle").key("ignore_changes").index(j);
+                    errors.push(err(
+                        Some(doc.locate(&p)),
+                        &p,
+                        format!(
+                            "unknown attribute `{ic}` for {}: name an attribute, or `all`",
+                            rs.ty
+                        ),
+                    ));
+                }
+            }
+            let mut deps = BTreeSet::new();
+            for (j, d) in rs.depends_on.iter().enumerate() {
+                let p = rpath.key("depends_on").index(j);
+                match Address::parse(d) {
+                    Ok(a) => {
+                        site.push((a.clone(), Some(doc.locate(&p)), p.clone()));
+                        deps.insert(a);
+                    }
+                    Err(m) => errors.push(err(Some(doc.locate(&p)), &p, m)),
+                }
+            }
+            for (a, _, _) in &site {
+                deps.insert(a.clone());
+            }
+            let node = model.graph.add_node(Resource {
+                address: address.clone(),
+                provider: schema.provider.clone(),
+                attributes,
+                dependencies: deps.into_iter().collect(),
+                lifecycle: rs.lifecycle.clone(),
+                source: loc,
+            });
+            model.index.insert(address, node);
+            sites.push(site);
+        }
+    }
+
+    // Dangling and self references, located where they were written.
+    for n in model.graph.node_indices() {
+        let me = model.graph[n].address.clone();
+        let mut ok = Vec::new();
+        for (target, loc, what) in &sites[n.index()] {
+            if *target == me {
+                errors.push(err(loc.clone(), what, format!("{me} depends on itself: a resource cannot reference or depend on its own address")));
+            } else if !model.index.contains_key(target) && !seen.contains_key(target) {
+                errors.push(err(
+                    loc.clone(),
+                    what,
+                    format!("{target} is not declared: declare it, or fix the address"),
+                ));
+            } else {
+                ok.push(target.clone());
+            }
+        }
+        let r = &mut model.graph[n];
+        r.dependencies.retain(|d| ok.contains(d));
+    }
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    if let Err(cycles) = model.link() {
+        for c in cycles {
+            // Locate the cycle at its first member.
+            let first = c
+                .split_whitespace()
+                .nth(2)
+                .and_then(|a| Address::parse(a).ok());
+            let loc = first.and_then(|a| model.get(&a).and_then(|r| r.source.clone()));
+            errors.push(SpecError {
+                file: loc.as_ref().map(|l| l.file.clone()),
+                location: loc,
+                path: String::new(),
+                message: c,
+            });
+        }
+        return Err(SpecErrors(errors));
+    }
+    Ok(model)
+}
+
+fn check_ref_attr(
+    r: &Reference,
+    schemas: &Schemas,
+    errors: &mut Vec<SpecError>,
+    loc: Location,
+    p: &FieldPath,
+) {
+    let Some(ts) = schemas.get(&r.target.ty) else {
+        return;
+    };
+    let attr = &r.attr[0];
+    if ts.outputs.contains_key(attr) {
+        return;
+    }
+    match ts.attributes.get(attr) {
+        Some(a) if a.sensitive => errors.push(SpecError {
+            file: Some(loc.file.clone()),
+            location: Some(loc),
+            path: p.to_string(),
+            message: format!("${{{r}}}: `{attr}` of {} is sensitive and is not kept in state, so it cannot be referenced", r.target.ty),
+        }),
+        Some(_) => {}
+        None => {
+            let mut known: Vec<&str> = ts.attributes.keys().map(String::as_str).collect();
+            known.extend(ts.outputs.keys().map(String::as_str));
+            known.sort();
+            errors.push(SpecError {
+                file: Some(loc.file.clone()),
+                location: Some(loc),
+                path: p.to_string(),
+                message: format!("${{{r}}}: {} has no attribute `{attr}`: expected one of {}", r.target.ty, known.join(", ")),
+            });
+        }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}

@@ -1,0 +1,286 @@
+//! Operations: the library functions behind each command (load a workspace, refresh,
+//! plan, apply, state surgery). Commands in `cli` parse arguments and call one of these;
+//! these own the order of steps (lock, read state, refresh, plan, journal, apply).
+
+use crate::apply::{self, ApplyConfig, Event, Report};
+use crate::model::{self, Model};
+use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
+use crate::plan::{self, Observed, Plan, PlanOptions};
+use crate::providers::Registry;
+use crate::spec::{self, LoadOptions, Spec, SpecErrors};
+use crate::state::{self, ResourceState, State, StateBackend, StateError};
+use futures::StreamExt;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::sync::{mpsc, watch};
+
+/// Why an operation failed. Every message names what it is about and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Plan(Vec<plan::PlanError>),
+    #[error("{0}")]
+    Apply(#[from] apply::ApplyError),
+    #[error("refresh of {address} failed: {message}; retry, or skip reading the real world with --refresh=false")]
+    Refresh { address: String, message: String },
+    #[error("{0}")]
+    StalePlan(String),
+    #[error("{path}: {message}")]
+    PlanFile { path: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the user pointed anvil at.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub paths: Vec<PathBuf>,
+    pub vars: Vec<String>,
+    pub var_files: Vec<PathBuf>,
+    pub state_url: Option<String>,
+}
+
+/// A loaded, checked spec with its model and its state backend.
+pub struct Workspace {
+    pub name: String,
+    pub spec: Spec,
+    pub model: Model,
+    pub registry: Registry,
+    pub backend: Box<dyn StateBackend>,
+    /// Digest of the spec files and the variables given.
+    pub digest: String,
+}
+
+/// Loads and checks the spec, builds the model and opens (does not read) the state.
+///
+/// # Errors
+/// Every problem in the spec, located; or a state URL that cannot be used.
+pub fn load_workspace(inputs: &Inputs, registry: Registry) -> Result<Workspace, OpsError> {
+    let mut vars = BTreeMap::new();
+    let mut errors = Vec::new();
+    for f in &inputs.var_files {
+        match spec::load_var_file(f) {
+            Ok(v) => vars.extend(v),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    for v in &inputs.vars {
+        match spec::parse_var_arg(v) {
+            Ok((k, val)) => {
+                vars.insert(k, val);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors).into());
+    }
+    let paths = if inputs.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        inputs.paths.clone()
+    };
+    let opts = LoadOptions {
+        vars: vars.clone(),
+        env: std::env::vars().collect(),
+    };
+    let spec = spec::load(&paths, &opts)?;
+    let model = model::build(&spec, registry.schemas())?;
+    let name = spec.workspace().unwrap_or("default").to_string();
+    let backend = state::open(inputs.state_url.as_deref(), &name)?;
+    let mut h = sha2::Sha256::new();
+    h.update(spec.digest.as_bytes());
+    h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
+    let digest = format!("sha256:{}", hex::encode(h.finalize()));
+    Ok(Workspace {
+        name,
+        spec,
+        model,
+        registry,
+        backend,
+        digest,
+    })
+}
+
+/// Reads every recorded resource through its provider, at most `parallelism` at once.
+/// Returns only the records that differ from state (`None`: the object is gone).
+///
+/// # Errors
+/// A provider could not be asked.
+pub async fn refresh(
+    registry: &Registry,
+    state: &State,
+    parallelism: usize,
+) -> Result<Observed, OpsError> {
+    let reads = futures::stream::iter(state.resources.iter().map(|(addr, rec)| async move {
+        let Some(p) = registry.get(&rec.provider) else {
+            return Err(OpsError::Refresh {
+                address: addr.clone(),
+                message: format!("provider `{}` is not available in this build", rec.provider),
+            });
+        };
+        let got = p.read(addr, rec).await.map_err(|e| OpsError::Refresh {
+            address: addr.clone(),
+            message: e.message,
+        })?;
+        Ok((addr, got))
+    }))
+    .buffer_unordered(parallelism.max(1));
+    futures::pin_mut!(reads);
+    let mut observed = Observed::new();
+    while let Some(r) = reads.next().await {
+        let (addr, got) = r?;
+        let rec = &state.resources[addr];
+        if got.as_ref() != Some(rec) {
+            observed.insert(addr.clone(), got);
+        }
+    }
+    Ok(observed)
+}
+
+/// Computes the plan for a workspace.
+///
+/// # Errors
+/// The plan's own errors (`prevent_destroy`, unresolvable references, unknown addresses).
+pub fn make_plan(
+    ws: &Workspace,
+    state: &State,
+    observed: &Observed,
+    opts: &PlanOptions,
+) -> Result<Plan, OpsError> {
+    plan::plan(&ws.model, state, observed, ws.registry.schemas(), opts).map_err(OpsError::Plan)
+}
+
+/// The JSON document of a plan, as printed by `--json` and saved by `--out`.
+pub fn plan_document(
+    ws: &Workspace,
+    state: &State,
+    plan: &Plan,
+    observed: &Observed,
+    opts: &PlanOptions,
+    refreshed: bool,
+) -> PlanDocument {
+    PlanDocument {
+        format: pjson::FORMAT.to_string(),
+        format_version: pjson::FORMAT_VERSION,
+        anvil_version: env!("CARGO_PKG_VERSION").to_string(),
+        workspace: ws.name.clone(),
+        state: StateBinding {
+            backend: ws.backend.describe(),
+            lineage: state.lineage.to_string(),
+            serial: state.serial,
+        },
+        spec: SpecBinding {
+            digest: ws.digest.clone(),
+            files: ws
+                .spec
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect(),
+        },
+        options: opts.clone(),
+        refresh: refreshed,
+        resource_changes: plan.changes.iter().map(JsonChange::from_change).collect(),
+        summary: plan.summary(),
+        plan_digest: pjson::plan_digest(plan),
+        observed: observed
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Checks that a saved plan still applies to this state and spec, and returns the plan
+/// recomputed from them (identical to the saved one).
+///
+/// # Errors
+/// The state moved on (another lineage or serial), the spec or variables changed, or the
+/// recomputed plan differs.
+pub fn check_saved_plan(
+    ws: &Workspace,
+    state: &State,
+    doc: &PlanDocument,
+    path: &str,
+) -> Result<(Plan, Observed), OpsError> {
+    if doc.state.lineage != state.lineage.to_string() {
+        return Err(OpsError::StalePlan(format!(
+            "{path}: this plan was made for state lineage {}, but {} has lineage {}; it belongs to another workspace. Run `anvil plan --out {path}` again",
+            doc.state.lineage,
+            ws.backend.describe(),
+            state.lineage
+        )));
+    }
+    if doc.state.serial != state.serial {
+        return Err(OpsError::StalePlan(format!(
+            "{path}: saved plan is stale: it was made at state serial {}, but {} is now at serial {} (something was applied since). Run `anvil plan --out {path}` again and review it",
+            doc.state.serial,
+            ws.backend.describe(),
+            state.serial
+        )));
+    }
+    if doc.spec.digest != ws.digest {
+        return Err(OpsError::StalePlan(format!(
+            "{path}: saved plan is stale: the spec files or variables changed since it was made ({} → {}). Run `anvil plan --out {path}` again",
+            doc.spec.digest, ws.digest
+        )));
+    }
+    let mut observed = Observed::new();
+    for (k, v) in &doc.observed {
+        let rec =
+            match v {
+                Some(v) => Some(serde_json::from_value::<ResourceState>(v.clone()).map_err(
+                    |e| OpsError::PlanFile {
+                        path: path.into(),
+                        message: format!("observed.{k}: {e}"),
+                    },
+                )?),
+                None => None,
+            };
+        observed.insert(k.clone(), rec);
+    }
+    let plan = make_plan(ws, state, &observed, &doc.options)?;
+    if pjson::plan_digest(&plan) != doc.plan_digest {
+        return Err(OpsError::StalePlan(format!(
+            "{path}: saved plan is stale: the same spec and state now give a different plan (an environment variable it reads may have changed). Run `anvil plan --out {path}` again"
+        )));
+    }
+    Ok((plan, observed))
+}
+
+/// Applies a plan under the lock the caller holds, journalling every step.
+///
+/// # Errors
+/// The journal could not be opened or written, or the plan cannot be ordered.
+pub async fn run_apply(
+    ws: &Workspace,
+    state: State,
+    lock: &state::LockHandle,
+    plan: &Plan,
+    cfg: &ApplyConfig,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: watch::Receiver<bool>,
+) -> Result<(State, Report), OpsError> {
+    let journal = ws.backend.journal(&state, lock)?;
+    Ok(apply::apply(
+        plan,
+        &ws.model,
+        &ws.registry,
+        state,
+        journal,
+        cfg,
+        events,
+        cancel,
+    )
+    .await?)
+}

@@ -1,0 +1,237 @@
+//! Plan tests on plain data: a model, a state and observations in, a plan out.
+
+use super::*;
+use crate::model::{Address, Expr, Model, Resource, Schemas};
+use crate::providers::Registry;
+use crate::spec::Lifecycle;
+use crate::state::{RecordedLifecycle, ResourceState, State};
+use serde_json::{json, Value};
+
+fn schemas() -> Schemas {
+    Registry::builtin().schemas().clone()
+}
+
+fn res(name: &str, attrs: Value, deps: &[&str]) -> Resource {
+    res_lc(name, attrs, deps, Lifecycle::default())
+}
+
+fn res_lc(name: &str, attrs: Value, deps: &[&str], lifecycle: Lifecycle) -> Resource {
+    let attributes = attrs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), Expr::parse(v).unwrap())).collect::<std::collections::BTreeMap<_, _>>();
+    let mut dependencies: Vec<Address> = deps.iter().map(|d| Address::parse(d).unwrap()).collect();
+    for e in attributes.values() {
+        let mut refs = vec![];
+        e.references(&mut refs);
+        dependencies.extend(refs.into_iter().map(|r| r.target));
+    }
+    dependencies.sort();
+    dependencies.dedup();
+    Resource { address: Address::new("null_resource", name), provider: "null".into(), attributes, dependencies, lifecycle, source: None }
+}
+
+fn rec(attrs: Value, id: &str, deps: &[&str]) -> ResourceState {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    ResourceState {
+        ty: "null_resource".into(),
+        provider: "null".into(),
+        attributes: attrs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        sensitive: Default::default(),
+        outputs: [("id".to_string(), json!(id))].into_iter().collect(),
+        dependencies: deps.iter().map(|s| s.to_string()).collect(),
+        lifecycle: RecordedLifecycle::default(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn state(recs: Vec<(&str, ResourceState)>) -> State {
+    let mut s = State::new();
+    for (a, r) in recs {
+        s.resources.insert(format!("null_resource.{a}"), r);
+    }
+    s
+}
+
+fn run(model: Vec<Resource>, st: &State, opts: &PlanOptions) -> Plan {
+    let m = Model::from_resources(model).unwrap();
+    plan(&m, st, &Observed::new(), &schemas(), opts).unwrap()
+}
+
+fn actions(p: &Plan) -> Vec<(String, Action)> {
+    p.changes.iter().map(|c| (c.address.trim_start_matches("null_resource.").to_string(), c.action)).collect()
+}
+
+fn chain() -> Vec<Resource> {
+    vec![
+        res("base", json!({"triggers": {"size": "small"}}), &[]),
+        res("app", json!({"triggers": {"parent": "${null_resource.base.id}"}}), &[]),
+        res("web", json!({"triggers": {"app": "${null_resource.app.id}"}}), &[]),
+        res("side", json!({"triggers": {"x": "1"}}), &[]),
+    ]
+}
+
+fn chain_state() -> State {
+    state(vec![
+        ("base", rec(json!({"triggers": {"size": "small"}}), "b1", &[])),
+        ("app", rec(json!({"triggers": {"parent": "b1"}}), "a1", &["null_resource.base"])),
+        ("web", rec(json!({"triggers": {"app": "a1"}}), "w1", &["null_resource.app"])),
+        ("side", rec(json!({"triggers": {"x": "1"}}), "s1", &[])),
+    ])
+}
+
+#[test]
+fn empty_state_creates_everything_with_ids_unknown() {
+    let p = run(chain(), &State::new(), &PlanOptions::default());
+    assert!(p.changes.iter().all(|c| c.action == Action::Create));
+    let app = p.get("null_resource.app").unwrap();
+    let after = app.after.as_ref().unwrap();
+    assert_eq!(after["triggers"], PValue::Object([("parent".to_string(), PValue::Unknown)].into_iter().collect()));
+    assert_eq!(p.summary(), Summary { add: 4, change: 0, destroy: 0, forget: 0 });
+}
+
+#[test]
+fn matching_state_is_a_no_op() {
+    let p = run(chain(), &chain_state(), &PlanOptions::default());
+    assert!(!p.has_changes(), "{:?}", actions(&p));
+}
+
+#[test]
+fn trigger_change_replaces_the_resource_and_its_referencing_dependents_only() {
+    let mut m = chain();
+    m[0] = res("base", json!({"triggers": {"size": "large"}}), &[]);
+    let p = run(m, &chain_state(), &PlanOptions::default());
+    assert_eq!(
+        actions(&p),
+        vec![
+            ("app".into(), Action::Replace),
+            ("base".into(), Action::Replace),
+            ("side".into(), Action::NoOp),
+            ("web".into(), Action::Replace),
+        ]
+    );
+    let app = p.get("null_resource.app").unwrap();
+    assert_eq!(app.replace_order, Some(ReplaceOrder::DeleteThenCreate));
+    assert!(app.reasons[0].contains("known only after apply"), "{:?}", app.reasons);
+    assert!(app.forces_replacement.contains("triggers"));
+}
+
+#[test]
+fn input_change_updates_in_place() {
+    let mut m = chain();
+    m[3] = res("side", json!({"triggers": {"x": "1"}, "inputs": {"note": "hi"}}), &[]);
+    let p = run(m, &chain_state(), &PlanOptions::default());
+    assert_eq!(p.get("null_resource.side").unwrap().action, Action::Update);
+    assert_eq!(p.summary().change, 1);
+    assert_eq!(p.summary().add, 0);
+}
+
+#[test]
+fn removed_resource_is_deleted_or_forgotten_with_retain_on_delete() {
+    let mut st = chain_state();
+    st.resources.get_mut("null_resource.side").unwrap().lifecycle.retain_on_delete = true;
+    st.resources.insert("null_resource.old".into(), rec(json!({}), "o1", &[]));
+    let m = chain().into_iter().filter(|r| r.address.name != "side").collect();
+    let p = run(m, &st, &PlanOptions::default());
+    assert_eq!(p.get("null_resource.side").unwrap().action, Action::Forget);
+    assert_eq!(p.get("null_resource.old").unwrap().action, Action::Delete);
+    assert_eq!(p.summary(), Summary { add: 0, change: 0, destroy: 1, forget: 1 });
+}
+
+#[test]
+fn prevent_destroy_blocks_replace_and_delete() {
+    let mut m = chain();
+    m[0] = res_lc("base", json!({"triggers": {"size": "large"}}), &[], Lifecycle { prevent_destroy: true, ..Default::default() });
+    let mm = Model::from_resources(m).unwrap();
+    let errs = plan(&mm, &chain_state(), &Observed::new(), &schemas(), &PlanOptions::default()).unwrap_err();
+    assert!(matches!(&errs[0], PlanError::PreventDestroy { address, .. } if address == "null_resource.base"), "{errs:?}");
+
+    let mut st = chain_state();
+    st.resources.get_mut("null_resource.side").unwrap().lifecycle.prevent_destroy = true;
+    let mm = Model::from_resources(chain().into_iter().filter(|r| r.address.name != "side").collect()).unwrap();
+    let errs = plan(&mm, &st, &Observed::new(), &schemas(), &PlanOptions::default()).unwrap_err();
+    assert!(errs[0].to_string().contains("null_resource.side: lifecycle.prevent_destroy"), "{}", errs[0]);
+}
+
+#[test]
+fn create_before_destroy_sets_the_order() {
+    let mut m = chain();
+    m[3] = res_lc("side", json!({"triggers": {"x": "2"}}), &[], Lifecycle { create_before_destroy: true, ..Default::default() });
+    let p = run(m, &chain_state(), &PlanOptions::default());
+    assert_eq!(p.get("null_resource.side").unwrap().replace_order, Some(ReplaceOrder::CreateThenDelete));
+}
+
+#[test]
+fn ignore_changes_keeps_the_recorded_value() {
+    let mut m = chain();
+    m[3] = res_lc("side", json!({"triggers": {"x": "2"}}), &[], Lifecycle { ignore_changes: vec!["triggers".into()], ..Default::default() });
+    let p = run(m, &chain_state(), &PlanOptions::default());
+    assert_eq!(p.get("null_resource.side").unwrap().action, Action::NoOp);
+    // Nested paths too.
+    let mut m = chain();
+    m[3] = res_lc("side", json!({"triggers": {"x": "2", "y": "new"}}), &[], Lifecycle { ignore_changes: vec!["triggers.x".into()], ..Default::default() });
+    let p = run(m, &chain_state(), &PlanOptions::default());
+    let c = p.get("null_resource.side").unwrap();
+    assert_eq!(c.action, Action::Replace);
+    assert_eq!(c.after.as_ref().unwrap()["triggers"], PValue::Known(json!({"x": "1", "y": "new"})));
+}
+
+#[test]
+fn sensitive_values_become_fingerprints() {
+    let m = vec![res("s", json!({"sensitive_inputs": {"password": "hunter2"}}), &[])];
+    let p = run(m.clone(), &State::new(), &PlanOptions::default());
+    let text = format!("{p:?}");
+    assert!(!text.contains("hunter2"), "plaintext secret in plan: {text}");
+    let mut r = rec(json!({}), "i", &[]);
+    r.sensitive.insert("sensitive_inputs".into(), crate::state::fingerprint(&json!({"password": "hunter2"})));
+    let st = state(vec![("s", r)]);
+    assert!(!run(m, &st, &PlanOptions::default()).has_changes());
+    let changed = vec![res("s", json!({"sensitive_inputs": {"password": "hunter3"}}), &[])];
+    assert_eq!(run(changed, &st, &PlanOptions::default()).changes[0].action, Action::Update);
+}
+
+#[test]
+fn deleted_outside_anvil_plans_a_create_with_the_reason() {
+    let m = Model::from_resources(chain()).unwrap();
+    let mut observed = Observed::new();
+    observed.insert("null_resource.side".into(), None);
+    let p = plan(&m, &chain_state(), &observed, &schemas(), &PlanOptions::default()).unwrap();
+    let c = p.get("null_resource.side").unwrap();
+    assert_eq!(c.action, Action::Create);
+    assert_eq!(c.reasons, vec!["deleted outside anvil".to_string()]);
+}
+
+#[test]
+fn target_exclude_and_replace() {
+    let opts = PlanOptions { targets: vec!["null_resource.app".into()], ..Default::default() };
+    let p = run(chain(), &State::new(), &opts);
+    assert_eq!(actions(&p), vec![("app".into(), Action::Create), ("base".into(), Action::Create)]);
+    let opts = PlanOptions { excludes: vec!["null_resource.app".into()], ..Default::default() };
+    let p = run(chain(), &State::new(), &opts);
+    assert_eq!(actions(&p), vec![("base".into(), Action::Create), ("side".into(), Action::Create)]);
+    let opts = PlanOptions { replace: vec!["null_resource.side".into()], ..Default::default() };
+    let p = run(chain(), &chain_state(), &opts);
+    assert_eq!(p.get("null_resource.side").unwrap().action, Action::Replace);
+    assert_eq!(p.get("null_resource.web").unwrap().action, Action::NoOp);
+    let opts = PlanOptions { targets: vec!["null_resource.nope".into()], ..Default::default() };
+    let m = Model::from_resources(chain()).unwrap();
+    assert!(matches!(plan(&m, &State::new(), &Observed::new(), &schemas(), &opts).unwrap_err()[0], PlanError::UnknownAddress { .. }));
+}
+
+#[test]
+fn destroy_deletes_everything() {
+    let opts = PlanOptions { destroy: true, ..Default::default() };
+    let p = run(chain(), &chain_state(), &opts);
+    assert!(p.changes.iter().all(|c| c.action == Action::Delete));
+    assert_eq!(p.summary().destroy, 4);
+}
+
+#[test]
+fn references_to_unchanged_resources_resolve_from_state() {
+    let m = vec![
+        res("base", json!({"triggers": {"size": "small"}}), &[]),
+        res("app", json!({"inputs": {"parent": "id=${null_resource.base.id}", "size": "${null_resource.base.triggers.size}"}}), &[]),
+    ];
+    let st = state(vec![("base", rec(json!({"triggers": {"size": "small"}}), "b1", &[]))]);
+    let p = run(m, &st, &PlanOptions::default());
+    let app = p.get("null_resource.app").unwrap();
+    assert_eq!(app.after.as_ref().unwrap()["inputs"], PValue::Known(json!({"parent": "id=b1", "size": "small"})));
+}

@@ -1,0 +1,125 @@
+//! Providers: the one trait through which the engine reaches the real world, and the
+//! registry of built-in providers.
+//!
+//! A provider declares schemas for its resource types (plain data), reads what exists,
+//! and creates, updates and deletes. The engine never knows more than this trait.
+
+pub mod null;
+
+use crate::model::{ResourceSchema, Schemas};
+use crate::state::ResourceState;
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Attribute values as resolved for a call, real values (sensitive ones included).
+pub type Attributes = BTreeMap<String, Value>;
+
+/// What the provider reports after a create or update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The attributes as applied (normally the requested ones).
+    pub attributes: Attributes,
+    /// Computed values (e.g. `id`).
+    pub outputs: BTreeMap<String, Value>,
+}
+
+/// A progress message a provider reports while it works (e.g. a BOSH task event).
+pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A create or update request.
+pub struct ChangeRequest<'a> {
+    pub address: &'a str,
+    pub ty: &'a str,
+    pub attributes: &'a Attributes,
+    /// The recorded object, for updates.
+    pub prior: Option<&'a ResourceState>,
+    pub progress: ProgressFn,
+}
+
+/// A provider call that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub message: String,
+    /// Whether retrying the same call may succeed.
+    pub retryable: bool,
+}
+
+impl ProviderError {
+    pub fn new(message: impl Into<String>) -> ProviderError {
+        ProviderError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The seam between the engine and the real world.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name, recorded in state (`null`, `bosh`, ...).
+    fn name(&self) -> &'static str;
+    /// Schemas of the resource types this provider owns.
+    fn schemas(&self) -> Vec<ResourceSchema>;
+    /// How many operations of this provider may run at once.
+    fn concurrency_limit(&self) -> usize;
+    /// Reads the real object behind a recorded resource. `Ok(None)` means it no longer
+    /// exists. The returned record keeps sensitive values as fingerprints.
+    ///
+    /// # Errors
+    /// The real world could not be asked.
+    async fn read(
+        &self,
+        address: &str,
+        recorded: &ResourceState,
+    ) -> Result<Option<ResourceState>, ProviderError>;
+    /// # Errors
+    /// The object could not be created; the message says why.
+    async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError>;
+    /// # Errors
+    /// The object could not be updated; the message says why.
+    async fn update(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError>;
+    /// # Errors
+    /// The object could not be deleted; the message says why.
+    async fn delete(&self, address: &str, recorded: &ResourceState) -> Result<(), ProviderError>;
+}
+
+/// The providers known to a run, by name, and which provider owns each type.
+#[derive(Clone, Default)]
+pub struct Registry {
+    providers: BTreeMap<&'static str, Arc<dyn Provider>>,
+    schemas: Schemas,
+}
+
+impl Registry {
+    /// The built-in providers.
+    pub fn builtin() -> Registry {
+        let mut r = Registry::default();
+        r.register(Arc::new(null::NullProvider));
+        r
+    }
+
+    pub fn register(&mut self, p: Arc<dyn Provider>) {
+        for s in p.schemas() {
+            self.schemas.insert(s.ty.clone(), s);
+        }
+        self.providers.insert(p.name(), p);
+    }
+
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name)
+    }
+
+    /// The provider owning a resource type.
+    pub fn for_type(&self, ty: &str) -> Option<&Arc<dyn Provider>> {
+        self.schemas
+            .get(ty)
+            .and_then(|s| self.providers.get(s.provider.as_str()))
+    }
+}
