@@ -111,13 +111,9 @@ fn render_change(out: &mut String, c: &ResourceChange, style: Style) {
                     b.map(scalar).unwrap_or_else(|| "null".into())
                 ),
             )),
-            Action::Delete | Action::Forget => {
+            Action::Delete => {
                 if let Some(b) = b {
-                    lines.push(Line::leaf(
-                        if c.action == Action::Delete { "-" } else { " " },
-                        o,
-                        format!("{} -> null", scalar(b)),
-                    ));
+                    lines.push(Line::leaf("-", o, format!("{} -> null", scalar(b))));
                 }
             }
             _ => {
@@ -142,7 +138,17 @@ fn render_change(out: &mut String, c: &ResourceChange, style: Style) {
             hidden += 1;
             continue;
         }
-        let mut line = if sensitive {
+        let mut line = if c.action == Action::Forget {
+            Line::leaf(
+                " ",
+                name,
+                if sensitive {
+                    "(sensitive)".into()
+                } else {
+                    b.map(inline).unwrap_or_else(|| "null".into())
+                },
+            )
+        } else if sensitive {
             let m = match (b, a) {
                 (None, Some(_)) => "+",
                 (Some(_), None) => "-",

@@ -16,7 +16,12 @@ fn res(name: &str, attrs: Value, deps: &[&str]) -> Resource {
 }
 
 fn res_lc(name: &str, attrs: Value, deps: &[&str], lifecycle: Lifecycle) -> Resource {
-    let attributes = attrs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), Expr::parse(v).unwrap())).collect::<std::collections::BTreeMap<_, _>>();
+    let attributes = attrs
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), Expr::parse(v).unwrap()))
+        .collect::<std::collections::BTreeMap<_, _>>();
     let mut dependencies: Vec<Address> = deps.iter().map(|d| Address::parse(d).unwrap()).collect();
     for e in attributes.values() {
         let mut refs = vec![];
@@ -25,15 +30,29 @@ fn res_lc(name: &str, attrs: Value, deps: &[&str], lifecycle: Lifecycle) -> Reso
     }
     dependencies.sort();
     dependencies.dedup();
-    Resource { address: Address::new("null_resource", name), provider: "null".into(), attributes, dependencies, lifecycle, source: None }
+    Resource {
+        address: Address::new("null_resource", name),
+        provider: "null".into(),
+        attributes,
+        dependencies,
+        lifecycle,
+        source: None,
+    }
 }
 
 fn rec(attrs: Value, id: &str, deps: &[&str]) -> ResourceState {
-    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
     ResourceState {
         ty: "null_resource".into(),
         provider: "null".into(),
-        attributes: attrs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        attributes: attrs
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         sensitive: Default::default(),
         outputs: [("id".to_string(), json!(id))].into_iter().collect(),
         dependencies: deps.iter().map(|s| s.to_string()).collect(),
@@ -57,23 +76,56 @@ fn run(model: Vec<Resource>, st: &State, opts: &PlanOptions) -> Plan {
 }
 
 fn actions(p: &Plan) -> Vec<(String, Action)> {
-    p.changes.iter().map(|c| (c.address.trim_start_matches("null_resource.").to_string(), c.action)).collect()
+    p.changes
+        .iter()
+        .map(|c| {
+            (
+                c.address.trim_start_matches("null_resource.").to_string(),
+                c.action,
+            )
+        })
+        .collect()
 }
 
 fn chain() -> Vec<Resource> {
     vec![
         res("base", json!({"triggers": {"size": "small"}}), &[]),
-        res("app", json!({"triggers": {"parent": "${null_resource.base.id}"}}), &[]),
-        res("web", json!({"triggers": {"app": "${null_resource.app.id}"}}), &[]),
+        res(
+            "app",
+            json!({"triggers": {"parent": "${null_resource.base.id}"}}),
+            &[],
+        ),
+        res(
+            "web",
+            json!({"triggers": {"app": "${null_resource.app.id}"}}),
+            &[],
+        ),
         res("side", json!({"triggers": {"x": "1"}}), &[]),
     ]
 }
 
 fn chain_state() -> State {
     state(vec![
-        ("base", rec(json!({"triggers": {"size": "small"}}), "b1", &[])),
-        ("app", rec(json!({"triggers": {"parent": "b1"}}), "a1", &["null_resource.base"])),
-        ("web", rec(json!({"triggers": {"app": "a1"}}), "w1", &["null_resource.app"])),
+        (
+            "base",
+            rec(json!({"triggers": {"size": "small"}}), "b1", &[]),
+        ),
+        (
+            "app",
+            rec(
+                json!({"triggers": {"parent": "b1"}}),
+                "a1",
+                &["null_resource.base"],
+            ),
+        ),
+        (
+            "web",
+            rec(
+                json!({"triggers": {"app": "a1"}}),
+                "w1",
+                &["null_resource.app"],
+            ),
+        ),
         ("side", rec(json!({"triggers": {"x": "1"}}), "s1", &[])),
     ])
 }
@@ -84,8 +136,23 @@ fn empty_state_creates_everything_with_ids_unknown() {
     assert!(p.changes.iter().all(|c| c.action == Action::Create));
     let app = p.get("null_resource.app").unwrap();
     let after = app.after.as_ref().unwrap();
-    assert_eq!(after["triggers"], PValue::Object([("parent".to_string(), PValue::Unknown)].into_iter().collect()));
-    assert_eq!(p.summary(), Summary { add: 4, change: 0, destroy: 0, forget: 0 });
+    assert_eq!(
+        after["triggers"],
+        PValue::Object(
+            [("parent".to_string(), PValue::Unknown)]
+                .into_iter()
+                .collect()
+        )
+    );
+    assert_eq!(
+        p.summary(),
+        Summary {
+            add: 4,
+            change: 0,
+            destroy: 0,
+            forget: 0
+        }
+    );
 }
 
 #[test]
@@ -110,14 +177,22 @@ fn trigger_change_replaces_the_resource_and_its_referencing_dependents_only() {
     );
     let app = p.get("null_resource.app").unwrap();
     assert_eq!(app.replace_order, Some(ReplaceOrder::DeleteThenCreate));
-    assert!(app.reasons[0].contains("known only after apply"), "{:?}", app.reasons);
+    assert!(
+        app.reasons[0].contains("known only after apply"),
+        "{:?}",
+        app.reasons
+    );
     assert!(app.forces_replacement.contains("triggers"));
 }
 
 #[test]
 fn input_change_updates_in_place() {
     let mut m = chain();
-    m[3] = res("side", json!({"triggers": {"x": "1"}, "inputs": {"note": "hi"}}), &[]);
+    m[3] = res(
+        "side",
+        json!({"triggers": {"x": "1"}, "inputs": {"note": "hi"}}),
+        &[],
+    );
     let p = run(m, &chain_state(), &PlanOptions::default());
     assert_eq!(p.get("null_resource.side").unwrap().action, Action::Update);
     assert_eq!(p.summary().change, 1);
@@ -127,65 +202,169 @@ fn input_change_updates_in_place() {
 #[test]
 fn removed_resource_is_deleted_or_forgotten_with_retain_on_delete() {
     let mut st = chain_state();
-    st.resources.get_mut("null_resource.side").unwrap().lifecycle.retain_on_delete = true;
-    st.resources.insert("null_resource.old".into(), rec(json!({}), "o1", &[]));
-    let m = chain().into_iter().filter(|r| r.address.name != "side").collect();
+    st.resources
+        .get_mut("null_resource.side")
+        .unwrap()
+        .lifecycle
+        .retain_on_delete = true;
+    st.resources
+        .insert("null_resource.old".into(), rec(json!({}), "o1", &[]));
+    let m = chain()
+        .into_iter()
+        .filter(|r| r.address.name != "side")
+        .collect();
     let p = run(m, &st, &PlanOptions::default());
     assert_eq!(p.get("null_resource.side").unwrap().action, Action::Forget);
     assert_eq!(p.get("null_resource.old").unwrap().action, Action::Delete);
-    assert_eq!(p.summary(), Summary { add: 0, change: 0, destroy: 1, forget: 1 });
+    assert_eq!(
+        p.summary(),
+        Summary {
+            add: 0,
+            change: 0,
+            destroy: 1,
+            forget: 1
+        }
+    );
 }
 
 #[test]
 fn prevent_destroy_blocks_replace_and_delete() {
     let mut m = chain();
-    m[0] = res_lc("base", json!({"triggers": {"size": "large"}}), &[], Lifecycle { prevent_destroy: true, ..Default::default() });
+    m[0] = res_lc(
+        "base",
+        json!({"triggers": {"size": "large"}}),
+        &[],
+        Lifecycle {
+            prevent_destroy: true,
+            ..Default::default()
+        },
+    );
     let mm = Model::from_resources(m).unwrap();
-    let errs = plan(&mm, &chain_state(), &Observed::new(), &schemas(), &PlanOptions::default()).unwrap_err();
-    assert!(matches!(&errs[0], PlanError::PreventDestroy { address, .. } if address == "null_resource.base"), "{errs:?}");
+    let errs = plan(
+        &mm,
+        &chain_state(),
+        &Observed::new(),
+        &schemas(),
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&errs[0], PlanError::PreventDestroy { address, .. } if address == "null_resource.base"),
+        "{errs:?}"
+    );
 
     let mut st = chain_state();
-    st.resources.get_mut("null_resource.side").unwrap().lifecycle.prevent_destroy = true;
-    let mm = Model::from_resources(chain().into_iter().filter(|r| r.address.name != "side").collect()).unwrap();
-    let errs = plan(&mm, &st, &Observed::new(), &schemas(), &PlanOptions::default()).unwrap_err();
-    assert!(errs[0].to_string().contains("null_resource.side: lifecycle.prevent_destroy"), "{}", errs[0]);
+    st.resources
+        .get_mut("null_resource.side")
+        .unwrap()
+        .lifecycle
+        .prevent_destroy = true;
+    let mm = Model::from_resources(
+        chain()
+            .into_iter()
+            .filter(|r| r.address.name != "side")
+            .collect(),
+    )
+    .unwrap();
+    let errs = plan(
+        &mm,
+        &st,
+        &Observed::new(),
+        &schemas(),
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("null_resource.side: lifecycle.prevent_destroy"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn create_before_destroy_sets_the_order() {
     let mut m = chain();
-    m[3] = res_lc("side", json!({"triggers": {"x": "2"}}), &[], Lifecycle { create_before_destroy: true, ..Default::default() });
+    m[3] = res_lc(
+        "side",
+        json!({"triggers": {"x": "2"}}),
+        &[],
+        Lifecycle {
+            create_before_destroy: true,
+            ..Default::default()
+        },
+    );
     let p = run(m, &chain_state(), &PlanOptions::default());
-    assert_eq!(p.get("null_resource.side").unwrap().replace_order, Some(ReplaceOrder::CreateThenDelete));
+    assert_eq!(
+        p.get("null_resource.side").unwrap().replace_order,
+        Some(ReplaceOrder::CreateThenDelete)
+    );
 }
 
 #[test]
 fn ignore_changes_keeps_the_recorded_value() {
     let mut m = chain();
-    m[3] = res_lc("side", json!({"triggers": {"x": "2"}}), &[], Lifecycle { ignore_changes: vec!["triggers".into()], ..Default::default() });
+    m[3] = res_lc(
+        "side",
+        json!({"triggers": {"x": "2"}}),
+        &[],
+        Lifecycle {
+            ignore_changes: vec!["triggers".into()],
+            ..Default::default()
+        },
+    );
     let p = run(m, &chain_state(), &PlanOptions::default());
     assert_eq!(p.get("null_resource.side").unwrap().action, Action::NoOp);
     // Nested paths too.
     let mut m = chain();
-    m[3] = res_lc("side", json!({"triggers": {"x": "2", "y": "new"}}), &[], Lifecycle { ignore_changes: vec!["triggers.x".into()], ..Default::default() });
+    m[3] = res_lc(
+        "side",
+        json!({"triggers": {"x": "2", "y": "new"}}),
+        &[],
+        Lifecycle {
+            ignore_changes: vec!["triggers.x".into()],
+            ..Default::default()
+        },
+    );
     let p = run(m, &chain_state(), &PlanOptions::default());
     let c = p.get("null_resource.side").unwrap();
     assert_eq!(c.action, Action::Replace);
-    assert_eq!(c.after.as_ref().unwrap()["triggers"], PValue::Known(json!({"x": "1", "y": "new"})));
+    assert_eq!(
+        c.after.as_ref().unwrap()["triggers"],
+        PValue::Known(json!({"x": "1", "y": "new"}))
+    );
 }
 
 #[test]
 fn sensitive_values_become_fingerprints() {
-    let m = vec![res("s", json!({"sensitive_inputs": {"password": "hunter2"}}), &[])];
+    let m = vec![res(
+        "s",
+        json!({"sensitive_inputs": {"password": "hunter2"}}),
+        &[],
+    )];
     let p = run(m.clone(), &State::new(), &PlanOptions::default());
     let text = format!("{p:?}");
-    assert!(!text.contains("hunter2"), "plaintext secret in plan: {text}");
+    assert!(
+        !text.contains("hunter2"),
+        "plaintext secret in plan: {text}"
+    );
     let mut r = rec(json!({}), "i", &[]);
-    r.sensitive.insert("sensitive_inputs".into(), crate::state::fingerprint(&json!({"password": "hunter2"})));
+    r.sensitive.insert(
+        "sensitive_inputs".into(),
+        crate::state::fingerprint(&json!({"password": "hunter2"})),
+    );
     let st = state(vec![("s", r)]);
     assert!(!run(m, &st, &PlanOptions::default()).has_changes());
-    let changed = vec![res("s", json!({"sensitive_inputs": {"password": "hunter3"}}), &[])];
-    assert_eq!(run(changed, &st, &PlanOptions::default()).changes[0].action, Action::Update);
+    let changed = vec![res(
+        "s",
+        json!({"sensitive_inputs": {"password": "hunter3"}}),
+        &[],
+    )];
+    assert_eq!(
+        run(changed, &st, &PlanOptions::default()).changes[0].action,
+        Action::Update
+    );
 }
 
 #[test]
@@ -193,7 +372,14 @@ fn deleted_outside_anvil_plans_a_create_with_the_reason() {
     let m = Model::from_resources(chain()).unwrap();
     let mut observed = Observed::new();
     observed.insert("null_resource.side".into(), None);
-    let p = plan(&m, &chain_state(), &observed, &schemas(), &PlanOptions::default()).unwrap();
+    let p = plan(
+        &m,
+        &chain_state(),
+        &observed,
+        &schemas(),
+        &PlanOptions::default(),
+    )
+    .unwrap();
     let c = p.get("null_resource.side").unwrap();
     assert_eq!(c.action, Action::Create);
     assert_eq!(c.reasons, vec!["deleted outside anvil".to_string()]);
@@ -201,24 +387,54 @@ fn deleted_outside_anvil_plans_a_create_with_the_reason() {
 
 #[test]
 fn target_exclude_and_replace() {
-    let opts = PlanOptions { targets: vec!["null_resource.app".into()], ..Default::default() };
+    let opts = PlanOptions {
+        targets: vec!["null_resource.app".into()],
+        ..Default::default()
+    };
     let p = run(chain(), &State::new(), &opts);
-    assert_eq!(actions(&p), vec![("app".into(), Action::Create), ("base".into(), Action::Create)]);
-    let opts = PlanOptions { excludes: vec!["null_resource.app".into()], ..Default::default() };
+    assert_eq!(
+        actions(&p),
+        vec![
+            ("app".into(), Action::Create),
+            ("base".into(), Action::Create)
+        ]
+    );
+    let opts = PlanOptions {
+        excludes: vec!["null_resource.app".into()],
+        ..Default::default()
+    };
     let p = run(chain(), &State::new(), &opts);
-    assert_eq!(actions(&p), vec![("base".into(), Action::Create), ("side".into(), Action::Create)]);
-    let opts = PlanOptions { replace: vec!["null_resource.side".into()], ..Default::default() };
+    assert_eq!(
+        actions(&p),
+        vec![
+            ("base".into(), Action::Create),
+            ("side".into(), Action::Create)
+        ]
+    );
+    let opts = PlanOptions {
+        replace: vec!["null_resource.side".into()],
+        ..Default::default()
+    };
     let p = run(chain(), &chain_state(), &opts);
     assert_eq!(p.get("null_resource.side").unwrap().action, Action::Replace);
     assert_eq!(p.get("null_resource.web").unwrap().action, Action::NoOp);
-    let opts = PlanOptions { targets: vec!["null_resource.nope".into()], ..Default::default() };
+    let opts = PlanOptions {
+        targets: vec!["null_resource.nope".into()],
+        ..Default::default()
+    };
     let m = Model::from_resources(chain()).unwrap();
-    assert!(matches!(plan(&m, &State::new(), &Observed::new(), &schemas(), &opts).unwrap_err()[0], PlanError::UnknownAddress { .. }));
+    assert!(matches!(
+        plan(&m, &State::new(), &Observed::new(), &schemas(), &opts).unwrap_err()[0],
+        PlanError::UnknownAddress { .. }
+    ));
 }
 
 #[test]
 fn destroy_deletes_everything() {
-    let opts = PlanOptions { destroy: true, ..Default::default() };
+    let opts = PlanOptions {
+        destroy: true,
+        ..Default::default()
+    };
     let p = run(chain(), &chain_state(), &opts);
     assert!(p.changes.iter().all(|c| c.action == Action::Delete));
     assert_eq!(p.summary().destroy, 4);
@@ -228,10 +444,115 @@ fn destroy_deletes_everything() {
 fn references_to_unchanged_resources_resolve_from_state() {
     let m = vec![
         res("base", json!({"triggers": {"size": "small"}}), &[]),
-        res("app", json!({"inputs": {"parent": "id=${null_resource.base.id}", "size": "${null_resource.base.triggers.size}"}}), &[]),
+        res(
+            "app",
+            json!({"inputs": {"parent": "id=${null_resource.base.id}", "size": "${null_resource.base.triggers.size}"}}),
+            &[],
+        ),
     ];
-    let st = state(vec![("base", rec(json!({"triggers": {"size": "small"}}), "b1", &[]))]);
+    let st = state(vec![(
+        "base",
+        rec(json!({"triggers": {"size": "small"}}), "b1", &[]),
+    )]);
     let p = run(m, &st, &PlanOptions::default());
     let app = p.get("null_resource.app").unwrap();
-    assert_eq!(app.after.as_ref().unwrap()["inputs"], PValue::Known(json!({"parent": "id=b1", "size": "small"})));
+    assert_eq!(
+        app.after.as_ref().unwrap()["inputs"],
+        PValue::Known(json!({"parent": "id=b1", "size": "small"}))
+    );
+}
+
+mod render_snapshots {
+    //! Snapshots of the text plan; refresh with `INSTA_UPDATE=always cargo test`.
+    use super::*;
+    use crate::plan::render::{render_plan, Style};
+
+    fn text(p: &Plan) -> String {
+        render_plan(p, Style { color: false })
+    }
+
+    #[test]
+    fn create() {
+        let p = run(chain(), &State::new(), &PlanOptions::default());
+        insta::assert_snapshot!("create", text(&p));
+    }
+
+    #[test]
+    fn update_with_multiline_diff() {
+        let before = "name: redis\ninstances: 1\nvm_type: small\nnetworks:\n- name: default\n";
+        let after = "name: redis\ninstances: 3\nvm_type: small\nnetworks:\n- name: default\n- name: backup\n";
+        let st = state(vec![(
+            "m",
+            rec(
+                json!({"inputs": {"manifest": before, "size": 1}}),
+                "m1",
+                &[],
+            ),
+        )]);
+        let p = run(
+            vec![res(
+                "m",
+                json!({"inputs": {"manifest": after, "size": 1}}),
+                &[],
+            )],
+            &st,
+            &PlanOptions::default(),
+        );
+        insta::assert_snapshot!("update_multiline", text(&p));
+    }
+
+    #[test]
+    fn replace_with_unknown_dependents() {
+        let mut m = chain();
+        m[0] = res("base", json!({"triggers": {"size": "large"}}), &[]);
+        let p = run(m, &chain_state(), &PlanOptions::default());
+        insta::assert_snapshot!("replace", text(&p));
+    }
+
+    #[test]
+    fn delete_and_forget() {
+        let mut st = chain_state();
+        st.resources
+            .get_mut("null_resource.side")
+            .unwrap()
+            .lifecycle
+            .retain_on_delete = true;
+        let m = chain()
+            .into_iter()
+            .filter(|r| r.address.name == "base")
+            .collect();
+        let p = run(m, &st, &PlanOptions::default());
+        insta::assert_snapshot!("delete", text(&p));
+    }
+
+    #[test]
+    fn sensitive_is_redacted() {
+        let mut r = rec(json!({"inputs": {"user": "admin"}}), "i", &[]);
+        r.sensitive.insert(
+            "sensitive_inputs".into(),
+            crate::state::fingerprint(&json!({"password": "hunter2"})),
+        );
+        let st = state(vec![("s", r)]);
+        let m = vec![res(
+            "s",
+            json!({"inputs": {"user": "root"}, "sensitive_inputs": {"password": "hunter3"}}),
+            &[],
+        )];
+        let t = text(&run(m, &st, &PlanOptions::default()));
+        assert!(!t.contains("hunter"), "{t}");
+        insta::assert_snapshot!("sensitive", t);
+    }
+
+    #[test]
+    fn no_op() {
+        let p = run(chain(), &chain_state(), &PlanOptions::default());
+        insta::assert_snapshot!("no_op", text(&p));
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let p = run(chain(), &State::new(), &PlanOptions::default());
+        assert!(!text(&p).contains('\x1b'));
+        assert!(render_plan(&p, Style { color: true }).contains("\x1b[32m"));
+    }
 }
