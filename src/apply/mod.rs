@@ -418,6 +418,9 @@ pub async fn apply(
     mut cancel: watch::Receiver<bool>,
 ) -> Result<(State, Report), ApplyError> {
     let nodes = build_graph(plan, model, &state, registry)?;
+    // Interrupted operations were taken into account by the plan; those in its scope are
+    // settled by this run. Keep only those of resources the plan left out (--target).
+    state.pending.retain(|p| plan.get(&p.address).is_none() && Address::parse(&p.address).ok().is_some_and(|a| model.contains(&a)));
     let schemas = registry.schemas();
     let mut report = Report::default();
     let mut indeg: Vec<usize> = nodes.iter().map(|n| n.preds).collect();

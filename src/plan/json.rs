@@ -156,3 +156,19 @@ pub fn plan_digest(plan: &Plan) -> String {
 pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(PlanDocument)).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    /// `schemas/plan.schema.json` is generated; `UPDATE_SCHEMAS=1 cargo test` rewrites it.
+    #[test]
+    fn checked_in_schema_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/plan.schema.json");
+        let want = serde_json::to_string_pretty(&super::schema()).unwrap() + "\n";
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")).unwrap();
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(have == want, "{path} is stale: run `UPDATE_SCHEMAS=1 cargo test` and commit it");
+    }
+}
