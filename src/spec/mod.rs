@@ -1,9 +1,9 @@
 //! Loading and validating spec files: YAML in, typed [`Spec`] out, or every problem found
 //! as [`SpecErrors`] naming `file:line:column`, the field path and what was expected.
 //!
-//! Stages, per document: a located YAML tree ([`yaml`], explicit stack, nesting and alias
+//! Stages, per document: a located YAML tree (`yaml`, explicit stack, nesting and alias
 //! limits) → envelope checks (`apiVersion`, `kind`) → `${env:NAME}` / `${var.NAME}`
-//! substitution ([`subst`]) → JSON Schema validation ([`validate`]) → typed
+//! substitution (`subst`) → JSON Schema validation (`validate`) → typed
 //! deserialisation. Then all documents must share one `metadata.name`, the workspace.
 //!
 //! This module only reads files. It does not resolve `${TYPE.NAME.ATTR}` references or
@@ -131,7 +131,8 @@ impl Document {
 #[derive(Default)]
 struct Errors {
     list: Vec<SpecError>,
-    dropped: usize,
+    /// Whether any error was dropped (not how many: later stages stop counting early).
+    dropped: bool,
 }
 
 impl Errors {
@@ -139,7 +140,7 @@ impl Errors {
         if self.list.len() < MAX_ERRORS {
             self.list.push(e);
         } else {
-            self.dropped += 1;
+            self.dropped = true;
         }
     }
 
@@ -151,10 +152,9 @@ impl Errors {
         if self.list.is_empty() {
             return Ok(());
         }
-        if self.dropped > 0 {
+        if self.dropped {
             self.list.push(SpecError::bare(format!(
-                "too many errors: {} more not shown; fix the ones above first",
-                self.dropped
+                "too many errors: only the first {MAX_ERRORS} are shown; fix those first"
             )));
         }
         Err(SpecErrors(self.list))

@@ -54,7 +54,12 @@ pub(crate) fn validate(
 ) -> Result<Vec<Violation>, String> {
     let compiled = compiled(kind)?;
     let mut out = Vec::new();
-    for error in compiled.validator.iter_errors(instance) {
+    // Nobody reads more than a screenful; a huge bad document must not cost a huge list.
+    for error in compiled
+        .validator
+        .iter_errors(instance)
+        .take(super::MAX_ERRORS + 1)
+    {
         let base = pointer_to_path(root, error.instance_path.as_str());
         match &error.kind {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
