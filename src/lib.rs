@@ -2,7 +2,8 @@
 //! and the cloud environments under them.
 //!
 //! The pipeline is `spec` → `model` → `plan` ← `state`; `apply` drives `providers`;
-//! the `cli` sits on top. See `docs/ARCHITECTURE.md` for the code map and invariants.
+//! `ops` orders the steps of each command and the `cli` sits on top. See
+//! `docs/ARCHITECTURE.md` for the code map and invariants.
 
 pub mod apply;
 pub mod cli;

@@ -1,144 +1,684 @@
-//! TEMPORARY stand-in for the spec module (replaced by branch `spec`).
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fmt;
+//! Loading and validating spec files: YAML in, typed [`Spec`] out, or every problem found
+//! as [`SpecErrors`] naming `file:line:column`, the field path and what was expected.
+//!
+//! Stages, per document: a located YAML tree (`yaml`, explicit stack, nesting and alias
+//! limits) → envelope checks (`apiVersion`, `kind`) → `${env:NAME}` / `${var.NAME}`
+//! substitution (`subst`) → JSON Schema validation (`validate`) → typed
+//! deserialisation. Then all documents must share one `metadata.name`, the workspace.
+//!
+//! This module only reads files. It does not resolve `${TYPE.NAME.ATTR}` references or
+//! unescape `$${`; the model does.
+
+mod error;
+mod subst;
+mod types;
+mod validate;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-}
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-    }
-}
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seg {
-    Key(String),
-    Index(usize),
-}
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct FieldPath(pub Vec<Seg>);
-impl FieldPath {
-    pub fn key(&self, k: &str) -> FieldPath {
-        let mut v = self.0.clone();
-        v.push(Seg::Key(k.to_string()));
-        FieldPath(v)
-    }
-    pub fn index(&self, i: usize) -> FieldPath {
-        let mut v = self.0.clone();
-        v.push(Seg::Index(i));
-        FieldPath(v)
-    }
-}
-impl fmt::Display for FieldPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, s) in self.0.iter().enumerate() {
-            match s {
-                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
-                Seg::Key(k) => write!(f, ".{k}")?,
-                Seg::Index(n) => write!(f, "[{n}]")?,
-            }
-        }
-        Ok(())
-    }
-}
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {path}: {message}", location.as_ref().map(|l| l.to_string()).unwrap_or_default())]
-pub struct SpecError {
-    pub location: Option<Location>,
-    pub file: Option<PathBuf>,
-    pub path: String,
-    pub message: String,
-}
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-pub struct SpecErrors(pub Vec<SpecError>);
-#[derive(Debug, Default, Clone)]
+use sha2::{Digest, Sha256};
+
+pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
+pub use types::{
+    schema_for_kind, ApiVersion, Lifecycle, Metadata, ResourceSpec, ResourcesDoc, ResourcesKind,
+    API_VERSION, KINDS,
+};
+
+use yaml::{Node, Pos, Value};
+
+/// Errors beyond this many are dropped (with a note saying so).
+pub const MAX_ERRORS: usize = 50;
+
+/// Files larger than this are refused rather than parsed.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What `${var.NAME}` and `${env:NAME}` read.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadOptions {
+    /// `--var` / `--var-file` values by name.
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The environment, passed in so loading stays deterministic and testable.
     pub env: BTreeMap<String, String>,
 }
+
+/// Every document loaded, validated and typed.
+#[derive(Debug, Clone)]
 pub struct Spec {
+    /// Documents in load order: files in order, documents in file order.
     pub documents: Vec<Document>,
+    /// `sha256:<hex>` over the path and bytes of every file loaded, in order.
     pub digest: String,
+    /// The files loaded, in order.
     pub files: Vec<PathBuf>,
 }
+
 impl Spec {
+    /// The workspace: the `metadata.name` every document shares. `None` without documents.
+    #[must_use]
     pub fn workspace(&self) -> Option<&str> {
-        self.documents.first().map(|d| d.name())
+        self.documents.first().map(Document::name)
     }
 }
+
+/// One validated document.
+#[derive(Debug, Clone)]
 pub struct Document {
+    /// The file it came from.
     pub file: PathBuf,
+    /// 0-based index of the document in its file (counting empty `---` documents).
     pub index: usize,
+    /// The typed content.
     pub body: DocumentBody,
+    /// The located tree after substitution, so later stages can point at fields.
+    root: Node,
 }
-impl Document {
-    pub fn locate(&self, _path: &FieldPath) -> Location {
-        Location {
-            file: self.file.clone(),
-            line: 1,
-            column: 1,
-        }
-    }
-    pub fn name(&self) -> &str {
-        match &self.body {
-            DocumentBody::Resources(r) => &r.metadata.name,
-        }
-    }
-}
+
+/// The typed content of a document, by kind.
+#[derive(Debug, Clone, PartialEq)]
 pub enum DocumentBody {
+    /// `kind: Resources`.
     Resources(ResourcesDoc),
 }
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ResourcesDoc {
-    pub metadata: Metadata,
-    #[serde(default)]
-    pub resources: Vec<ResourceSpec>,
+
+impl Document {
+    /// Where `path` is in the file: the deepest node that exists along it; for a mapping
+    /// entry, the position of its key. The empty path gives the document's start.
+    #[must_use]
+    pub fn locate(&self, path: &FieldPath) -> Location {
+        self.location(validate::locate(&self.root, path))
+    }
+
+    /// A [`SpecError`] at `path` in this document, for later stages to report problems
+    /// (unknown reference, dependency cycle) in the same format.
+    #[must_use]
+    pub fn error_at(&self, path: &FieldPath, message: impl Into<String>) -> SpecError {
+        SpecError::at(self.locate(path), path, message)
+    }
+
+    /// The document's `metadata.name`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match &self.body {
+            DocumentBody::Resources(d) => &d.metadata.name,
+        }
+    }
+
+    /// The document's `kind`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match &self.body {
+            DocumentBody::Resources(_) => "Resources",
+        }
+    }
+
+    fn location(&self, pos: Pos) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+        }
+    }
 }
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct Metadata {
-    pub name: String,
+
+/// Collects errors up to [`MAX_ERRORS`].
+#[derive(Default)]
+struct Errors {
+    list: Vec<SpecError>,
+    /// Whether any error was dropped (not how many: later stages stop counting early).
+    dropped: bool,
 }
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ResourceSpec {
-    #[serde(rename = "type")]
-    pub ty: String,
-    pub name: String,
-    #[serde(default)]
-    pub attributes: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    pub depends_on: Vec<String>,
-    #[serde(default)]
-    pub lifecycle: Lifecycle,
+
+impl Errors {
+    fn push(&mut self, e: SpecError) {
+        if self.list.len() < MAX_ERRORS {
+            self.list.push(e);
+        } else {
+            self.dropped = true;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.list.len() >= MAX_ERRORS
+    }
+
+    fn finish(mut self) -> Result<(), SpecErrors> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        if self.dropped {
+            self.list.push(SpecError::bare(format!(
+                "too many errors: only the first {MAX_ERRORS} are shown; fix those first"
+            )));
+        }
+        Err(SpecErrors(self.list))
+    }
 }
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct Lifecycle {
-    #[serde(default)]
-    pub prevent_destroy: bool,
-    #[serde(default)]
-    pub create_before_destroy: bool,
-    #[serde(default)]
-    pub ignore_changes: Vec<String>,
-    #[serde(default)]
-    pub retain_on_delete: bool,
+
+fn at(file: &Path, pos: Pos, path: &FieldPath, message: impl Into<String>) -> SpecError {
+    SpecError::at(
+        Location {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+        },
+        path,
+        message,
+    )
 }
-pub fn load(_paths: &[PathBuf], _opts: &LoadOptions) -> Result<Spec, SpecErrors> {
-    Err(SpecErrors(vec![]))
+
+/// Loads, validates and types every spec document under `paths`.
+///
+/// A path is a file or a directory; a directory means every `*.yaml` / `*.yml` file below
+/// it (recursively, sorted by path, skipping hidden entries whose names start with `.`).
+/// A file named twice is loaded once.
+///
+/// # Errors
+///
+/// Returns every problem found (up to [`MAX_ERRORS`]), each naming its file and, where
+/// possible, `line:column` and field path: unreadable paths, directories without spec
+/// files, files that are not UTF-8 YAML or have no documents, unknown `apiVersion` or
+/// `kind`, unset variables, schema violations, and documents naming different workspaces.
+pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Spec, SpecErrors> {
+    let mut errors = Errors::default();
+    let files = collect_files(paths, &mut errors);
+    let mut loader = Loader::new(opts);
+    for file in &files {
+        if errors.full() {
+            break;
+        }
+        match read_text(file, &mut loader.hasher) {
+            Ok(text) => loader.load_text(file, &text, &mut errors),
+            Err(e) => errors.push(e),
+        }
+    }
+    loader.finish(files, errors)
 }
-pub fn load_var_file(_path: &Path) -> Result<BTreeMap<String, serde_json::Value>, SpecErrors> {
-    Ok(BTreeMap::new())
+
+/// Like [`load`], for one file's text already in memory; `file` is only used in errors
+/// and in the digest. Handy for tests and for specs that do not come from disk.
+///
+/// # Errors
+///
+/// As [`load`], for the problems a single file can have.
+pub fn load_str(file: &Path, text: &str, opts: &LoadOptions) -> Result<Spec, SpecErrors> {
+    let mut errors = Errors::default();
+    let mut loader = Loader::new(opts);
+    hash_file(&mut loader.hasher, file, text.as_bytes());
+    loader.load_text(file, text, &mut errors);
+    loader.finish(vec![file.to_path_buf()], errors)
 }
+
+struct Loader<'a> {
+    opts: &'a LoadOptions,
+    hasher: Sha256,
+    documents: Vec<Document>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(opts: &'a LoadOptions) -> Self {
+        Loader {
+            opts,
+            hasher: Sha256::new(),
+            documents: Vec::new(),
+        }
+    }
+
+    fn load_text(&mut self, file: &Path, text: &str, errors: &mut Errors) {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if let Some(pos) = nul_position(text) {
+            errors.push(at(
+                file,
+                pos,
+                &FieldPath::root(),
+                "file contains a NUL byte: expected UTF-8 YAML text (is this a binary file?)",
+            ));
+            return;
+        }
+        let stream = yaml::parse_stream(text);
+        let no_docs = stream.docs.is_empty() && stream.fatal.is_none();
+        for raw in stream.docs {
+            if errors.full() {
+                return;
+            }
+            if raw.errors.is_empty() {
+                if let Some(doc) = check_document(file, raw.index, raw.root, self.opts, errors) {
+                    self.documents.push(doc);
+                }
+            } else {
+                for e in raw.errors {
+                    errors.push(at(file, e.pos, &FieldPath::root(), e.message));
+                }
+            }
+        }
+        if let Some(fatal) = stream.fatal {
+            errors.push(at(file, fatal.pos, &FieldPath::root(), fatal.message));
+        }
+        if no_docs {
+            errors.push(at(
+                file,
+                Pos { line: 1, column: 1 },
+                &FieldPath::root(),
+                format!("no documents: expected at least one `apiVersion: {API_VERSION}` document"),
+            ));
+        }
+    }
+
+    fn finish(self, files: Vec<PathBuf>, mut errors: Errors) -> Result<Spec, SpecErrors> {
+        check_workspace(&self.documents, &mut errors);
+        errors.finish()?;
+        Ok(Spec {
+            documents: self.documents,
+            digest: format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            files,
+        })
+    }
+}
+
+/// All documents must name the same workspace.
+fn check_workspace(documents: &[Document], errors: &mut Errors) {
+    let Some(first) = documents.first() else {
+        return;
+    };
+    let path = FieldPath::root().key("metadata").key("name");
+    for doc in &documents[1..] {
+        if doc.name() != first.name() {
+            errors.push(doc.error_at(
+                &path,
+                format!(
+                    "workspace `{}` differs from `{}` named at {}: all documents must share one metadata.name",
+                    doc.name(),
+                    first.name(),
+                    first.locate(&path)
+                ),
+            ));
+        }
+    }
+}
+
+/// Feeds one file into the digest: its path, its length and its bytes, so that
+/// concatenations cannot collide.
+fn hash_file(hasher: &mut Sha256, file: &Path, bytes: &[u8]) {
+    let name = file.to_string_lossy();
+    hasher.update((name.len() as u64).to_le_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+fn read_text(file: &Path, hasher: &mut Sha256) -> Result<String, SpecError> {
+    let meta = fs::metadata(file).map_err(|e| io_error(file, &e))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(SpecError::file(
+            file,
+            format!(
+                "file is {} bytes: spec files may be at most {MAX_FILE_BYTES} bytes",
+                meta.len()
+            ),
+        ));
+    }
+    let bytes = fs::read(file).map_err(|e| io_error(file, &e))?;
+    hash_file(hasher, file, &bytes);
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // `good` is valid UTF-8 by construction; fall back to a lossy view just in case.
+        let prefix = String::from_utf8_lossy(good);
+        let pos = end_position(&prefix);
+        at(
+            file,
+            pos,
+            &FieldPath::root(),
+            "invalid UTF-8: expected a UTF-8 text file (is this a binary file?)",
+        )
+    })
+}
+
+/// The 1-based position just after `prefix`.
+fn end_position(prefix: &str) -> Pos {
+    let line = prefix.matches('\n').count() + 1;
+    let last = prefix.rsplit('\n').next().unwrap_or("");
+    Pos {
+        line,
+        column: last.chars().count() + 1,
+    }
+}
+
+fn nul_position(text: &str) -> Option<Pos> {
+    text.find('\0').map(|i| end_position(&text[..i]))
+}
+
+fn io_error(path: &Path, e: &io::Error) -> SpecError {
+    let what = match e.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    };
+    SpecError::file(path, format!("cannot read: {what}"))
+}
+
+fn is_spec_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Expands directories into their spec files; keeps argument order and drops repeats.
+fn collect_files(paths: &[PathBuf], errors: &mut Errors) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for path in paths {
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(io_error(path, &e));
+                continue;
+            }
+        };
+        if !meta.is_dir() {
+            if seen.insert(path.clone()) {
+                out.push(path.clone());
+            }
+            continue;
+        }
+        let mut found = Vec::new();
+        walk_dir(path, &mut found, errors);
+        if found.is_empty() {
+            errors.push(SpecError::file(
+                path,
+                "directory has no spec files: expected `*.yaml` or `*.yml` files below it",
+            ));
+        }
+        found.sort();
+        for f in found {
+            if seen.insert(f.clone()) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// Finds spec files below `dir` with an explicit stack. Symlinked directories are not
+/// followed, so link cycles cannot loop; hidden entries (`.git`, `.github`) are skipped.
+fn walk_dir(dir: &Path, found: &mut Vec<PathBuf>, errors: &mut Errors) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(io_error(&d, &e));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(io_error(&d, &e));
+                    continue;
+                }
+            };
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(ty) = entry.file_type() else {
+                continue;
+            };
+            if ty.is_dir() {
+                stack.push(path);
+            } else if is_spec_file(&path) && (ty.is_file() || path.is_file()) {
+                found.push(path);
+            }
+        }
+    }
+}
+
+/// Envelope checks, substitution, schema validation and typing of one document.
+fn check_document(
+    file: &Path,
+    index: usize,
+    mut root: Node,
+    opts: &LoadOptions,
+    errors: &mut Errors,
+) -> Option<Document> {
+    let here = |pos: Pos, path: &FieldPath, msg: String| at(file, pos, path, msg);
+    let Value::Map(_) = &root.value else {
+        errors.push(here(
+            root.pos,
+            &FieldPath::root(),
+            format!(
+                "document is {}: expected a mapping with `apiVersion: {API_VERSION}`, `kind` and `metadata`",
+                root.value.kind_name()
+            ),
+        ));
+        return None;
+    };
+    let kinds = KINDS.join(", ");
+    let mut ok = true;
+    match root.get("apiVersion") {
+        None => {
+            errors.push(here(
+                root.pos,
+                &FieldPath::root(),
+                format!("missing field `apiVersion`: expected `{API_VERSION}`"),
+            ));
+            ok = false;
+        }
+        Some(e) => match &e.value.value {
+            Value::String(v) if v == API_VERSION => {}
+            Value::String(v) => {
+                errors.push(here(
+                    e.key_pos,
+                    &FieldPath::root().key("apiVersion"),
+                    format!("unsupported apiVersion `{v}`: expected `{API_VERSION}`"),
+                ));
+                ok = false;
+            }
+            other => {
+                errors.push(here(
+                    e.key_pos,
+                    &FieldPath::root().key("apiVersion"),
+                    format!("expected `{API_VERSION}`, found {}", other.kind_name()),
+                ));
+                ok = false;
+            }
+        },
+    }
+    let kind: Option<&'static str> = match root.get("kind") {
+        None => {
+            errors.push(here(
+                root.pos,
+                &FieldPath::root(),
+                format!("missing field `kind`: expected one of {kinds}"),
+            ));
+            None
+        }
+        Some(e) => match &e.value.value {
+            Value::String(v) => match KINDS.iter().find(|k| **k == v.as_str()) {
+                Some(k) => Some(*k),
+                None => {
+                    let hint = KINDS
+                        .iter()
+                        .find(|k| k.eq_ignore_ascii_case(v))
+                        .map(|k| format!(" (kinds are case-sensitive: did you mean `{k}`?)"))
+                        .unwrap_or_default();
+                    errors.push(here(
+                        e.key_pos,
+                        &FieldPath::root().key("kind"),
+                        format!("unknown kind `{v}`: expected one of {kinds}{hint}"),
+                    ));
+                    None
+                }
+            },
+            other => {
+                errors.push(here(
+                    e.key_pos,
+                    &FieldPath::root().key("kind"),
+                    format!("expected one of {kinds}, found {}", other.kind_name()),
+                ));
+                None
+            }
+        },
+    };
+    let kind = kind.filter(|_| ok)?;
+
+    let sources = subst::Sources {
+        vars: &opts.vars,
+        env: &opts.env,
+    };
+    let subst_errors = subst::substitute(&mut root, &sources);
+    if !subst_errors.is_empty() {
+        for e in subst_errors {
+            errors.push(here(e.pos, &e.path, e.message));
+        }
+        return None;
+    }
+
+    let instance = root.to_json();
+    let violations = match validate::validate(kind, &root, &instance) {
+        Ok(v) => v,
+        Err(message) => {
+            errors.push(here(root.pos, &FieldPath::root(), message));
+            return None;
+        }
+    };
+    if !violations.is_empty() {
+        for v in violations {
+            errors.push(here(v.pos, &v.path, v.message));
+        }
+        return None;
+    }
+
+    let body = match kind {
+        "Resources" => serde_json::from_value(instance).map(DocumentBody::Resources),
+        other => {
+            errors.push(here(
+                root.pos,
+                &FieldPath::root(),
+                format!("unknown kind `{other}`: expected one of {kinds}"),
+            ));
+            return None;
+        }
+    };
+    match body {
+        Ok(body) => Some(Document {
+            file: file.to_path_buf(),
+            index,
+            body,
+            root,
+        }),
+        Err(e) => {
+            errors.push(here(
+                root.pos,
+                &FieldPath::root(),
+                format!("document does not match the `{kind}` shape: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Reads a variables file: a YAML (or JSON) mapping of variable name to value.
+/// An empty file gives no variables.
+///
+/// # Errors
+///
+/// Returns the problems found, each naming the file: unreadable, not UTF-8, not YAML,
+/// more than one document, not a mapping, or a name that is not a valid variable name.
+pub fn load_var_file(path: &Path) -> Result<BTreeMap<String, serde_json::Value>, SpecErrors> {
+    let mut hasher = Sha256::new();
+    let text = read_text(path, &mut hasher)?;
+    parse_var_text(path, &text)
+}
+
+fn parse_var_text(
+    path: &Path,
+    text: &str,
+) -> Result<BTreeMap<String, serde_json::Value>, SpecErrors> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(pos) = nul_position(text) {
+        return Err(at(
+            path,
+            pos,
+            &FieldPath::root(),
+            "file contains a NUL byte: expected UTF-8 YAML text (is this a binary file?)",
+        )
+        .into());
+    }
+    let mut errors = Errors::default();
+    let stream = yaml::parse_stream(text);
+    if let Some(fatal) = stream.fatal {
+        errors.push(at(path, fatal.pos, &FieldPath::root(), fatal.message));
+    }
+    let mut vars = BTreeMap::new();
+    for (i, raw) in stream.docs.into_iter().enumerate() {
+        for e in &raw.errors {
+            errors.push(at(path, e.pos, &FieldPath::root(), e.message.clone()));
+        }
+        if i > 0 {
+            errors.push(at(
+                path,
+                raw.root.pos,
+                &FieldPath::root(),
+                "a variables file holds one document: expected a single mapping of NAME: VALUE",
+            ));
+            continue;
+        }
+        let Value::Map(entries) = &raw.root.value else {
+            errors.push(at(
+                path,
+                raw.root.pos,
+                &FieldPath::root(),
+                format!(
+                    "variables file is {}: expected a mapping of NAME: VALUE",
+                    raw.root.value.kind_name()
+                ),
+            ));
+            continue;
+        };
+        for e in entries {
+            if subst::is_var_name(&e.key) {
+                vars.insert(e.key.clone(), e.value.to_json());
+            } else {
+                errors.push(at(
+                    path,
+                    e.key_pos,
+                    &FieldPath::root().key(e.key.as_str()),
+                    format!(
+                        "invalid variable name `{}`: use letters, digits, `_` and `-`, not starting with a digit or `-`",
+                        e.key
+                    ),
+                ));
+            }
+        }
+    }
+    errors.finish()?;
+    Ok(vars)
+}
+
+/// Parses a `--var NAME=VALUE` argument; the value is always a string.
+///
+/// # Errors
+///
+/// Returns an error when there is no `=` or the name is not a valid variable name.
 pub fn parse_var_arg(s: &str) -> Result<(String, serde_json::Value), SpecError> {
-    let (k, v) = s.split_once('=').unwrap_or((s, ""));
-    Ok((k.into(), serde_json::Value::String(v.into())))
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(SpecError::bare(format!(
+            "invalid --var `{s}`: expected NAME=VALUE"
+        )));
+    };
+    if !subst::is_var_name(name) {
+        return Err(SpecError::bare(format!(
+            "invalid --var `{s}`: variable name `{name}` must be letters, digits, `_` and `-`, not starting with a digit or `-`"
+        )));
+    }
+    Ok((name.to_owned(), serde_json::Value::String(value.to_owned())))
 }
-pub fn schema_for_kind(_kind: &str) -> Option<serde_json::Value> {
-    None
-}
-pub const KINDS: &[&str] = &["Resources"];
