@@ -3,3 +3,4 @@
 //!
 //! The pipeline is `spec` → `model` → `plan` ← `state`; `apply` drives `providers`;
 //! the `cli` sits on top. See `docs/ARCHITECTURE.md` for the code map and invariants.
+pub mod state;
