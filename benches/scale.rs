@@ -18,9 +18,14 @@ fn tree_spec(n: usize) -> String {
     for i in 0..n {
         s.push_str(&format!("  - type: null_resource\n    name: r{i}\n"));
         if i > 0 {
-            s.push_str(&format!("    depends_on: [null_resource.r{}]\n", (i - 1) / 2));
+            s.push_str(&format!(
+                "    depends_on: [null_resource.r{}]\n",
+                (i - 1) / 2
+            ));
         }
-        s.push_str(&format!("    attributes:\n      triggers:\n        n: \"{i}\"\n"));
+        s.push_str(&format!(
+            "    attributes:\n      triggers:\n        n: \"{i}\"\n"
+        ));
     }
     s
 }
@@ -43,14 +48,25 @@ fn measure(dir: &Path, args: &[&str]) -> (Duration, f64, i32) {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4 failed");
     let elapsed = start.elapsed();
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     std::mem::forget(child);
     (elapsed, usage.ru_maxrss as f64 / 1024.0, code)
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if args.is_empty() { vec![1_000, 10_000, 100_000] } else { args };
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if args.is_empty() {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        args
+    };
     println!("| N | step | wall time (s) | peak RSS (MiB) |");
     println!("|---:|---|---:|---:|");
     let mut apply_times = Vec::new();
@@ -59,9 +75,21 @@ fn main() {
         std::fs::write(dir.path().join("spec.yaml"), tree_spec(n)).expect("write spec");
         let steps: [(&str, &[&str], i32); 4] = [
             ("validate", &["validate", "spec.yaml"], 0),
-            ("plan, empty state", &["plan", "--detailed-exitcode", "spec.yaml"], 2),
-            ("apply from empty", &["apply", "--auto-approve", "spec.yaml"], 0),
-            ("no-op plan, full state", &["plan", "--detailed-exitcode", "spec.yaml"], 0),
+            (
+                "plan, empty state",
+                &["plan", "--detailed-exitcode", "spec.yaml"],
+                2,
+            ),
+            (
+                "apply from empty",
+                &["apply", "--auto-approve", "spec.yaml"],
+                0,
+            ),
+            (
+                "no-op plan, full state",
+                &["plan", "--detailed-exitcode", "spec.yaml"],
+                0,
+            ),
         ];
         for (name, argv, want) in steps {
             let (t, rss, code) = measure(dir.path(), argv);
@@ -74,20 +102,36 @@ fn main() {
     }
     for w in apply_times.windows(2) {
         let ((n1, t1), (n2, t2)) = (w[0], w[1]);
-        println!("\napply t({n2})/t({n1}) = {:.2} (linear would be {:.0})", t2.as_secs_f64() / t1.as_secs_f64(), n2 as f64 / n1 as f64);
+        println!(
+            "\napply t({n2})/t({n1}) = {:.2} (linear would be {:.0})",
+            t2.as_secs_f64() / t1.as_secs_f64(),
+            n2 as f64 / n1 as f64
+        );
     }
 
     // Pathological inputs must fail fast.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut bomb = String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: bomb}\nx0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..9 {
-        bomb.push_str(&format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
+        bomb.push_str(&format!(
+            "x{i}: &a{i} [{}]\n",
+            vec![format!("*a{}", i - 1); 10].join(", ")
+        ));
     }
-    let deep = format!("apiVersion: anvil/v1\nkind: Resources\nmetadata: {{name: d}}\nresources: {}", "[".repeat(100_000));
-    let garbage: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let deep = format!(
+        "apiVersion: anvil/v1\nkind: Resources\nmetadata: {{name: d}}\nresources: {}",
+        "[".repeat(100_000)
+    );
+    let garbage: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     println!("\n| bad input | wall time (s) | exit |");
     println!("|---|---:|---:|");
-    for (name, body) in [("alias bomb (10^9 nodes)", bomb.into_bytes()), ("100k-deep nesting", deep.into_bytes()), ("1 MB binary garbage", garbage)] {
+    for (name, body) in [
+        ("alias bomb (10^9 nodes)", bomb.into_bytes()),
+        ("100k-deep nesting", deep.into_bytes()),
+        ("1 MB binary garbage", garbage),
+    ] {
         std::fs::write(dir.path().join("bad.yaml"), body).expect("write");
         let (t, _, code) = measure(dir.path(), &["validate", "bad.yaml"]);
         println!("| {name} | {:.3} | {code} |", t.as_secs_f64());

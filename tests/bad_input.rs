@@ -14,9 +14,11 @@ fn res(body: &str) -> String {
 
 /// (name, file contents, expected substring of stderr: location and message).
 fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
-    let mut deep = String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: deep}\nresources: ");
+    let mut deep =
+        String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: deep}\nresources: ");
     deep.push_str(&"[".repeat(100_000));
-    let mut deep_block = String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: deep}\nx:\n");
+    let mut deep_block =
+        String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: deep}\nx:\n");
     for i in 0..100_000 {
         deep_block.push_str(&" ".repeat(i % 60 + 1));
         deep_block.push_str("- \n");
@@ -63,11 +65,17 @@ fn bad_specs_fail_cleanly() {
     for (name, body, want) in all {
         let s = Scratch::new();
         std::fs::write(s.path().join("bad.yaml"), &body).unwrap();
-        for cmd in [&["validate", "bad.yaml"][..], &["apply", "--auto-approve", "bad.yaml"][..]] {
+        for cmd in [
+            &["validate", "bad.yaml"][..],
+            &["apply", "--auto-approve", "bad.yaml"][..],
+        ] {
             let o = s.run_with_limit(cmd, Duration::from_secs(20));
             let err = stderr(&o);
             if o.status.code() != Some(1) {
-                failures.push(format!("{name}: {cmd:?} exited {:?}\n{err}", o.status.code()));
+                failures.push(format!(
+                    "{name}: {cmd:?} exited {:?}\n{err}",
+                    o.status.code()
+                ));
             }
             if err.contains("panicked") || err.contains("overflow") {
                 failures.push(format!("{name}: {cmd:?} panicked:\n{err}"));
@@ -80,7 +88,12 @@ fn bad_specs_fail_cleanly() {
             failures.push(format!("{name}: a state directory was created"));
         }
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -92,6 +105,10 @@ fn bad_input_leaves_existing_state_untouched() {
     s.write("spec/b.yaml", &res("  - {type: null_resource, name: a}\n"));
     let o = s.run(&["apply", "--auto-approve", "spec"]);
     assert_code(&o, 1);
-    assert!(stderr(&o).contains("duplicate address null_resource.a"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("duplicate address null_resource.a"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(s.state_file("bad")).unwrap(), before);
 }

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -25,34 +28,73 @@ fn sigkill_at_random_moments_never_corrupts_state() {
 
     // Calibrate: how long does a whole apply take here?
     let start = Instant::now();
-    let o = s.cmd(&["apply", "--auto-approve", "--parallelism", "4", "spec.yaml"]).envs(env).output().unwrap();
+    let o = s
+        .cmd(&["apply", "--auto-approve", "--parallelism", "4", "spec.yaml"])
+        .envs(env)
+        .output()
+        .unwrap();
     assert_code(&o, 0);
     let full = start.elapsed();
     assert_code(&s.run(&["destroy", "--auto-approve", "spec.yaml"]), 0);
 
-    let seed = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_u64);
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_u64);
     let mut rng = Lcg(seed);
     let state = s.state_file("crash");
     for trial in 0..20 {
         // Alternate between building up and tearing down, so kills hit creates and deletes.
-        let args: &[&str] = if trial % 4 == 3 { &["destroy", "--auto-approve", "--parallelism", "4", "spec.yaml"] } else { &["apply", "--auto-approve", "--parallelism", "4", "spec.yaml"] };
+        let args: &[&str] = if trial % 4 == 3 {
+            &[
+                "destroy",
+                "--auto-approve",
+                "--parallelism",
+                "4",
+                "spec.yaml",
+            ]
+        } else {
+            &["apply", "--auto-approve", "--parallelism", "4", "spec.yaml"]
+        };
         let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 + 1));
-        let mut child = s.cmd(args).envs(env).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = s
+            .cmd(args)
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         let _ = child.kill();
         let _ = child.wait();
         if state.exists() {
             let text = std::fs::read_to_string(&state).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("trial {trial} (seed {seed}): state does not parse: {e}"));
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("trial {trial} (seed {seed}): state does not parse: {e}")
+            });
             assert!(v["resources"].is_object(), "trial {trial}");
         }
         // Every command reads what the killed run left (state + journal) without error.
-        let o = s.cmd(&["state", "list", "spec.yaml"]).envs(env).output().unwrap();
+        let o = s
+            .cmd(&["state", "list", "spec.yaml"])
+            .envs(env)
+            .output()
+            .unwrap();
         assert_code(&o, 0);
     }
 
     // The next apply (after the dead holder's lease) converges.
-    let o = s.cmd(&["apply", "--auto-approve", "--lock-timeout", "30s", "spec.yaml"]).envs(env).output().unwrap();
+    let o = s
+        .cmd(&[
+            "apply",
+            "--auto-approve",
+            "--lock-timeout",
+            "30s",
+            "spec.yaml",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
     assert_code(&o, 0);
     let o = s.run(&["plan", "--detailed-exitcode", "spec.yaml"]);
     assert_code(&o, 0);
@@ -62,5 +104,9 @@ fn sigkill_at_random_moments_never_corrupts_state() {
     let mut want: Vec<String> = (0..N).map(|i| format!("null_resource.r{i}")).collect();
     want.sort();
     assert_eq!(keys.into_iter().cloned().collect::<Vec<_>>(), want);
-    assert!(st["pending"].as_array().is_none_or(|p| p.is_empty()), "{}", st["pending"]);
+    assert!(
+        st["pending"].as_array().is_none_or(|p| p.is_empty()),
+        "{}",
+        st["pending"]
+    );
 }

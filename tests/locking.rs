@@ -25,12 +25,21 @@ fn second_writer_fails_naming_the_holder_or_waits() {
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(err.contains("locked"), "{err}");
-    assert!(err.contains(&format!("pid {first_pid}")), "holder pid missing: {err}");
+    assert!(
+        err.contains(&format!("pid {first_pid}")),
+        "holder pid missing: {err}"
+    );
     assert!(err.contains("apply"), "operation missing: {err}");
     assert!(err.contains("force-unlock"), "{err}");
 
     // With a lock timeout the second waits for the first, then proceeds (no changes left).
-    let o = s.run(&["apply", "--auto-approve", "--lock-timeout", "60s", "spec.yaml"]);
+    let o = s.run(&[
+        "apply",
+        "--auto-approve",
+        "--lock-timeout",
+        "60s",
+        "spec.yaml",
+    ]);
     assert_code(&o, 0);
     let first = first.wait_with_output().unwrap();
     assert_code(&first, 0);
@@ -43,7 +52,11 @@ fn lock_of_a_killed_process_expires_by_itself() {
     let s = Scratch::new();
     s.write("spec.yaml", &slow_spec("killed", 60_000));
     let lock = s.path().join("state/killed.json.lock");
-    let mut first = s.cmd(&["apply", "--auto-approve", "spec.yaml"]).env("ANVIL_LOCK_LEASE", "2s").spawn().unwrap();
+    let mut first = s
+        .cmd(&["apply", "--auto-approve", "spec.yaml"])
+        .env("ANVIL_LOCK_LEASE", "2s")
+        .spawn()
+        .unwrap();
     wait_for(&lock, Duration::from_secs(30));
     first.kill().unwrap(); // SIGKILL: no chance to release
     first.wait().unwrap();
@@ -55,7 +68,13 @@ fn lock_of_a_killed_process_expires_by_itself() {
 
     // No force-unlock: waiting past the (2 s) lease is enough.
     s.write("spec.yaml", &slow_spec("killed", 0));
-    let o = s.run(&["apply", "--auto-approve", "--lock-timeout", "30s", "spec.yaml"]);
+    let o = s.run(&[
+        "apply",
+        "--auto-approve",
+        "--lock-timeout",
+        "30s",
+        "spec.yaml",
+    ]);
     assert_code(&o, 0);
     let st = s.state_json("killed");
     assert_eq!(st["resources"].as_object().unwrap().len(), 2, "{st}");

@@ -169,6 +169,9 @@ mod tests {
             std::fs::write(path, &want).unwrap();
         }
         let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(have == want, "{path} is stale: run `UPDATE_SCHEMAS=1 cargo test` and commit it");
+        assert!(
+            have == want,
+            "{path} is stale: run `UPDATE_SCHEMAS=1 cargo test` and commit it"
+        );
     }
 }

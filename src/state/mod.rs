@@ -1,140 +1,349 @@
-//! TEMPORARY stand-in for the state module (replaced by branch `state`).
+//! State: the recorded truth of what anvil has applied, and the only module that touches
+//! state files.
+//!
+//! A workspace's state is one JSON document ([`State`]) holding every managed resource by
+//! address. It is stored by a [`StateBackend`]; the default [`LocalBackend`] keeps it in
+//! `state/<workspace>.json` and writes it atomically with the previous version kept as
+//! `<file>.backup`.
+//!
+//! During `apply` the engine does not rewrite the document per resource (that would make
+//! apply quadratic). Instead it appends [`JournalRecord`]s to `<file>.journal` through a
+//! [`JournalWriter`] — an intent *before* each provider call, the result after it — and
+//! checkpoints the full document every so often. [`StateBackend::load`] replays the
+//! journal, so a run killed at any instant leaves state the next run reads without error,
+//! with unfinished operations listed in [`State::pending`] for the next plan to refresh.
+//!
+//! Writers hold an exclusive, leased lock (`<file>.lock`, see [`LockHandle`]).
+//!
+//! Files of one local state `state/demo.json`:
+//!
+//! | file | what |
+//! |------|------|
+//! | `state/demo.json` | the last checkpoint |
+//! | `state/demo.json.backup` | the checkpoint before it |
+//! | `state/demo.json.journal` | records since the last checkpoint (only while applying, or after a crash) |
+//! | `state/demo.json.lock` | the lock holder (JSON), while a writer runs |
+//! | `state/demo.json.lock.guard` | empty; flocked briefly to make lock changes atomic |
+
+mod error;
+mod fsio;
+mod journal;
+mod local;
+mod lock;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use sha2::{Digest, Sha256};
 
+pub use error::StateError;
+pub use journal::{Commit, JournalRecord, JournalWriter};
+pub use local::LocalBackend;
+pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
+
+/// Format version of the state document this build reads and writes.
 pub const STATE_VERSION: u32 = 1;
+
+/// The state document of one workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// Format version, [`STATE_VERSION`].
     pub version: u32,
+    /// Identity of this state's history, fixed at creation; saved plans and journals are
+    /// bound to it.
     pub lineage: uuid::Uuid,
+    /// Bumped on every recorded change.
     pub serial: u64,
+    /// Managed resources keyed by address `TYPE.NAME`.
     pub resources: BTreeMap<String, ResourceState>,
+    /// Operations that were started but whose outcome was never recorded (a run was
+    /// killed). The next plan refreshes these addresses.
     #[serde(default)]
     pub pending: Vec<PendingOp>,
 }
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
 impl State {
+    /// An empty state with a fresh lineage and serial 0.
     pub fn new() -> State {
         State {
-            version: 1,
+            version: STATE_VERSION,
             lineage: uuid::Uuid::new_v4(),
             serial: 0,
             resources: BTreeMap::new(),
-            pending: vec![],
+            pending: Vec::new(),
+        }
+    }
+
+    /// The serial to put in the next `Applied`/`Removed` record: `serial + 1`.
+    pub fn next_serial(&self) -> u64 {
+        self.serial + 1
+    }
+
+    /// Apply one journal record to this in-memory state, exactly as replay would.
+    ///
+    /// `Intent` adds a [`PendingOp`]; `Failed` clears it; `Applied`/`Removed` clear it,
+    /// change the resource and raise `serial` to the record's serial. The engine can keep
+    /// its in-memory state in step with the journal by calling this for every record it
+    /// appends.
+    pub fn apply_record(&mut self, record: &JournalRecord) {
+        self.apply_record_after(record, None);
+    }
+
+    /// Like [`State::apply_record`], but resource changes with a serial at or below
+    /// `skip_upto` are already contained in this state and only clear pending entries.
+    pub(crate) fn apply_record_after(&mut self, record: &JournalRecord, skip_upto: Option<u64>) {
+        let fresh = |serial: u64| skip_upto.is_none_or(|s| serial > s);
+        match record {
+            JournalRecord::Intent {
+                address,
+                operation,
+                at,
+            } => {
+                self.pending.retain(|p| &p.address != address);
+                self.pending.push(PendingOp {
+                    address: address.clone(),
+                    operation: *operation,
+                    started_at: *at,
+                });
+            }
+            JournalRecord::Applied {
+                serial,
+                address,
+                resource,
+            } => {
+                self.pending.retain(|p| &p.address != address);
+                if fresh(*serial) {
+                    self.resources.insert(address.clone(), resource.clone());
+                    self.serial = self.serial.max(*serial);
+                }
+            }
+            JournalRecord::Removed { serial, address } => {
+                self.pending.retain(|p| &p.address != address);
+                if fresh(*serial) {
+                    self.resources.remove(address);
+                    self.serial = self.serial.max(*serial);
+                }
+            }
+            JournalRecord::Failed { address, .. } => {
+                self.pending.retain(|p| &p.address != address);
+            }
         }
     }
 }
+
+/// One managed resource as last applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceState {
+    /// Resource type, e.g. `bosh_deployment`.
     #[serde(rename = "type")]
     pub ty: String,
+    /// Provider that manages it.
     pub provider: String,
+    /// Attributes as applied (sensitive ones excluded).
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Sensitive attributes: name → [`fingerprint`] (`sha256:<hex>`). Such attributes are
+    /// never stored in `attributes`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive: BTreeMap<String, String>,
+    /// Values the provider reported back (ids, URLs, ...).
     #[serde(default)]
     pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Addresses this resource depended on when applied (for delete ordering).
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// Lifecycle settings in force when applied.
     #[serde(default)]
     pub lifecycle: RecordedLifecycle,
+    /// When the resource was created.
     pub created_at: DateTime<Utc>,
+    /// When the resource was last changed.
     pub updated_at: DateTime<Utc>,
 }
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+
+/// Lifecycle settings recorded with a resource, so deletes of resources no longer in the
+/// spec still honour them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedLifecycle {
+    /// Refuse to destroy.
     #[serde(default)]
     pub prevent_destroy: bool,
+    /// Replace by creating the new one first.
     #[serde(default)]
     pub create_before_destroy: bool,
+    /// Forget instead of deleting.
     #[serde(default)]
     pub retain_on_delete: bool,
 }
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+
+/// An operation that was started but whose outcome is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingOp {
+    /// Resource address.
     pub address: String,
+    /// What was being done.
     pub operation: Operation,
+    /// When it started.
     pub started_at: DateTime<Utc>,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+
+/// A provider operation recorded in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
+    /// Creating a resource.
     Create,
+    /// Updating a resource in place.
     Update,
+    /// Deleting a resource.
     Delete,
 }
+
+/// `"sha256:" + hex(SHA-256(canonical JSON of value))`; canonical JSON is compact with
+/// object keys sorted, so equal values always have equal fingerprints.
 pub fn fingerprint(value: &serde_json::Value) -> String {
-    use sha2::Digest;
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+    let mut buf = Vec::new();
+    write_canonical(value, &mut buf);
+    format!("sha256:{}", hex::encode(Sha256::digest(&buf)))
 }
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "record", rename_all = "snake_case")]
-pub enum JournalRecord {
-    Intent {
-        address: String,
-        operation: Operation,
-        at: DateTime<Utc>,
-    },
-    Applied {
-        serial: u64,
-        address: String,
-        resource: ResourceState,
-    },
-    Removed {
-        serial: u64,
-        address: String,
-    },
-    Failed {
-        address: String,
-        operation: Operation,
-        error: String,
-    },
-}
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("{0}")]
-    Other(String),
-}
-pub struct LockHandle;
-impl LockHandle {
-    pub fn is_lost(&self) -> bool {
-        false
-    }
-}
-pub struct Commit;
-impl Commit {
-    pub async fn wait(self) -> Result<(), StateError> {
-        Ok(())
-    }
-    pub fn wait_blocking(self) -> Result<(), StateError> {
-        Ok(())
+
+/// Canonical JSON: sorted keys, no whitespace. Written by hand so the fingerprint cannot
+/// change if some dependency turns on serde_json's `preserve_order` feature.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serializing a string or scalar into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
-pub struct JournalWriter;
-impl JournalWriter {
-    pub fn append(&self, _rec: JournalRecord) -> Commit {
-        Commit
-    }
-    pub fn checkpoint_due(&self) -> bool {
-        false
-    }
-    pub fn checkpoint(&self, _state: &State) -> Commit {
-        Commit
-    }
-    pub fn finish(self, _state: &State) -> Result<(), StateError> {
-        Ok(())
-    }
-}
+
+/// Where state lives: load it, lock it, write it, journal changes to it.
+///
+/// Implementations must make [`StateBackend::write`] atomic and must make `load` succeed
+/// on whatever a killed writer left behind.
 pub trait StateBackend: Send + Sync {
+    /// A URL-like description for messages, e.g. `file://state/demo.json`.
     fn describe(&self) -> String;
+
+    /// Read the current state, replaying the journal if one exists. A missing state is an
+    /// empty [`State::new`] (nothing is written).
+    ///
+    /// # Errors
+    /// The state or journal cannot be read, is corrupted, has an unknown version, or the
+    /// journal belongs to another lineage.
     fn load(&self) -> Result<State, StateError>;
-    fn lock(&self, operation: &str, timeout: std::time::Duration)
-        -> Result<LockHandle, StateError>;
+
+    /// Take the exclusive write lock for `operation` (e.g. `"apply"`), waiting up to
+    /// `timeout` for another holder to release it or for its lease to run out.
+    ///
+    /// # Errors
+    /// [`StateError::Locked`] naming the holder if still locked after `timeout`; IO errors.
+    fn lock(&self, operation: &str, timeout: Duration) -> Result<LockHandle, StateError>;
+
+    /// Remove the lock with id `id`, whoever holds it.
+    ///
+    /// # Errors
+    /// No lock exists, or the current lock has another id (the error names it).
     fn force_unlock(&self, id: &str) -> Result<(), StateError>;
+
+    /// Replace the stored state with `state` atomically and drop the journal. The state is
+    /// stored as given: callers bump `serial` when content changes.
+    ///
+    /// # Errors
+    /// `lock` is not this backend's or was lost; the stored state has another lineage or a
+    /// higher serial; IO errors.
     fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError>;
+
+    /// Start journalling changes to `base` (normally the state just loaded). Must not be
+    /// mixed with [`StateBackend::write`] while the writer lives.
+    ///
+    /// # Errors
+    /// As for [`StateBackend::write`].
     fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError>;
 }
-pub fn open(_url: Option<&str>, _workspace: &str) -> Result<Box<dyn StateBackend>, StateError> {
-    Err(StateError::Other("stub".into()))
+
+/// Open the state backend for `url` (from `--state` / `ANVIL_STATE`) and `workspace`.
+///
+/// * `None` → local file `state/<workspace>.json`, relative to the current directory;
+/// * `file://PATH` or a plain `PATH` → local file `PATH`, or `PATH/<workspace>.json` when
+///   `PATH` ends with `/` or is an existing directory;
+/// * any other `scheme://` → [`StateError::UnsupportedBackend`].
+///
+/// # Errors
+/// Unsupported URL scheme, or a workspace name that is not a plain file name.
+pub fn open(url: Option<&str>, workspace: &str) -> Result<Box<dyn StateBackend>, StateError> {
+    let valid_ws = !workspace.is_empty()
+        && workspace != "."
+        && workspace != ".."
+        && workspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid_ws {
+        return Err(StateError::InvalidWorkspace {
+            name: workspace.to_string(),
+        });
+    }
+    let file_name = format!("{workspace}.json");
+    let path = match url {
+        None => Path::new("state").join(file_name),
+        Some(url) => {
+            let raw = if let Some(rest) = url.strip_prefix("file://") {
+                rest
+            } else if url.contains("://") || url.is_empty() {
+                return Err(StateError::UnsupportedBackend {
+                    url: url.to_string(),
+                });
+            } else {
+                url
+            };
+            if raw.is_empty() {
+                return Err(StateError::UnsupportedBackend {
+                    url: url.to_string(),
+                });
+            }
+            let p = PathBuf::from(raw);
+            if raw.ends_with('/') || p.is_dir() {
+                p.join(file_name)
+            } else {
+                p
+            }
+        }
+    };
+    Ok(Box::new(LocalBackend::new(path)))
 }

@@ -14,7 +14,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().expect("tempdir") }
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -31,7 +33,9 @@ impl Scratch {
     }
 
     pub fn copy_example(&self, name: &str, to: &str) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
         let dst = self.path().join(to);
         copy_dir(&src, &dst);
         dst
@@ -50,7 +54,12 @@ impl Scratch {
     /// Runs to completion, failing the test if it takes longer than `limit` (a hang
     /// guard, not a performance assertion).
     pub fn run_with_limit(&self, args: &[&str], limit: Duration) -> Output {
-        let mut child = self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn anvil");
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn anvil");
         let start = Instant::now();
         loop {
             if child.try_wait().expect("wait").is_some() {
@@ -69,7 +78,11 @@ impl Scratch {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn anvil")
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn anvil")
     }
 
     pub fn state_file(&self, name: &str) -> PathBuf {
@@ -105,18 +118,30 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts an exit code, printing both streams when it differs.
 pub fn assert_code(o: &Output, code: i32) {
-    assert_eq!(o.status.code(), Some(code), "exit code\n--- stdout\n{}\n--- stderr\n{}", stdout(o), stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit code\n--- stdout\n{}\n--- stderr\n{}",
+        stdout(o),
+        stderr(o)
+    );
 }
 
 /// A `Resources` document with `n` null resources in a binary tree of `depends_on`.
 pub fn tree_spec(name: &str, n: usize, extra: &str) -> String {
-    let mut s = format!("apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: {name}\nresources:\n");
+    let mut s =
+        format!("apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: {name}\nresources:\n");
     for i in 0..n {
         s.push_str(&format!("  - type: null_resource\n    name: r{i}\n"));
         if i > 0 {
-            s.push_str(&format!("    depends_on: [null_resource.r{}]\n", (i - 1) / 2));
+            s.push_str(&format!(
+                "    depends_on: [null_resource.r{}]\n",
+                (i - 1) / 2
+            ));
         }
-        s.push_str(&format!("    attributes:\n      triggers:\n        n: \"{i}\"\n{extra}"));
+        s.push_str(&format!(
+            "    attributes:\n      triggers:\n        n: \"{i}\"\n{extra}"
+        ));
     }
     s
 }
@@ -125,7 +150,11 @@ pub fn tree_spec(name: &str, n: usize, extra: &str) -> String {
 pub fn wait_for(path: &Path, limit: Duration) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -1,0 +1,274 @@
+//! The local file backend: `state/<workspace>.json` and its siblings.
+//!
+//! See the table in the [`state`](super) module docs for the files. Writes go through
+//! [`fsio::atomic_write`]; loads replay the journal ([`super::journal::replay`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::fsio::{self, Faults};
+use super::journal::{self, JournalFiles};
+use super::lock::{self, Clock, LockFiles, LockHandle, SystemClock, DEFAULT_LEASE, HELD};
+use super::{JournalWriter, State, StateBackend, StateError, STATE_VERSION};
+
+/// Serialize a state document: pretty JSON (readable and diffable) plus a final newline.
+pub(crate) fn encode(state: &State, path: &Path) -> Result<Vec<u8>, StateError> {
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Serialize {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The fields we can read from any version of the document, to explain failures and to
+/// check lineage/serial cheaply.
+#[derive(Deserialize)]
+struct Probe {
+    version: u64,
+    lineage: Option<uuid::Uuid>,
+    serial: Option<u64>,
+}
+
+/// Parse a state document read from `path`.
+fn decode(bytes: &[u8], path: &Path) -> Result<State, StateError> {
+    match serde_json::from_slice::<State>(bytes) {
+        Ok(state) if u64::from(state.version) == u64::from(STATE_VERSION) => Ok(state),
+        Ok(state) => Err(StateError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: state.version.into(),
+        }),
+        Err(e) => match serde_json::from_slice::<Probe>(bytes) {
+            Ok(p) if p.version != u64::from(STATE_VERSION) => Err(StateError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: p.version,
+            }),
+            _ => Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }),
+        },
+    }
+}
+
+/// State stored in a local JSON file.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    path: PathBuf,
+    lock_files: LockFiles,
+    clock: Arc<dyn Clock>,
+    lease: Option<Duration>,
+    faults: Faults,
+}
+
+impl LocalBackend {
+    /// A backend for the state file at `path` (need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        LocalBackend {
+            lock_files: LockFiles::for_state(&path),
+            path,
+            clock: Arc::new(SystemClock),
+            lease: None,
+            faults: Faults::none(),
+        }
+    }
+
+    /// Use `clock` for lock times (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Use this lock lease instead of `ANVIL_LOCK_LEASE` / the 30 s default.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn backup_path(&self) -> PathBuf {
+        fsio::sibling(&self.path, ".backup")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        fsio::sibling(&self.path, ".journal")
+    }
+
+    fn lease(&self) -> Result<Duration, StateError> {
+        if let Some(l) = self.lease {
+            return Ok(l);
+        }
+        match std::env::var("ANVIL_LOCK_LEASE") {
+            Err(_) => Ok(DEFAULT_LEASE),
+            Ok(v) => match lock::parse_duration(&v) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(StateError::InvalidLease {
+                    path: self.lock_files.lock.clone(),
+                    value: v,
+                }),
+            },
+        }
+    }
+
+    fn check_lock(&self, lock: &LockHandle) -> Result<(), StateError> {
+        if lock.lock_path() != self.lock_files.lock {
+            return Err(StateError::WrongLock {
+                path: self.path.clone(),
+                lock_path: lock.lock_path().to_path_buf(),
+            });
+        }
+        if lock.status().get() != HELD {
+            return Err(StateError::LockLost {
+                path: self.lock_files.lock.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_stored(&self) -> Result<Option<Vec<u8>>, StateError> {
+        fsio::read_optional(&self.path).map_err(|e| StateError::io("read", &self.path, e))
+    }
+
+    /// Refuse to overwrite a stored state (`stored`, its bytes) of another lineage or with
+    /// a higher serial than `state`. An unreadable stored state is overwritten (it is
+    /// kept as the backup).
+    fn check_overwrite(&self, stored: Option<&[u8]>, state: &State) -> Result<(), StateError> {
+        let Some(p) = stored.and_then(|b| serde_json::from_slice::<Probe>(b).ok()) else {
+            return Ok(());
+        };
+        if let Some(lineage) = p.lineage {
+            if lineage != state.lineage {
+                return Err(StateError::LineageMismatch {
+                    path: self.path.clone(),
+                    other: self.path.clone(),
+                    expected: state.lineage,
+                    found: lineage,
+                });
+            }
+        }
+        match p.serial {
+            Some(on_disk) if on_disk > state.serial => Err(StateError::StaleState {
+                path: self.path.clone(),
+                on_disk,
+                ours: state.serial,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn load_once(&self) -> Result<State, StateError> {
+        let journal_path = self.journal_path();
+        let bytes =
+            fsio::read_optional(&self.path).map_err(|e| StateError::io("read", &self.path, e))?;
+        let Some(bytes) = bytes else {
+            let journal = fsio::read_optional(&journal_path)
+                .map_err(|e| StateError::io("read", &journal_path, e))?;
+            // A journal whose header never made it to disk is harmless; one with content
+            // continues a state that has gone missing.
+            if journal.is_some_and(|j| j.contains(&b'\n')) {
+                return Err(StateError::OrphanJournal {
+                    path: self.path.clone(),
+                    journal: journal_path,
+                });
+            }
+            return Ok(State::new());
+        };
+        let mut state = decode(&bytes, &self.path)?;
+        drop(bytes);
+        if let Some(journal) = fsio::read_optional(&journal_path)
+            .map_err(|e| StateError::io("read", &journal_path, e))?
+        {
+            journal::replay(&mut state, &journal, &self.path, &journal_path)?;
+        }
+        Ok(state)
+    }
+}
+
+impl StateBackend for LocalBackend {
+    fn describe(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    fn load(&self) -> Result<State, StateError> {
+        // Loading takes no lock. If a writer checkpoints between our reading the state and
+        // the journal, we see an old state with a newer journal; reading again resolves it.
+        let mut attempts = 0;
+        loop {
+            match self.load_once() {
+                Err(StateError::JournalAhead { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn lock(&self, operation: &str, timeout: Duration) -> Result<LockHandle, StateError> {
+        let lease = self.lease()?;
+        lock::acquire(
+            &self.lock_files,
+            operation,
+            timeout,
+            lease,
+            self.clock.clone(),
+        )
+    }
+
+    fn force_unlock(&self, id: &str) -> Result<(), StateError> {
+        self.lock_files.force_unlock(id)
+    }
+
+    fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError> {
+        self.check_lock(lock)?;
+        self.check_overwrite(self.read_stored()?.as_deref(), state)?;
+        let bytes = encode(state, &self.path)?;
+        fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
+        // The written state contains everything the journal recorded.
+        fsio::remove_durably(&self.journal_path(), &self.faults)?;
+        Ok(())
+    }
+
+    fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError> {
+        self.check_lock(lock)?;
+        let stored = self.read_stored()?;
+        self.check_overwrite(stored.as_deref(), base)?;
+        let journal_path = self.journal_path();
+        let old_journal = journal_path
+            .try_exists()
+            .map_err(|e| StateError::io("stat", &journal_path, e))?;
+        // The journal continues the stored state, so that state must be exactly `base`.
+        // Write it unless it already is (and no older journal sits on top of it).
+        let bytes = encode(base, &self.path)?;
+        if old_journal || stored.as_deref() != Some(bytes.as_slice()) {
+            fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
+        }
+        JournalWriter::start(
+            JournalFiles {
+                state: self.path.clone(),
+                backup: self.backup_path(),
+                journal: journal_path,
+            },
+            base,
+            lock.status(),
+            self.lock_files.lock.clone(),
+            self.faults.clone(),
+        )
+    }
+}

@@ -1,0 +1,786 @@
+//! Tests of the local backend and the journal through the public [`StateBackend`] API,
+//! including simulated crashes at every byte and every file-system step.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+use super::fsio::{self, Faults};
+use super::*;
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn backend(dir: &Path) -> LocalBackend {
+    LocalBackend::new(dir.join("state").join("demo.json")).with_lease(DEFAULT_LEASE)
+}
+
+fn res(n: u64) -> ResourceState {
+    let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    ResourceState {
+        ty: "vault_mount".into(),
+        provider: "vault".into(),
+        attributes: BTreeMap::from([("n".to_string(), json!(n))]),
+        sensitive: BTreeMap::new(),
+        outputs: BTreeMap::new(),
+        dependencies: vec![],
+        lifecycle: RecordedLifecycle::default(),
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn intent(addr: &str, op: Operation) -> JournalRecord {
+    JournalRecord::Intent {
+        address: addr.into(),
+        operation: op,
+        at: Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
+    }
+}
+
+/// Apply `rec` to `state` (assigning the next serial to results) and append it.
+fn record(state: &mut State, w: &JournalWriter, rec: JournalRecord) -> Result<(), StateError> {
+    record_tracked(state, w, rec, &mut None)
+}
+
+/// As [`record`], remembering in `attempted` the record whose commit failed: a crash
+/// after `write` but before `fsync` may or may not leave it on disk.
+fn record_tracked(
+    state: &mut State,
+    w: &JournalWriter,
+    rec: JournalRecord,
+    attempted: &mut Option<JournalRecord>,
+) -> Result<(), StateError> {
+    let rec = match rec {
+        JournalRecord::Applied {
+            address, resource, ..
+        } => JournalRecord::Applied {
+            serial: state.next_serial(),
+            address,
+            resource,
+        },
+        JournalRecord::Removed { address, .. } => JournalRecord::Removed {
+            serial: state.next_serial(),
+            address,
+        },
+        other => other,
+    };
+    let commit = w.append(&rec);
+    if let Err(e) = commit.wait_blocking() {
+        *attempted = Some(rec);
+        return Err(e);
+    }
+    state.apply_record(&rec);
+    Ok(())
+}
+
+fn applied(addr: &str, n: u64) -> JournalRecord {
+    JournalRecord::Applied {
+        serial: 0,
+        address: addr.into(),
+        resource: res(n),
+    }
+}
+
+fn removed(addr: &str) -> JournalRecord {
+    JournalRecord::Removed {
+        serial: 0,
+        address: addr.into(),
+    }
+}
+
+fn pending_addrs(s: &State) -> Vec<String> {
+    let mut v: Vec<_> = s.pending.iter().map(|p| p.address.clone()).collect();
+    v.sort();
+    v
+}
+
+fn assert_same(loaded: &State, expected: &State) {
+    assert_eq!(loaded.lineage, expected.lineage);
+    assert_eq!(loaded.serial, expected.serial);
+    assert_eq!(loaded.resources, expected.resources);
+    assert_eq!(pending_addrs(loaded), pending_addrs(expected));
+}
+
+#[test]
+fn missing_state_is_empty_and_not_written() {
+    let d = dir();
+    let b = backend(d.path());
+    let s = b.load().unwrap();
+    assert_eq!(s.serial, 0);
+    assert!(s.resources.is_empty());
+    assert!(!b.path().exists());
+    assert_eq!(b.describe(), format!("file://{}", b.path().display()));
+}
+
+#[test]
+fn write_round_trips_and_keeps_backup() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = State::new();
+    s.serial = 1;
+    s.resources.insert("vault_mount.a".into(), res(1));
+    b.write(&s, &lock).unwrap();
+    assert!(!fsio::sibling(b.path(), ".backup").exists());
+    let first = std::fs::read(b.path()).unwrap();
+    assert_eq!(first.last(), Some(&b'\n'));
+    assert_eq!(b.load().unwrap(), s);
+
+    s.serial = 2;
+    s.resources.insert("vault_mount.b".into(), res(2));
+    b.write(&s, &lock).unwrap();
+    assert_eq!(b.load().unwrap(), s);
+    let backup = std::fs::read(fsio::sibling(b.path(), ".backup")).unwrap();
+    assert_eq!(backup, first);
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(b.path().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
+}
+
+#[test]
+fn write_refuses_other_lineage_stale_serial_and_foreign_lock() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = State::new();
+    s.serial = 5;
+    b.write(&s, &lock).unwrap();
+
+    let other = State::new();
+    let err = b.write(&other, &lock).unwrap_err();
+    assert!(matches!(err, StateError::LineageMismatch { .. }), "{err}");
+
+    let mut old = s.clone();
+    old.serial = 4;
+    let err = b.write(&old, &lock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::StaleState {
+                on_disk: 5,
+                ours: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&b.path().display().to_string()));
+
+    let b2 = LocalBackend::new(d.path().join("other.json"));
+    let err = b2.write(&s, &lock).unwrap_err();
+    assert!(matches!(err, StateError::WrongLock { .. }), "{err}");
+}
+
+#[test]
+fn write_after_lost_lock_is_refused() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    b.force_unlock(&lock.info().id).unwrap();
+    assert!(!lock.renew_now().unwrap());
+    let err = b.write(&State::new(), &lock).unwrap_err();
+    assert!(matches!(err, StateError::LockLost { .. }), "{err}");
+    assert!(!b.path().exists());
+}
+
+#[test]
+fn corrupt_state_names_file_and_backup() {
+    let d = dir();
+    let b = backend(d.path());
+    std::fs::create_dir_all(b.path().parent().unwrap()).unwrap();
+    for content in [
+        "",
+        "{",
+        "not json",
+        "{\"version\":1}",
+        "[]",
+        "{\"version\":1,\"lineage\":\"x\"}",
+    ] {
+        std::fs::write(b.path(), content).unwrap();
+        let err = b.load().unwrap_err();
+        assert!(
+            matches!(err, StateError::Corrupt { .. }),
+            "{content}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&b.path().display().to_string()), "{msg}");
+        assert!(msg.contains(".backup"), "{msg}");
+    }
+}
+
+#[test]
+fn unknown_version_is_reported() {
+    let d = dir();
+    let b = backend(d.path());
+    std::fs::create_dir_all(b.path().parent().unwrap()).unwrap();
+    let mut v = serde_json::to_value(State::new()).unwrap();
+    v["version"] = json!(7);
+    std::fs::write(b.path(), v.to_string()).unwrap();
+    let err = b.load().unwrap_err();
+    assert!(
+        matches!(err, StateError::UnsupportedVersion { found: 7, .. }),
+        "{err}"
+    );
+    // A future format that no longer parses as ours is still reported by version.
+    std::fs::write(b.path(), r#"{"version":2,"everything":"different"}"#).unwrap();
+    let err = b.load().unwrap_err();
+    assert!(
+        matches!(err, StateError::UnsupportedVersion { found: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade anvil"));
+}
+
+#[test]
+fn state_serde_shape() {
+    let mut s = State::new();
+    s.resources.insert("vault_mount.a".into(), res(1));
+    let v = serde_json::to_value(&s).unwrap();
+    let r = &v["resources"]["vault_mount.a"];
+    assert_eq!(r["type"], "vault_mount");
+    assert!(
+        r.get("sensitive").is_none(),
+        "empty sensitive map is omitted"
+    );
+    // Optional fields default when absent.
+    let mut v2 = v.clone();
+    v2.as_object_mut().unwrap().remove("pending");
+    for k in ["outputs", "dependencies", "lifecycle"] {
+        v2["resources"]["vault_mount.a"]
+            .as_object_mut()
+            .unwrap()
+            .remove(k);
+    }
+    let back: State = serde_json::from_value(v2).unwrap();
+    assert_eq!(back, s);
+    let rec = serde_json::to_value(intent("a.b", Operation::Delete)).unwrap();
+    assert_eq!(rec["record"], "intent");
+    assert_eq!(rec["operation"], "delete");
+}
+
+#[test]
+fn fingerprint_is_canonical() {
+    use sha2::{Digest, Sha256};
+    let a: serde_json::Value =
+        serde_json::from_str(r#"{"b":[1,{"y":2,"x":"s"}],"a":null}"#).unwrap();
+    let canonical = r#"{"a":null,"b":[1,{"x":"s","y":2}]}"#;
+    let want = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    assert_eq!(fingerprint(&a), want);
+    let b: serde_json::Value =
+        serde_json::from_str(r#"{ "a" : null, "b":[1,{"x":"s","y":2}]}"#).unwrap();
+    assert_eq!(fingerprint(&b), want);
+    assert_ne!(
+        fingerprint(&json!("secret")),
+        fingerprint(&json!("secret2"))
+    );
+    assert_eq!(fingerprint(&json!("s")).len(), "sha256:".len() + 64);
+}
+
+#[test]
+fn open_resolves_urls() {
+    let b = open(None, "demo").unwrap();
+    assert_eq!(b.describe(), "file://state/demo.json");
+    let b = open(Some("file:///tmp/x/s.json"), "demo").unwrap();
+    assert_eq!(b.describe(), "file:///tmp/x/s.json");
+    let b = open(Some("some/dir/"), "demo").unwrap();
+    assert_eq!(b.describe(), "file://some/dir/demo.json");
+    let d = dir();
+    let b = open(Some(d.path().to_str().unwrap()), "demo").unwrap();
+    assert_eq!(
+        b.describe(),
+        format!("file://{}", d.path().join("demo.json").display())
+    );
+    for url in ["s3://bucket/key", "vault://kv/anvil", "postgres://db", ""] {
+        let err = open(Some(url), "demo").err().unwrap();
+        assert!(
+            matches!(err, StateError::UnsupportedBackend { .. }),
+            "{url}"
+        );
+        assert!(err.to_string().contains(url) && err.to_string().contains("file://"));
+    }
+    for ws in ["", "..", "a/b", "x y"] {
+        assert!(matches!(
+            open(None, ws),
+            Err(StateError::InvalidWorkspace { .. })
+        ));
+    }
+}
+
+#[test]
+fn lock_via_backend_and_force_unlock() {
+    let d = dir();
+    let b = backend(d.path());
+    let h = b.lock("apply", Duration::ZERO).unwrap();
+    let err = b.lock("plan", Duration::ZERO).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    let err = b.force_unlock("wrong").unwrap_err();
+    assert!(err.to_string().contains(&h.info().id));
+    b.force_unlock(&h.info().id).unwrap();
+    let _h2 = b.lock("plan", Duration::ZERO).unwrap();
+}
+
+#[test]
+fn journal_replays_results_and_pending() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    assert!(b.path().exists(), "journal() stores its base state");
+    record(&mut s, &w, intent("vault_mount.a", Operation::Create)).unwrap();
+    record(&mut s, &w, applied("vault_mount.a", 1)).unwrap();
+    record(&mut s, &w, intent("vault_mount.b", Operation::Create)).unwrap();
+    record(&mut s, &w, intent("vault_mount.c", Operation::Create)).unwrap();
+    record(
+        &mut s,
+        &w,
+        JournalRecord::Failed {
+            address: "vault_mount.c".into(),
+            operation: Operation::Create,
+            error: "boom".into(),
+        },
+    )
+    .unwrap();
+    // Simulate a crash: the writer goes away without finishing.
+    drop(w);
+    let loaded = b.load().unwrap();
+    assert_same(&loaded, &s);
+    assert_eq!(loaded.serial, 1);
+    assert_eq!(pending_addrs(&loaded), vec!["vault_mount.b".to_string()]);
+    assert_eq!(loaded.pending[0].operation, Operation::Create);
+
+    // The next run starts a new journal on top; nothing is lost.
+    let mut s2 = loaded;
+    let w = b.journal(&s2, &lock).unwrap();
+    record(&mut s2, &w, removed("vault_mount.a")).unwrap();
+    drop(w);
+    let loaded = b.load().unwrap();
+    assert_same(&loaded, &s2);
+    assert!(loaded.resources.is_empty());
+    assert_eq!(loaded.serial, 2);
+    assert_eq!(pending_addrs(&loaded), vec!["vault_mount.b".to_string()]);
+}
+
+#[test]
+fn finish_checkpoints_and_removes_journal() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    let jpath = w.path().to_path_buf();
+    for i in 0..10 {
+        let a = format!("vault_mount.m{i}");
+        record(&mut s, &w, intent(&a, Operation::Create)).unwrap();
+        record(&mut s, &w, applied(&a, i)).unwrap();
+    }
+    w.finish(&s).unwrap();
+    assert!(!jpath.exists());
+    assert_eq!(b.load().unwrap(), s);
+}
+
+#[test]
+fn finish_with_stale_state_keeps_uncovered_records() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let base = b.load().unwrap();
+    let mut s = base.clone();
+    let w = b.journal(&base, &lock).unwrap();
+    record(&mut s, &w, applied("vault_mount.a", 1)).unwrap();
+    record(&mut s, &w, intent("vault_mount.b", Operation::Update)).unwrap();
+    // The caller passes a state that misses both records: they must survive.
+    w.finish(&base).unwrap();
+    assert!(fsio::sibling(b.path(), ".journal").exists());
+    assert_same(&b.load().unwrap(), &s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_group_commit() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let base = b.load().unwrap();
+    let w = Arc::new(b.journal(&base, &lock).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u64 {
+                let serial = t * 1000 + i + 1;
+                let rec = JournalRecord::Applied {
+                    serial,
+                    address: format!("vault_mount.t{t}i{i}"),
+                    resource: res(serial),
+                };
+                w.append(rec).wait().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let loaded = b.load().unwrap();
+    assert_eq!(loaded.resources.len(), 400);
+    assert_eq!(loaded.serial, 7050);
+    let w = Arc::try_unwrap(w).unwrap();
+    w.finish(&loaded).unwrap();
+    assert_eq!(b.load().unwrap(), loaded);
+}
+
+#[test]
+fn checkpoints_interleaved_with_records() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    let jpath = w.path().to_path_buf();
+    for i in 0..60u64 {
+        let a = format!("vault_mount.r{}", i % 7);
+        let op = if i % 5 == 4 {
+            Operation::Delete
+        } else {
+            Operation::Create
+        };
+        record(&mut s, &w, intent(&a, op)).unwrap();
+        if i % 11 != 10 {
+            let rec = if op == Operation::Delete {
+                removed(&a)
+            } else {
+                applied(&a, i)
+            };
+            record(&mut s, &w, rec).unwrap();
+        }
+        if i % 3 == 0 {
+            w.checkpoint(&s).wait_blocking().unwrap();
+            // After a checkpoint the journal is short: header plus unfinished intents.
+            let lines = std::fs::read_to_string(&jpath).unwrap().lines().count();
+            assert!(lines <= 1 + s.pending.len(), "{lines} lines");
+        }
+        assert_same(&b.load().unwrap(), &s);
+    }
+    assert!(!w.checkpoint_due());
+    w.finish(&s).unwrap();
+    assert_same(&b.load().unwrap(), &s);
+}
+
+#[test]
+fn checkpoint_with_snapshot_older_than_records_keeps_them() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    record(&mut s, &w, applied("vault_mount.a", 1)).unwrap();
+    let snapshot = s.clone();
+    // Another task records more before the snapshot reaches the writer.
+    record(&mut s, &w, applied("vault_mount.b", 2)).unwrap();
+    record(&mut s, &w, removed("vault_mount.a")).unwrap();
+    w.checkpoint(&snapshot).wait_blocking().unwrap();
+    assert_same(&b.load().unwrap(), &s);
+    // An even older snapshot than the last checkpoint is refused.
+    let err = w.checkpoint(
+        &b.load()
+            .map(|_| State {
+                serial: 0,
+                ..snapshot.clone()
+            })
+            .unwrap(),
+    );
+    assert!(matches!(
+        err.wait_blocking(),
+        Err(StateError::StaleState { .. })
+    ));
+    drop(w);
+    assert_same(&b.load().unwrap(), &s);
+}
+
+#[test]
+fn checkpoint_due_after_interval() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    let mut commits = Vec::new();
+    for i in 0..1024u64 {
+        assert!(!w.checkpoint_due());
+        let rec = JournalRecord::Removed {
+            serial: s.next_serial(),
+            address: format!("x.{i}"),
+        };
+        s.apply_record(&rec);
+        commits.push(w.append(rec));
+    }
+    assert!(w.checkpoint_due());
+    for c in commits {
+        c.wait_blocking().unwrap();
+    }
+    w.checkpoint(&s).wait_blocking().unwrap();
+    assert!(!w.checkpoint_due());
+}
+
+/// Write a journal by hand: header then records.
+fn write_journal(path: &Path, lineage: uuid::Uuid, base: u64, recs: &[JournalRecord]) {
+    let mut out = format!(
+        "{}\n",
+        json!({"journal": 1, "lineage": lineage, "base_serial": base})
+    );
+    for r in recs {
+        out.push_str(&serde_json::to_string(r).unwrap());
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn stale_serial_records_skipped_after_checkpoint_crash() {
+    // The checkpoint wrote state at serial 5 but died before replacing the journal, which
+    // still starts at serial 3.
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = State::new();
+    s.serial = 5;
+    s.resources.insert("x.a".into(), res(2));
+    s.resources.insert("x.c".into(), res(9));
+    b.write(&s, &lock).unwrap();
+    let j = |serial, addr: &str, n| JournalRecord::Applied {
+        serial,
+        address: addr.into(),
+        resource: res(n),
+    };
+    write_journal(
+        &fsio::sibling(b.path(), ".journal"),
+        s.lineage,
+        3,
+        &[
+            intent("x.a", Operation::Update),
+            j(4, "x.a", 1),
+            JournalRecord::Removed {
+                serial: 5,
+                address: "x.b".into(),
+            },
+            j(3, "x.c", 0),
+            intent("x.a", Operation::Update),
+            j(6, "x.a", 3),
+            intent("x.d", Operation::Create),
+        ],
+    );
+    let loaded = b.load().unwrap();
+    assert_eq!(loaded.serial, 6);
+    assert_eq!(loaded.resources["x.a"], res(3));
+    assert_eq!(
+        loaded.resources["x.c"],
+        res(9),
+        "serial 3 <= 5 is already in state"
+    );
+    assert_eq!(pending_addrs(&loaded), vec!["x.d".to_string()]);
+}
+
+#[test]
+fn journal_of_other_lineage_or_ahead_is_an_error() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = State::new();
+    s.serial = 2;
+    b.write(&s, &lock).unwrap();
+    let jpath = fsio::sibling(b.path(), ".journal");
+    write_journal(&jpath, uuid::Uuid::new_v4(), 0, &[]);
+    let err = b.load().unwrap_err();
+    assert!(matches!(err, StateError::LineageMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&jpath.display().to_string()) && msg.contains(&b.path().display().to_string()),
+        "{msg}"
+    );
+
+    write_journal(&jpath, s.lineage, 3, &[]);
+    let err = b.load().unwrap_err();
+    assert!(matches!(err, StateError::JournalAhead { .. }), "{err}");
+
+    // A corrupt line in the middle is an error; a torn last line is not.
+    let good = serde_json::to_string(&intent("x.a", Operation::Create)).unwrap();
+    let header = json!({"journal": 1, "lineage": s.lineage, "base_serial": 2}).to_string();
+    std::fs::write(&jpath, format!("{header}\ngarbage\n{good}\n")).unwrap();
+    let err = b.load().unwrap_err();
+    assert!(
+        matches!(err, StateError::JournalCorrupt { line: 2, .. }),
+        "{err}"
+    );
+    std::fs::write(&jpath, format!("{header}\n{good}\n{{\"record\":\"app")).unwrap();
+    assert_eq!(pending_addrs(&b.load().unwrap()), vec!["x.a".to_string()]);
+    std::fs::write(&jpath, format!("{header}\n{good}\n\0\0\0\0\n")).unwrap();
+    assert_eq!(pending_addrs(&b.load().unwrap()), vec!["x.a".to_string()]);
+}
+
+#[test]
+fn orphan_journal_is_an_error() {
+    let d = dir();
+    let b = backend(d.path());
+    std::fs::create_dir_all(b.path().parent().unwrap()).unwrap();
+    let jpath = fsio::sibling(b.path(), ".journal");
+    write_journal(&jpath, uuid::Uuid::new_v4(), 0, &[]);
+    let err = b.load().unwrap_err();
+    assert!(matches!(err, StateError::OrphanJournal { .. }), "{err}");
+}
+
+#[test]
+fn journal_refuses_records_after_lock_lost() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    let w = b.journal(&s, &lock).unwrap();
+    record(&mut s, &w, applied("x.a", 1)).unwrap();
+    b.force_unlock(&lock.info().id).unwrap();
+    assert!(!lock.renew_now().unwrap());
+    let err = record(&mut s, &w, applied("x.b", 2)).unwrap_err();
+    assert!(matches!(err, StateError::LockLost { .. }), "{err}");
+    assert!(w.finish(&s).is_err());
+}
+
+/// Crash safety, part 1: a process killed mid-append leaves a journal cut at an arbitrary
+/// byte. Every prefix must load, and contain every record whose line is complete.
+#[test]
+fn journal_truncated_at_every_byte_loads() {
+    let d = dir();
+    let b = backend(d.path());
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    let mut s = b.load().unwrap();
+    s.resources.insert("x.base".into(), res(0));
+    s.serial = 1;
+    let w = b.journal(&s, &lock).unwrap();
+    let jpath = w.path().to_path_buf();
+    // Expected state after each complete line of the journal.
+    let mut after_line = vec![s.clone()];
+    let recs = vec![
+        intent("x.a", Operation::Create),
+        applied("x.a", 1),
+        intent("x.base", Operation::Delete),
+        removed("x.base"),
+        intent("x.b", Operation::Create),
+        JournalRecord::Failed {
+            address: "x.b".into(),
+            operation: Operation::Create,
+            error: "quota \"exceeded\"\nline two".into(),
+        },
+        intent("x.c", Operation::Update),
+    ];
+    for r in recs {
+        record(&mut s, &w, r).unwrap();
+        after_line.push(s.clone());
+    }
+    drop(w);
+    let full = std::fs::read(&jpath).unwrap();
+    for cut in 0..=full.len() {
+        std::fs::write(&jpath, &full[..cut]).unwrap();
+        let loaded = b.load().unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        // Complete lines after the header.
+        let complete = full[..cut].iter().filter(|c| **c == b'\n').count();
+        let expected = &after_line[complete.saturating_sub(1)];
+        assert_same(&loaded, expected);
+    }
+}
+
+/// Crash safety, part 2: kill the writer between any two file-system steps of creating
+/// the journal, appending, checkpointing and finishing. The state must load and hold
+/// every record whose commit completed.
+#[test]
+fn crash_at_every_step_of_journal_and_checkpoints() {
+    let mut completed_without_crash = false;
+    for steps in 0.. {
+        let d = dir();
+        let path = d.path().join("state").join("demo.json");
+        // Some earlier history, written without faults.
+        let setup = LocalBackend::new(&path).with_lease(DEFAULT_LEASE);
+        let lock = setup.lock("apply", Duration::ZERO).unwrap();
+        let mut s = State::new();
+        s.serial = 3;
+        s.resources.insert("x.old".into(), res(0));
+        setup.write(&s, &lock).unwrap();
+        setup.write(&s, &lock).unwrap();
+
+        let b = LocalBackend::new(&path)
+            .with_lease(DEFAULT_LEASE)
+            .with_faults(Faults::crash_after(steps));
+        let mut expected = s.clone();
+        let mut attempted = None;
+        let outcome = (|| -> Result<(), StateError> {
+            let w = b.journal(&expected, &lock)?;
+            let mut rec = |state: &mut State, r| record_tracked(state, &w, r, &mut attempted);
+            for i in 0..6u64 {
+                let a = format!("x.r{}", i % 4);
+                rec(&mut expected, intent(&a, Operation::Create))?;
+                if i != 4 {
+                    rec(&mut expected, applied(&a, i))?;
+                }
+                if i % 2 == 1 {
+                    w.checkpoint(&expected).wait_blocking()?;
+                }
+            }
+            rec(&mut expected, intent("x.old", Operation::Delete))?;
+            rec(&mut expected, removed("x.old"))?;
+            w.finish(&expected)
+        })();
+        let loaded = setup
+            .load()
+            .unwrap_or_else(|e| panic!("crash after {steps} steps: {e}"));
+        let mut or_with_attempted = expected.clone();
+        if let Some(r) = &attempted {
+            or_with_attempted.apply_record(r);
+        }
+        let same = |a: &State, b: &State| {
+            a.serial == b.serial
+                && a.resources == b.resources
+                && pending_addrs(a) == pending_addrs(b)
+        };
+        assert!(
+            same(&loaded, &expected) || same(&loaded, &or_with_attempted),
+            "crash after {steps} steps ({outcome:?}):\n{loaded:#?}\nexpected {expected:#?}"
+        );
+        assert_eq!(loaded.lineage, expected.lineage);
+        if outcome.is_ok() {
+            assert!(!fsio::sibling(&path, ".journal").exists());
+            completed_without_crash = true;
+            break;
+        }
+        assert!(steps < 10_000, "never completed");
+    }
+    assert!(completed_without_crash);
+}
+
+#[test]
+fn lease_from_env_is_validated() {
+    // Only this test touches ANVIL_LOCK_LEASE; other tests pass the lease explicitly.
+    let d = dir();
+    let b = LocalBackend::new(d.path().join("s.json"));
+    let var = "ANVIL_LOCK_LEASE";
+    std::env::set_var(var, "soon");
+    let err = b.lock("apply", Duration::ZERO).unwrap_err();
+    std::env::set_var(var, "2s");
+    let h = b.lock("apply", Duration::ZERO).unwrap();
+    std::env::remove_var(var);
+    assert!(matches!(err, StateError::InvalidLease { .. }), "{err}");
+    let lease = h.info().expires - h.info().created;
+    assert_eq!(lease.num_seconds(), 2);
+}
+
+#[allow(dead_code)]
+fn _paths_are_send_sync(b: Box<dyn StateBackend>) -> (PathBuf, Box<dyn StateBackend>) {
+    (PathBuf::new(), b)
+}
