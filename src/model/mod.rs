@@ -239,14 +239,19 @@ impl Model {
     }
 }
 
+/// Describes a cycle found along dependency → dependent edges as a chain of
+/// "depends on" arrows, starting at its first address.
 fn describe_cycle(c: &[Address]) -> String {
-    let mut s: Vec<String> = c.iter().map(|a| a.to_string()).collect();
-    if let Some(f) = c.first() {
-        s.push(f.to_string());
+    let mut chain: Vec<String> = Vec::with_capacity(c.len() + 1);
+    if let Some((first, rest)) = c.split_first() {
+        chain.push(first.to_string());
+        chain.extend(rest.iter().rev().map(|a| a.to_string()));
+        chain.push(first.to_string());
     }
     format!(
-        "dependency cycle: {}; break it by removing one of these references or depends_on entries",
-        s.join(" -> ")
+        "dependency cycle ({} addresses; `->` means \"depends on\"): {}; break it by removing one of these references or depends_on entries",
+        c.len(),
+        chain.join(" -> ")
     )
 }
 
@@ -427,8 +432,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         for c in cycles {
             // Locate the cycle at its first member.
             let first = c
-                .split_whitespace()
-                .nth(2)
+                .split(": ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
                 .and_then(|a| Address::parse(a).ok());
             let loc = first.and_then(|a| model.get(&a).and_then(|r| r.source.clone()));
             errors.push(SpecError {
