@@ -327,11 +327,12 @@ fn build_graph(
         }
     }
     if seen != nodes.len() {
-        let stuck: Vec<&str> = (0..nodes.len())
+        let mut stuck: Vec<&str> = (0..nodes.len())
             .filter(|&i| indeg[i] > 0)
             .map(|i| nodes[i].address.as_str())
-            .take(5)
             .collect();
+        stuck.dedup();
+        stuck.truncate(5);
         return Err(ApplyError::Cycle(stuck.join(", ")));
     }
     Ok(nodes)

@@ -18,13 +18,13 @@ use tokio::sync::{mpsc, watch};
 /// Why an operation failed. Every message names what it is about and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] StateError),
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Plan(Vec<plan::PlanError>),
-    #[error("{0}")]
+    #[error(transparent)]
     Apply(#[from] apply::ApplyError),
     #[error("refresh of {address} failed: {message}; retry, or skip reading the real world with --refresh=false")]
     Refresh { address: String, message: String },

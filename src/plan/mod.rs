@@ -355,12 +355,41 @@ pub fn plan(
             },
         );
     }
+    inherit_create_before_destroy(model, &mut changes);
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Plan {
         changes: changes.into_values().collect(),
     })
+}
+
+/// A create-before-destroy replacement needs the new objects of everything it depends
+/// on before the old ones go, so replaced dependencies inherit that order (as in
+/// Terraform); otherwise the two orders would wait on each other.
+fn inherit_create_before_destroy(model: &Model, changes: &mut BTreeMap<String, ResourceChange>) {
+    let mut work: Vec<(String, String)> = changes
+        .values()
+        .filter(|c| c.replace_order == Some(ReplaceOrder::CreateThenDelete))
+        .map(|c| (c.address.clone(), c.address.clone()))
+        .collect();
+    while let Some((addr, origin)) = work.pop() {
+        let Some(r) = Address::parse(&addr).ok().and_then(|a| model.get(&a)) else {
+            continue;
+        };
+        for d in &r.dependencies {
+            let key = d.to_string();
+            if let Some(c) = changes.get_mut(&key) {
+                if c.action == Action::Replace
+                    && c.replace_order != Some(ReplaceOrder::CreateThenDelete)
+                {
+                    c.replace_order = Some(ReplaceOrder::CreateThenDelete);
+                    c.reasons.push(format!("created before the old one is destroyed, because {origin} has lifecycle.create_before_destroy"));
+                    work.push((key, origin.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn op_name(op: crate::state::Operation) -> &'static str {
