@@ -24,7 +24,7 @@ fn second_writer_fails_naming_the_holder_or_waits() {
     let o = s.run(&["apply", "--auto-approve", "spec.yaml"]);
     assert_code(&o, 1);
     let err = stderr(&o);
-    assert!(err.contains("locked"), "{err}");
+    assert!(err.contains("is held by"), "{err}");
     assert!(
         err.contains(&format!("pid {first_pid}")),
         "holder pid missing: {err}"
@@ -64,7 +64,7 @@ fn lock_of_a_killed_process_expires_by_itself() {
 
     let o = s.run(&["apply", "--auto-approve", "spec.yaml"]);
     assert_code(&o, 1);
-    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is held by"), "{}", stderr(&o));
 
     // No force-unlock: waiting past the (2 s) lease is enough.
     s.write("spec.yaml", &slow_spec("killed", 0));

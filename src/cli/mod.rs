@@ -480,7 +480,9 @@ async fn apply_planfile(
     })?;
     let lock = ws.backend.lock("apply", a.lock_timeout)?;
     let state = ws.backend.load()?;
-    let (plan, _observed) = ops::check_saved_plan(&ws, &state, &doc, &path.display().to_string())?;
+    let mut state = state;
+    let (plan, _observed) =
+        ops::check_saved_plan(&ws, &mut state, &doc, &path.display().to_string())?;
     print!("{}", render::render_plan(&plan, style));
     if !plan.has_changes() {
         return Ok(0);

@@ -209,11 +209,18 @@ pub fn plan_document(
 /// recomputed plan differs.
 pub fn check_saved_plan(
     ws: &Workspace,
-    state: &State,
+    state: &mut State,
     doc: &PlanDocument,
     path: &str,
 ) -> Result<(Plan, Observed), OpsError> {
-    if doc.state.lineage != state.lineage.to_string() {
+    // A plan made before any state existed binds to "no state yet" (serial 0): it
+    // applies while that is still so, and the new state takes the plan's lineage.
+    let fresh = doc.state.serial == 0 && state.serial == 0 && state.resources.is_empty();
+    if fresh {
+        if let Ok(lineage) = doc.state.lineage.parse() {
+            state.lineage = lineage;
+        }
+    } else if doc.state.lineage != state.lineage.to_string() {
         return Err(OpsError::StalePlan(format!(
             "{path}: this plan was made for state lineage {}, but {} has lineage {}; it belongs to another workspace. Run `anvil plan --out {path}` again",
             doc.state.lineage,
