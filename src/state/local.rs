@@ -15,7 +15,7 @@ use super::lock::{self, Clock, LockFiles, LockHandle, SystemClock, DEFAULT_LEASE
 use super::{JournalWriter, State, StateBackend, StateError, STATE_VERSION};
 
 /// Serialize a state document: pretty JSON (readable and diffable) plus a final newline.
-pub(crate) fn encode(state: &State, path: &Path) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode(state: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, StateError> {
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Serialize {
         path: path.to_path_buf(),
         source: e,
@@ -36,7 +36,7 @@ struct Probe {
 /// Parse a state document read from `path`.
 fn decode(bytes: &[u8], path: &Path) -> Result<State, StateError> {
     match serde_json::from_slice::<State>(bytes) {
-        Ok(state) if u64::from(state.version) == u64::from(STATE_VERSION) => Ok(state),
+        Ok(state) if state.version == STATE_VERSION => Ok(state),
         Ok(state) => Err(StateError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: state.version.into(),
@@ -111,18 +111,23 @@ impl LocalBackend {
     }
 
     fn lease(&self) -> Result<Duration, StateError> {
-        if let Some(l) = self.lease {
-            return Ok(l);
+        match self.lease {
+            Some(l) => Ok(l),
+            None => self.lease_from(std::env::var("ANVIL_LOCK_LEASE").ok()),
         }
-        match std::env::var("ANVIL_LOCK_LEASE") {
-            Err(_) => Ok(DEFAULT_LEASE),
-            Ok(v) => match lock::parse_duration(&v) {
-                Some(d) if !d.is_zero() => Ok(d),
-                _ => Err(StateError::InvalidLease {
-                    path: self.lock_files.lock.clone(),
-                    value: v,
-                }),
-            },
+    }
+
+    /// The lease for an `ANVIL_LOCK_LEASE` value (`None`: unset).
+    fn lease_from(&self, env: Option<String>) -> Result<Duration, StateError> {
+        let Some(v) = env else {
+            return Ok(DEFAULT_LEASE);
+        };
+        match lock::parse_duration(&v) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(StateError::InvalidLease {
+                path: self.lock_files.lock.clone(),
+                value: v,
+            }),
         }
     }
 
@@ -270,5 +275,41 @@ impl StateBackend for LocalBackend {
             self.lock_files.lock.clone(),
             self.faults.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_from_env_value() {
+        let b = LocalBackend::new("s.json");
+        assert_eq!(b.lease_from(None).unwrap(), DEFAULT_LEASE);
+        assert_eq!(
+            b.lease_from(Some("500ms".into())).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            b.lease_from(Some("1m".into())).unwrap(),
+            Duration::from_secs(60)
+        );
+        for bad in ["soon", "0s", ""] {
+            let err = b.lease_from(Some(bad.into())).unwrap_err();
+            assert!(matches!(err, StateError::InvalidLease { .. }), "{bad}");
+            assert!(err.to_string().contains("ANVIL_LOCK_LEASE"));
+            assert!(err.to_string().contains("s.json.lock"));
+        }
+        let explicit = b.with_lease(Duration::from_secs(2));
+        assert_eq!(explicit.lease().unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bare_file_name_lives_in_cwd() {
+        assert_eq!(fsio::parent_dir(Path::new("demo.json")), Path::new("."));
+        assert_eq!(
+            fsio::sibling(Path::new("state/demo.json"), ".lock"),
+            Path::new("state/demo.json.lock")
+        );
     }
 }
