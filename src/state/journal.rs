@@ -636,11 +636,20 @@ impl Worker {
                     self.fail(&e);
                 }
                 let detail = e.to_string();
+                let lost = matches!(e, StateError::LockLost { .. });
                 let mut first = Some(e);
                 for (_, _, done) in batch {
-                    let err = first.take().unwrap_or_else(|| StateError::JournalFailed {
-                        path: self.files.journal.clone(),
-                        detail: detail.clone(),
+                    let err = first.take().unwrap_or_else(|| {
+                        if lost {
+                            StateError::LockLost {
+                                path: self.lock_path.clone(),
+                            }
+                        } else {
+                            StateError::JournalFailed {
+                                path: self.files.journal.clone(),
+                                detail: detail.clone(),
+                            }
+                        }
                     });
                     let _ = done.send(Err(err));
                 }

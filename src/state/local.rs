@@ -150,14 +150,21 @@ impl LocalBackend {
         fsio::read_optional(&self.path).map_err(|e| StateError::io("read", &self.path, e))
     }
 
-    /// Refuse to overwrite a stored state (`stored`, its bytes) of another lineage or with
-    /// a higher serial than `state`. An unreadable stored state is overwritten (it is
-    /// kept as the backup).
+    /// Refuse to overwrite a stored state of another lineage or with a higher serial than
+    /// `state`. The stored serial includes any journal on top of the state file. An
+    /// unreadable stored state does not block the write (it is kept as the backup).
     fn check_overwrite(&self, stored: Option<&[u8]>, state: &State) -> Result<(), StateError> {
-        let Some(p) = stored.and_then(|b| serde_json::from_slice::<Probe>(b).ok()) else {
+        let head = match self.load_once() {
+            Ok(current) if stored.is_some() => Some((Some(current.lineage), Some(current.serial))),
+            Ok(_) => None,
+            Err(_) => stored
+                .and_then(|b| serde_json::from_slice::<Probe>(b).ok())
+                .map(|p| (p.lineage, p.serial)),
+        };
+        let Some((lineage, serial)) = head else {
             return Ok(());
         };
-        if let Some(lineage) = p.lineage {
+        if let Some(lineage) = lineage {
             if lineage != state.lineage {
                 return Err(StateError::LineageMismatch {
                     path: self.path.clone(),
@@ -167,7 +174,7 @@ impl LocalBackend {
                 });
             }
         }
-        match p.serial {
+        match serial {
             Some(on_disk) if on_disk > state.serial => Err(StateError::StaleState {
                 path: self.path.clone(),
                 on_disk,

@@ -175,6 +175,27 @@ fn write_refuses_other_lineage_stale_serial_and_foreign_lock() {
     );
     assert!(err.to_string().contains(&b.path().display().to_string()));
 
+    // The serial that counts includes the journal on top of the state file.
+    let mut s6 = s.clone();
+    let w = b.journal(&s, &lock).unwrap();
+    record(&mut s6, &w, removed("x.gone")).unwrap();
+    drop(w);
+    let err = b.write(&s, &lock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::StaleState {
+                on_disk: 6,
+                ours: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    b.write(&s6, &lock).unwrap();
+    assert!(!fsio::sibling(b.path(), ".journal").exists());
+    assert_eq!(b.load().unwrap(), s6);
+
     let b2 = LocalBackend::new(d.path().join("other.json"));
     let err = b2.write(&s, &lock).unwrap_err();
     assert!(matches!(err, StateError::WrongLock { .. }), "{err}");
