@@ -184,6 +184,36 @@ impl LocalBackend {
         }
     }
 
+    /// Remove temporary files a killed writer left behind (`<file>.tmp.PID`,
+    /// `<file>.backup.tmp.PID`, `<file>.journal.tmp.PID`). Only lock holders create these,
+    /// and the caller holds the lock, so none of them is in use. Best effort.
+    fn remove_stale_tmp(&self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let name = name.to_string_lossy();
+        let prefixes = [
+            format!("{name}.tmp."),
+            format!("{name}.backup.tmp."),
+            format!("{name}.journal.tmp."),
+        ];
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn load_once(&self) -> Result<State, StateError> {
         let journal_path = self.journal_path();
         let bytes =
@@ -250,6 +280,7 @@ impl StateBackend for LocalBackend {
     fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError> {
         self.check_lock(lock)?;
         self.check_overwrite(self.read_stored()?.as_deref(), state)?;
+        self.remove_stale_tmp();
         let bytes = encode(state, &self.path)?;
         fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
         // The written state contains everything the journal recorded.
@@ -261,6 +292,7 @@ impl StateBackend for LocalBackend {
         self.check_lock(lock)?;
         let stored = self.read_stored()?;
         self.check_overwrite(stored.as_deref(), base)?;
+        self.remove_stale_tmp();
         let journal_path = self.journal_path();
         let old_journal = journal_path
             .try_exists()
