@@ -35,7 +35,7 @@ pub enum StateError {
     },
 
     /// The state file exists but is not a valid anvil state document.
-    #[error("state file {} is corrupted: {detail}; restore the previous version with `cp {}.backup {}` (then run `anvil plan` to refresh), or repair the JSON by hand", path.display(), path.display(), path.display())]
+    #[error("state file {} is corrupted: {detail}; restore the previous version with `cp {}.backup {}` if that backup exists (then run `anvil plan` to refresh), or repair the JSON by hand", path.display(), path.display(), path.display())]
     Corrupt {
         /// The state file.
         path: PathBuf,

@@ -13,18 +13,22 @@
 //! To keep replay short the engine checkpoints every so often
 //! ([`JournalWriter::checkpoint_due`]): the thread writes the full state atomically, then
 //! atomically replaces the journal with a new header (`base_serial` = the checkpoint's
-//! serial) plus the few records the checkpoint does not cover (unfinished intents, or
-//! results whose serial is above the checkpoint's). A crash between the two steps leaves
-//! the new state with the old journal, whose records at or below the state's serial are
+//! serial) plus any result whose serial is above the checkpoint's (possible when the
+//! engine's snapshot lags a concurrent append). A crash between the two steps leaves the
+//! new state with the old journal, whose results at or below the state's serial are
 //! skipped on replay.
+//!
+//! The writer keeps its own view of unfinished operations (the base state's `pending` plus
+//! the intents queued since, minus those resolved) and stores that view in every
+//! checkpoint, so the engine need not track `pending` itself.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
@@ -33,7 +37,7 @@ use tokio::sync::oneshot;
 
 use super::fsio::{self, Faults};
 use super::lock::{LockStatus, HELD, LOST};
-use super::{Operation, ResourceState, State, StateError};
+use super::{Operation, PendingOp, ResourceState, State, StateError};
 
 /// Journal format version, in the header line.
 const JOURNAL_VERSION: u32 = 1;
@@ -244,19 +248,53 @@ impl Commit {
 
 type Done = oneshot::Sender<Result<(), StateError>>;
 
+/// An append waiting for the next group commit: line, `(address, serial)` of a result,
+/// completion.
+type Batched = (Vec<u8>, Option<(String, u64)>, Done);
+
+/// A [`State`] with another `pending` list, serialized without cloning the resources.
+/// Field names and order are those of [`State`].
+#[derive(Serialize)]
+struct StateView<'a> {
+    version: u32,
+    lineage: uuid::Uuid,
+    serial: u64,
+    resources: &'a BTreeMap<String, ResourceState>,
+    pending: &'a [PendingOp],
+}
+
+/// Update a pending list for `record` exactly as [`State::apply_record`] does.
+fn apply_pending(pending: &mut Vec<PendingOp>, record: &JournalRecord) {
+    pending.retain(|p| p.address != record.address());
+    if let JournalRecord::Intent {
+        address,
+        operation,
+        at,
+    } = record
+    {
+        pending.push(PendingOp {
+            address: address.clone(),
+            operation: *operation,
+            started_at: *at,
+        });
+    }
+}
+
 /// What the caller computes for a checkpoint: the state bytes plus what the thread needs
 /// to decide which journal records the checkpoint covers.
 struct Snapshot {
     bytes: Vec<u8>,
     lineage: uuid::Uuid,
     serial: u64,
-    pending: BTreeSet<String>,
+    /// The pending view stored in `bytes`.
+    pending: Vec<PendingOp>,
 }
 
 enum Cmd {
     Append {
         line: Vec<u8>,
-        meta: Meta,
+        /// `(address, serial)` of a result record.
+        result: Option<(String, u64)>,
         done: Done,
     },
     Checkpoint {
@@ -269,25 +307,8 @@ enum Cmd {
     },
 }
 
-/// What the thread remembers of a record it wrote.
-#[derive(Debug, Clone)]
-struct Meta {
-    address: String,
-    /// `Some(serial)` for results, `None` for intents and failures.
-    serial: Option<u64>,
-    is_intent: bool,
-}
-
-/// A record the writer wrote: (write sequence number, what it is, the line).
-type Entry = (u64, Meta, Vec<u8>);
-
-/// What replay needs of one address's records since the last checkpoint: the last result
-/// (it subsumes earlier ones) and the last intent/failure after it.
-#[derive(Debug, Default)]
-struct Slot {
-    result: Option<Entry>,
-    after: Option<Entry>,
-}
+/// What the thread remembers of a result record it wrote: (address, serial, line).
+type Entry = (String, u64, Vec<u8>);
 
 /// File locations a journal writer needs.
 #[derive(Debug, Clone)]
@@ -297,14 +318,28 @@ pub(crate) struct JournalFiles {
     pub(crate) journal: PathBuf,
 }
 
+/// The part of the writer that appends take turns on.
+#[derive(Debug)]
+struct Inner {
+    tx: Option<mpsc::Sender<Cmd>>,
+    /// The journal's own view of unfinished operations: the base state's pending list
+    /// updated by every record queued so far. Checkpoints store this view, which is
+    /// exactly consistent with the records queued before them because both are updated
+    /// under the same mutex. Callers therefore need not track `pending` themselves.
+    pending: Vec<PendingOp>,
+}
+
 /// Appends records to the journal from any thread; see the module docs.
 #[derive(Debug)]
 pub struct JournalWriter {
-    tx: Option<mpsc::Sender<Cmd>>,
+    inner: Mutex<Inner>,
     thread: Option<JoinHandle<()>>,
     path: Arc<PathBuf>,
     since_checkpoint: AtomicU64,
     interval: u64,
+    /// Number of journal fsyncs so far (tests check that group commit batches).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fsyncs: Arc<AtomicU64>,
 }
 
 impl JournalWriter {
@@ -326,13 +361,14 @@ impl JournalWriter {
         let file = open_append(&files.journal)?;
         let path = Arc::new(files.journal.clone());
         let (tx, rx) = mpsc::channel();
+        let fsyncs = Arc::new(AtomicU64::new(0));
         let worker = Worker {
+            fsyncs: fsyncs.clone(),
             files,
             file: Some(file),
             lineage: base.lineage,
             base_serial: base.serial,
             retained: HashMap::new(),
-            seq: 0,
             lock,
             lock_path,
             faults,
@@ -343,11 +379,15 @@ impl JournalWriter {
             .spawn(move || worker.run(rx))
             .map_err(|e| StateError::io("start writer thread for", path.as_ref(), e))?;
         Ok(JournalWriter {
-            tx: Some(tx),
+            inner: Mutex::new(Inner {
+                tx: Some(tx),
+                pending: base.pending.clone(),
+            }),
             thread: Some(thread),
             path,
             since_checkpoint: AtomicU64::new(0),
             interval: MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64),
+            fsyncs,
         })
     }
 
@@ -356,9 +396,19 @@ impl JournalWriter {
         &self.path
     }
 
-    fn send(&self, make: impl FnOnce(Done) -> Cmd) -> Commit {
+    #[cfg(test)]
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // The mutex guards plain data that is valid after any panic; keep going.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, inner: &Inner, make: impl FnOnce(Done) -> Cmd) -> Commit {
         let (done, rx) = oneshot::channel();
-        let sent = self
+        let sent = inner
             .tx
             .as_ref()
             .is_some_and(|tx| tx.send(make(done)).is_ok());
@@ -373,7 +423,8 @@ impl JournalWriter {
     }
 
     /// Queue `record`; the returned [`Commit`] completes once it is fsynced. Records are
-    /// written in the order `append` is called.
+    /// written in the order `append` is called. The record is serialized here, so the
+    /// cost is O(record).
     pub fn append(&self, record: impl Borrow<JournalRecord>) -> Commit {
         let record = record.borrow();
         let mut line = match serde_json::to_vec(record) {
@@ -389,13 +440,11 @@ impl JournalWriter {
             }
         };
         line.push(b'\n');
-        let meta = Meta {
-            address: record.address().to_string(),
-            serial: record.serial(),
-            is_intent: matches!(record, JournalRecord::Intent { .. }),
-        };
+        let result = record.serial().map(|s| (record.address().to_string(), s));
         self.since_checkpoint.fetch_add(1, Ordering::Relaxed);
-        self.send(|done| Cmd::Append { line, meta, done })
+        let mut inner = self.inner();
+        apply_pending(&mut inner.pending, record);
+        self.send(&inner, |done| Cmd::Append { line, result, done })
     }
 
     /// True when enough records were appended since the last checkpoint that the engine
@@ -404,43 +453,58 @@ impl JournalWriter {
         self.since_checkpoint.load(Ordering::Relaxed) >= self.interval
     }
 
-    fn snapshot(&self, state: &State) -> Result<Snapshot, StateError> {
-        Ok(Snapshot {
-            bytes: super::local::encode(state, &self.path)?,
+    /// Serialize `state` with the journal's pending view and queue `make(snapshot)`.
+    fn send_snapshot(&self, state: &State, make: impl FnOnce(Snapshot, Done) -> Cmd) -> Commit {
+        // Serializing under the mutex keeps the pending view and the record order in step;
+        // it delays concurrent appends once per checkpoint interval, not per record.
+        let inner = self.inner();
+        let view = StateView {
+            version: state.version,
             lineage: state.lineage,
             serial: state.serial,
-            pending: state.pending.iter().map(|p| p.address.clone()).collect(),
-        })
+            resources: &state.resources,
+            pending: &inner.pending,
+        };
+        let snap = match super::local::encode(&view, &self.path) {
+            Ok(bytes) => Snapshot {
+                bytes,
+                lineage: state.lineage,
+                serial: state.serial,
+                pending: inner.pending.clone(),
+            },
+            Err(e) => return Commit::ready(Err(e), self.path.clone()),
+        };
+        self.send(&inner, |done| make(snap, done))
     }
 
-    /// Write `state` (which must include every result appended so far, or at least carry
-    /// their serials correctly) as the new checkpoint and shorten the journal. The state
-    /// is serialized here, in the caller; the file work happens on the writer thread after
-    /// every record appended before this call.
+    /// Write `state` as the new checkpoint and shorten the journal; `state` must contain
+    /// every result whose serial is at or below `state.serial` (true of the engine's
+    /// current state when serials are assigned as changes are made) and must not be older
+    /// than a state passed to an earlier checkpoint. Its `pending` list is replaced by the
+    /// journal's own view. The state is serialized here, in the caller; the file work
+    /// happens on the writer thread after every record appended before this call.
     pub fn checkpoint(&self, state: &State) -> Commit {
         self.since_checkpoint.store(0, Ordering::Relaxed);
-        match self.snapshot(state) {
-            Ok(snap) => self.send(|done| Cmd::Checkpoint { snap, done }),
-            Err(e) => Commit::ready(Err(e), self.path.clone()),
-        }
+        self.send_snapshot(state, |snap, done| Cmd::Checkpoint { snap, done })
     }
 
-    /// Final checkpoint of `state`, remove the journal (unless some record is not covered
-    /// by `state`, in which case a short journal stays for the next load to replay), and
-    /// stop the writer thread.
+    /// Final checkpoint of `state` (as for [`JournalWriter::checkpoint`]), remove the
+    /// journal (unless a result is not covered by `state`, in which case a short journal
+    /// stays for the next load to replay), and stop the writer thread. Blocks the calling
+    /// thread for one checkpoint.
     ///
     /// # Errors
-    /// The checkpoint could not be written; the journal then still holds every record.
+    /// The checkpoint could not be written (the journal then still holds every record),
+    /// or the lock was lost.
     pub fn finish(mut self, state: &State) -> Result<(), StateError> {
-        let snap = self.snapshot(state)?;
-        let commit = self.send(|done| Cmd::Finish { snap, done });
+        let commit = self.send_snapshot(state, |snap, done| Cmd::Finish { snap, done });
         let result = commit.wait_blocking();
         self.stop();
         result
     }
 
     fn stop(&mut self) {
-        drop(self.tx.take());
+        drop(self.inner().tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -469,25 +533,26 @@ struct Worker {
     lineage: uuid::Uuid,
     /// Serial of the last checkpoint.
     base_serial: u64,
-    /// Per address, the records written since the last checkpoint that may still matter.
-    retained: HashMap<String, Slot>,
-    seq: u64,
+    /// Per address, the last result written since the last checkpoint: a checkpoint from
+    /// a state that lags behind it must carry it over into the new journal.
+    retained: HashMap<String, Entry>,
     lock: Arc<LockStatus>,
     lock_path: PathBuf,
     faults: Faults,
     /// Set after a failed write or fsync: what is on disk is then unknown, so every later
     /// operation fails rather than risk a journal with holes.
     failed: Option<String>,
+    fsyncs: Arc<AtomicU64>,
 }
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         while let Ok(first) = rx.recv() {
-            let mut appends: Vec<(Vec<u8>, Meta, Done)> = Vec::new();
+            let mut appends: Vec<Batched> = Vec::new();
             let mut next = Some(first);
             while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
                 match cmd {
-                    Cmd::Append { line, meta, done } => appends.push((line, meta, done)),
+                    Cmd::Append { line, result, done } => appends.push((line, result, done)),
                     Cmd::Checkpoint { snap, done } => {
                         self.flush(std::mem::take(&mut appends));
                         let r = self.checkpoint(&snap);
@@ -530,7 +595,7 @@ impl Worker {
     }
 
     /// Write a batch of records with one write and one fsync.
-    fn flush(&mut self, batch: Vec<(Vec<u8>, Meta, Done)>) {
+    fn flush(&mut self, batch: Vec<Batched>) {
         if batch.is_empty() {
             return;
         }
@@ -552,18 +617,16 @@ impl Worker {
             io("write", self.faults.step())?;
             io("write", file.write_all(&buf))?;
             io("fsync", self.faults.step())?;
-            io("fsync", file.sync_data())
+            io("fsync", file.sync_data())?;
+            self.fsyncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         });
         match result {
             Ok(()) => {
-                for (line, meta, done) in batch {
-                    self.seq += 1;
-                    let slot = self.retained.entry(meta.address.clone()).or_default();
-                    if meta.serial.is_some() {
-                        slot.result = Some((self.seq, meta, line));
-                        slot.after = None;
-                    } else {
-                        slot.after = Some((self.seq, meta, line));
+                for (line, result, done) in batch {
+                    if let Some((address, serial)) = result {
+                        self.retained
+                            .insert(address.clone(), (address, serial, line));
                     }
                     let _ = done.send(Ok(()));
                 }
@@ -573,11 +636,20 @@ impl Worker {
                     self.fail(&e);
                 }
                 let detail = e.to_string();
+                let lost = matches!(e, StateError::LockLost { .. });
                 let mut first = Some(e);
                 for (_, _, done) in batch {
-                    let err = first.take().unwrap_or_else(|| StateError::JournalFailed {
-                        path: self.files.journal.clone(),
-                        detail: detail.clone(),
+                    let err = first.take().unwrap_or_else(|| {
+                        if lost {
+                            StateError::LockLost {
+                                path: self.lock_path.clone(),
+                            }
+                        } else {
+                            StateError::JournalFailed {
+                                path: self.files.journal.clone(),
+                                detail: detail.clone(),
+                            }
+                        }
                     });
                     let _ = done.send(Err(err));
                 }
@@ -585,37 +657,15 @@ impl Worker {
         }
     }
 
-    /// Records the snapshot does not cover, in write order.
+    /// Results the snapshot does not cover (serial above the snapshot's).
     fn uncovered(&self, snap: &Snapshot) -> Vec<Entry> {
-        let mut keep: Vec<Entry> = Vec::new();
-        for (address, slot) in &self.retained {
-            let pending = snap.pending.contains(address);
-            let mut kept_result = false;
-            if let Some(entry @ (_, meta, _)) = &slot.result {
-                // A result above the checkpoint's serial happened after the snapshot was
-                // taken; one at or below it only matters to clear a pending entry the
-                // snapshot still has.
-                if meta.serial.is_some_and(|s| s > snap.serial) || (pending && slot.after.is_none())
-                {
-                    keep.push(entry.clone());
-                    kept_result = true;
-                }
-            }
-            if let Some(entry @ (_, meta, _)) = &slot.after {
-                // An unfinished intent survives unless the snapshot lists it as pending
-                // (and no kept result before it would clear that); a failure only matters
-                // if the snapshot still lists the address as pending.
-                let needed = if meta.is_intent {
-                    !pending || kept_result
-                } else {
-                    pending
-                };
-                if needed {
-                    keep.push(entry.clone());
-                }
-            }
-        }
-        keep.sort_by_key(|(seq, _, _)| *seq);
+        let mut keep: Vec<Entry> = self
+            .retained
+            .values()
+            .filter(|(_, serial, _)| *serial > snap.serial)
+            .cloned()
+            .collect();
+        keep.sort_by_key(|(_, serial, _)| *serial);
         keep
     }
 
@@ -658,6 +708,23 @@ impl Worker {
         for (_, _, line) in &keep {
             content.extend_from_slice(line);
         }
+        // Replaying a carried-over result clears its address's pending entry; if the
+        // operation pending now came after that result, restate its intent.
+        for op in &snap.pending {
+            if keep.iter().any(|(address, _, _)| *address == op.address) {
+                let intent = JournalRecord::Intent {
+                    address: op.address.clone(),
+                    operation: op.operation,
+                    at: op.started_at,
+                };
+                let line = serde_json::to_vec(&intent).map_err(|e| StateError::Serialize {
+                    path: self.files.journal.clone(),
+                    source: e,
+                })?;
+                content.extend_from_slice(&line);
+                content.push(b'\n');
+            }
+        }
         self.file = None;
         fsio::atomic_write(&self.files.journal, &content, None, &self.faults)?;
         self.faults
@@ -665,15 +732,7 @@ impl Worker {
             .map_err(|e| StateError::io("open", &self.files.journal, e))?;
         self.file = Some(open_append(&self.files.journal)?);
         self.base_serial = snap.serial;
-        self.retained.clear();
-        for entry in keep {
-            let slot = self.retained.entry(entry.1.address.clone()).or_default();
-            if entry.1.serial.is_some() {
-                slot.result = Some(entry);
-            } else {
-                slot.after = Some(entry);
-            }
-        }
+        self.retained = keep.into_iter().map(|e| (e.0.clone(), e)).collect();
         Ok(())
     }
 

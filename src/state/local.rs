@@ -15,7 +15,7 @@ use super::lock::{self, Clock, LockFiles, LockHandle, SystemClock, DEFAULT_LEASE
 use super::{JournalWriter, State, StateBackend, StateError, STATE_VERSION};
 
 /// Serialize a state document: pretty JSON (readable and diffable) plus a final newline.
-pub(crate) fn encode(state: &State, path: &Path) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode(state: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, StateError> {
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Serialize {
         path: path.to_path_buf(),
         source: e,
@@ -36,7 +36,7 @@ struct Probe {
 /// Parse a state document read from `path`.
 fn decode(bytes: &[u8], path: &Path) -> Result<State, StateError> {
     match serde_json::from_slice::<State>(bytes) {
-        Ok(state) if u64::from(state.version) == u64::from(STATE_VERSION) => Ok(state),
+        Ok(state) if state.version == STATE_VERSION => Ok(state),
         Ok(state) => Err(StateError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: state.version.into(),
@@ -111,18 +111,23 @@ impl LocalBackend {
     }
 
     fn lease(&self) -> Result<Duration, StateError> {
-        if let Some(l) = self.lease {
-            return Ok(l);
+        match self.lease {
+            Some(l) => Ok(l),
+            None => self.lease_from(std::env::var("ANVIL_LOCK_LEASE").ok()),
         }
-        match std::env::var("ANVIL_LOCK_LEASE") {
-            Err(_) => Ok(DEFAULT_LEASE),
-            Ok(v) => match lock::parse_duration(&v) {
-                Some(d) if !d.is_zero() => Ok(d),
-                _ => Err(StateError::InvalidLease {
-                    path: self.lock_files.lock.clone(),
-                    value: v,
-                }),
-            },
+    }
+
+    /// The lease for an `ANVIL_LOCK_LEASE` value (`None`: unset).
+    fn lease_from(&self, env: Option<String>) -> Result<Duration, StateError> {
+        let Some(v) = env else {
+            return Ok(DEFAULT_LEASE);
+        };
+        match lock::parse_duration(&v) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(StateError::InvalidLease {
+                path: self.lock_files.lock.clone(),
+                value: v,
+            }),
         }
     }
 
@@ -145,14 +150,21 @@ impl LocalBackend {
         fsio::read_optional(&self.path).map_err(|e| StateError::io("read", &self.path, e))
     }
 
-    /// Refuse to overwrite a stored state (`stored`, its bytes) of another lineage or with
-    /// a higher serial than `state`. An unreadable stored state is overwritten (it is
-    /// kept as the backup).
+    /// Refuse to overwrite a stored state of another lineage or with a higher serial than
+    /// `state`. The stored serial includes any journal on top of the state file. An
+    /// unreadable stored state does not block the write (it is kept as the backup).
     fn check_overwrite(&self, stored: Option<&[u8]>, state: &State) -> Result<(), StateError> {
-        let Some(p) = stored.and_then(|b| serde_json::from_slice::<Probe>(b).ok()) else {
+        let head = match self.load_once() {
+            Ok(current) if stored.is_some() => Some((Some(current.lineage), Some(current.serial))),
+            Ok(_) => None,
+            Err(_) => stored
+                .and_then(|b| serde_json::from_slice::<Probe>(b).ok())
+                .map(|p| (p.lineage, p.serial)),
+        };
+        let Some((lineage, serial)) = head else {
             return Ok(());
         };
-        if let Some(lineage) = p.lineage {
+        if let Some(lineage) = lineage {
             if lineage != state.lineage {
                 return Err(StateError::LineageMismatch {
                     path: self.path.clone(),
@@ -162,13 +174,43 @@ impl LocalBackend {
                 });
             }
         }
-        match p.serial {
+        match serial {
             Some(on_disk) if on_disk > state.serial => Err(StateError::StaleState {
                 path: self.path.clone(),
                 on_disk,
                 ours: state.serial,
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Remove temporary files a killed writer left behind (`<file>.tmp.PID`,
+    /// `<file>.backup.tmp.PID`, `<file>.journal.tmp.PID`). Only lock holders create these,
+    /// and the caller holds the lock, so none of them is in use. Best effort.
+    fn remove_stale_tmp(&self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let name = name.to_string_lossy();
+        let prefixes = [
+            format!("{name}.tmp."),
+            format!("{name}.backup.tmp."),
+            format!("{name}.journal.tmp."),
+        ];
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -238,6 +280,7 @@ impl StateBackend for LocalBackend {
     fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError> {
         self.check_lock(lock)?;
         self.check_overwrite(self.read_stored()?.as_deref(), state)?;
+        self.remove_stale_tmp();
         let bytes = encode(state, &self.path)?;
         fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
         // The written state contains everything the journal recorded.
@@ -249,6 +292,7 @@ impl StateBackend for LocalBackend {
         self.check_lock(lock)?;
         let stored = self.read_stored()?;
         self.check_overwrite(stored.as_deref(), base)?;
+        self.remove_stale_tmp();
         let journal_path = self.journal_path();
         let old_journal = journal_path
             .try_exists()
@@ -270,5 +314,41 @@ impl StateBackend for LocalBackend {
             self.lock_files.lock.clone(),
             self.faults.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_from_env_value() {
+        let b = LocalBackend::new("s.json");
+        assert_eq!(b.lease_from(None).unwrap(), DEFAULT_LEASE);
+        assert_eq!(
+            b.lease_from(Some("500ms".into())).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            b.lease_from(Some("1m".into())).unwrap(),
+            Duration::from_secs(60)
+        );
+        for bad in ["soon", "0s", ""] {
+            let err = b.lease_from(Some(bad.into())).unwrap_err();
+            assert!(matches!(err, StateError::InvalidLease { .. }), "{bad}");
+            assert!(err.to_string().contains("ANVIL_LOCK_LEASE"));
+            assert!(err.to_string().contains("s.json.lock"));
+        }
+        let explicit = b.with_lease(Duration::from_secs(2));
+        assert_eq!(explicit.lease().unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bare_file_name_lives_in_cwd() {
+        assert_eq!(fsio::parent_dir(Path::new("demo.json")), Path::new("."));
+        assert_eq!(
+            fsio::sibling(Path::new("state/demo.json"), ".lock"),
+            Path::new("state/demo.json.lock")
+        );
     }
 }

@@ -93,9 +93,9 @@ impl State {
     /// Apply one journal record to this in-memory state, exactly as replay would.
     ///
     /// `Intent` adds a [`PendingOp`]; `Failed` clears it; `Applied`/`Removed` clear it,
-    /// change the resource and raise `serial` to the record's serial. The engine can keep
-    /// its in-memory state in step with the journal by calling this for every record it
-    /// appends.
+    /// change the resource and raise `serial` to the record's serial. The engine keeps its
+    /// in-memory state in step with the journal by calling this for every record it
+    /// appends (use [`State::next_serial`] for the record's serial).
     pub fn apply_record(&mut self, record: &JournalRecord) {
         self.apply_record_after(record, None);
     }
