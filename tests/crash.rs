@@ -43,6 +43,7 @@ fn sigkill_at_random_moments_never_corrupts_state() {
         .unwrap_or(0x5eed_u64);
     let mut rng = Lcg(seed);
     let state = s.state_file("crash");
+    let mut mid_run = 0;
     for trial in 0..20 {
         // Alternate between building up and tearing down, so kills hit creates and deletes.
         let args: &[&str] = if trial % 4 == 3 {

@@ -60,16 +60,34 @@ impl Scratch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn anvil");
+        // Drain both pipes while waiting, or a chatty child blocks on a full pipe.
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let out_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut v);
+            v
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut v);
+            v
+        });
         let start = Instant::now();
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
             }
             if start.elapsed() > limit {
                 let _ = child.kill();
                 panic!("anvil {args:?} did not finish within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(5));
+        };
+        Output {
+            status,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
         }
     }
 
