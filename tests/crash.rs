@@ -82,7 +82,16 @@ fn sigkill_at_random_moments_never_corrupts_state() {
             .output()
             .unwrap();
         assert_code(&o, 0);
+        let recorded = stdout(&o).lines().count();
+        if recorded > 0 && recorded < N {
+            mid_run += 1;
+        }
     }
+    // Guard against a vacuous test: some kills must have landed mid-run.
+    assert!(
+        mid_run > 0,
+        "no kill landed mid-run (calibrated full run: {full:?})"
+    );
 
     // The next apply (after the dead holder's lease) converges.
     let o = s

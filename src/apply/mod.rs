@@ -398,6 +398,13 @@ fn resolve_for_apply(
     Ok(out)
 }
 
+/// How a run talks to its caller: progress events out, cancellation in.
+pub struct Channels {
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Becomes `true` when the run should stop starting new work.
+    pub cancel: watch::Receiver<bool>,
+}
+
 type Outcome = Result<Option<Applied>, ProviderError>;
 
 /// Runs the plan.
@@ -415,9 +422,9 @@ pub async fn apply(
     mut state: State,
     journal: JournalWriter,
     cfg: &ApplyConfig,
-    events: mpsc::UnboundedSender<Event>,
-    mut cancel: watch::Receiver<bool>,
+    io: Channels,
 ) -> Result<(State, Report), ApplyError> {
+    let Channels { events, mut cancel } = io;
     let nodes = build_graph(plan, model, &state, registry)?;
     // Interrupted operations were taken into account by the plan; those in its scope are
     // settled by this run. Keep only those of resources the plan left out (--target).

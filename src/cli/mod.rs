@@ -522,8 +522,10 @@ async fn execute(
         lock,
         plan,
         &ApplyConfig { parallelism },
-        tx,
-        cancel_rx,
+        crate::apply::Channels {
+            events: tx,
+            cancel: cancel_rx,
+        },
     )
     .await;
     let _ = printer.await;

@@ -2,7 +2,7 @@
 //! plan, apply, state surgery). Commands in `cli` parse arguments and call one of these;
 //! these own the order of steps (lock, read state, refresh, plan, journal, apply).
 
-use crate::apply::{self, ApplyConfig, Event, Report};
+use crate::apply::{self, ApplyConfig, Channels, Report};
 use crate::model::{self, Model};
 use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
 use crate::plan::{self, Observed, Plan, PlanOptions};
@@ -13,7 +13,6 @@ use futures::StreamExt;
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tokio::sync::{mpsc, watch};
 
 /// Why an operation failed. Every message names what it is about and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -275,19 +274,8 @@ pub async fn run_apply(
     lock: &state::LockHandle,
     plan: &Plan,
     cfg: &ApplyConfig,
-    events: mpsc::UnboundedSender<Event>,
-    cancel: watch::Receiver<bool>,
+    io: Channels,
 ) -> Result<(State, Report), OpsError> {
     let journal = ws.backend.journal(&state, lock)?;
-    Ok(apply::apply(
-        plan,
-        &ws.model,
-        &ws.registry,
-        state,
-        journal,
-        cfg,
-        events,
-        cancel,
-    )
-    .await?)
+    Ok(apply::apply(plan, &ws.model, &ws.registry, state, journal, cfg, io).await?)
 }
