@@ -1,6 +1,11 @@
 //! The `anvil` binary: all work happens in the library; this maps the outcome to an
 //! exit code.
 
+/// Plans of 100,000 resources allocate millions of small values; mimalloc keeps that
+/// cheap (measured in docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     match anvil::cli::run() {
         Ok(code) => std::process::exit(code),

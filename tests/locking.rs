@@ -80,3 +80,33 @@ fn lock_of_a_killed_process_expires_by_itself() {
     assert_eq!(st["resources"].as_object().unwrap().len(), 2, "{st}");
     assert!(!lock.exists());
 }
+
+#[test]
+fn force_unlock_removes_a_stuck_lock() {
+    let s = Scratch::new();
+    s.write("spec.yaml", &slow_spec("stuck", 60_000));
+    let lock = s.path().join("state/stuck.json.lock");
+    let mut first = s
+        .cmd(&["apply", "--auto-approve", "spec.yaml"])
+        .env("ANVIL_LOCK_LEASE", "1h")
+        .spawn()
+        .unwrap();
+    wait_for(&lock, Duration::from_secs(30));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = s.run(&["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    let id = err
+        .split("anvil force-unlock ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .expect("lock id in the error")
+        .to_string();
+    let o = s.run(&["force-unlock", "not-the-id", "spec.yaml"]);
+    assert_code(&o, 1);
+    let o = s.run(&["force-unlock", &id, "spec.yaml"]);
+    assert_code(&o, 0);
+    s.write("spec.yaml", &slow_spec("stuck", 0));
+    assert_code(&s.run(&["apply", "--auto-approve", "spec.yaml"]), 0);
+}

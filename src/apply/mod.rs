@@ -760,3 +760,5 @@ fn record_success(
 /// A result record needs no wait: the journal is written in order, so it is durable once
 /// any later intent is, and `finish` makes the rest durable.
 fn note(_commit: crate::state::Commit) {}
+#[cfg(test)]
+mod tests;

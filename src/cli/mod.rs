@@ -201,6 +201,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Any failure, for `main` to print; exit code 1.
 pub fn run() -> Result<i32> {
     let cli = Cli::parse();
+    // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ANVIL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let color =
         !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -237,13 +245,13 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                 "The spec is valid: {} resource(s) in workspace `{}` from {} file(s).",
                 ws.model.len(),
                 ws.name,
-                ws.spec.files.len()
+                ws.files.len()
             );
             Ok(0)
         }
         Command::Plan(a) => {
-            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
-            let state = ws.backend.load()?;
+            let (ws, state) =
+                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())?;
             let opts = plan_options(&a.flags, a.destroy);
             let observed = if a.flags.refresh {
                 ops::refresh(&ws.registry, &state, a.flags.parallelism).await?
@@ -251,14 +259,16 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                 Default::default()
             };
             let plan = ops::make_plan(&ws, &state, &observed, &opts)?;
-            let doc = ops::plan_document(&ws, &state, &plan, &observed, &opts, a.flags.refresh);
-            if a.json {
+            // The JSON document costs time on big plans: build it only when asked for.
+            let doc = (a.json || a.out.is_some())
+                .then(|| ops::plan_document(&ws, &state, &plan, &observed, &opts, a.flags.refresh));
+            if let (true, Some(doc)) = (a.json, &doc) {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print!("{}", render::render_plan(&plan, style));
             }
-            if let Some(out) = &a.out {
-                let body = serde_json::to_string_pretty(&doc)? + "\n";
+            if let (Some(out), Some(doc)) = (&a.out, &doc) {
+                let body = serde_json::to_string_pretty(doc)? + "\n";
                 std::fs::write(out, body)
                     .with_context(|| format!("{}: could not write the plan file", out.display()))?;
                 if !a.json {

@@ -68,7 +68,6 @@ pub struct Resource {
     /// Every address this resource depends on (explicit and through references), sorted.
     pub dependencies: Vec<Address>,
     pub lifecycle: Lifecycle,
-    pub source: Option<Location>,
 }
 
 /// The resource graph. Edges run dependency → dependent.
@@ -102,27 +101,26 @@ impl Model {
         v
     }
 
-    /// Resources in dependency order (dependencies first), ties broken by address.
+    /// Resources in dependency order (dependencies first); among independent resources
+    /// the order of declaration, so the order is deterministic.
     pub fn topo_order(&self) -> Vec<&Resource> {
         let mut indeg: Vec<usize> = self
             .graph
             .node_indices()
             .map(|n| self.graph.neighbors_directed(n, petgraph::Incoming).count())
             .collect();
-        let mut ready: BTreeSet<(&Address, NodeIndex)> = self
+        let mut ready: std::collections::VecDeque<NodeIndex> = self
             .graph
             .node_indices()
             .filter(|n| indeg[n.index()] == 0)
-            .map(|n| (&self.graph[n].address, n))
             .collect();
         let mut out = Vec::with_capacity(self.len());
-        while let Some(first) = ready.pop_first() {
-            let n = first.1;
+        while let Some(n) = ready.pop_front() {
             out.push(&self.graph[n]);
             for m in self.graph.neighbors_directed(n, petgraph::Outgoing) {
                 indeg[m.index()] -= 1;
                 if indeg[m.index()] == 0 {
-                    ready.insert((&self.graph[m].address, m));
+                    ready.push_back(m);
                 }
             }
         }
@@ -255,16 +253,47 @@ fn describe_cycle(c: &[Address]) -> String {
     )
 }
 
+/// Where a reference or `depends_on` entry was written: (resource index, what).
+enum Site {
+    Attr(usize, String),
+    Dep(usize, usize),
+}
+
+impl Site {
+    fn path(&self) -> FieldPath {
+        match self {
+            Site::Attr(i, name) => resource_path(*i).key("attributes").key(name.as_str()),
+            Site::Dep(i, j) => resource_path(*i).key("depends_on").index(*j),
+        }
+    }
+}
+
+fn resource_path(i: usize) -> FieldPath {
+    FieldPath::root().key("resources").index(i)
+}
+
+/// A field path built only when an error needs it.
+struct Lazy<F>(F);
+
+impl<F: Fn() -> FieldPath> Lazy<F> {
+    fn get(&self) -> FieldPath {
+        (self.0)()
+    }
+}
+
 /// Builds and checks the model of a loaded spec.
 ///
 /// # Errors
 /// Every problem found, each located at its `file:line:column`.
 pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     let mut errors: Vec<SpecError> = Vec::new();
+    let t0 = std::time::Instant::now();
     let mut model = Model::default();
-    let mut seen: HashMap<Address, Option<Location>> = HashMap::new();
+    // Where each address was declared: (document index, field path). Locations are
+    // computed only for errors, which keeps big specs fast.
+    let mut seen: HashMap<Address, (usize, usize)> = HashMap::new();
     // Per node: where its depends_on entries and references were written, for errors.
-    let mut sites: Vec<Vec<(Address, Option<Location>, FieldPath)>> = Vec::new();
+    let mut sites: Vec<Vec<(Address, usize, Site)>> = Vec::new();
 
     let err = |loc: Option<Location>, path: &FieldPath, message: String| SpecError {
         file: loc.as_ref().map(|l| l.file.clone()),
@@ -273,22 +302,20 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         message,
     };
 
-    for doc in &spec.documents {
+    for (di, doc) in spec.documents.iter().enumerate() {
         let DocumentBody::Resources(body) = &doc.body;
-        let base = FieldPath::default().key("resources");
         for (i, rs) in body.resources.iter().enumerate() {
-            let rpath = base.index(i);
-            let loc = Some(doc.locate(&rpath));
+            let rpath = resource_path(i);
             let address = Address::new(&rs.ty, &rs.name);
-            if let Some(first) = seen.get(&address) {
-                let at = first
-                    .as_ref()
-                    .map(|l| format!(" (first declared at {l})"))
-                    .unwrap_or_default();
+            if let Some((fd, fp)) = seen.get(&address) {
+                let at = format!(
+                    " (first declared at {})",
+                    spec.documents[*fd].locate(&resource_path(*fp))
+                );
                 errors.push(err(Some(doc.locate(&rpath.key("name"))), &rpath.key("name"), format!("duplicate address {address}{at}: give each resource of a type a distinct name")));
                 continue;
             }
-            seen.insert(address.clone(), loc.clone());
+            seen.insert(address.clone(), (di, i));
             let Some(schema) = schemas.get(&rs.ty) else {
                 let known: Vec<&str> = schemas.keys().map(String::as_str).collect();
                 errors.push(err(
@@ -306,12 +333,12 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
             let mut site = Vec::new();
             let apath = rpath.key("attributes");
             for (name, value) in &rs.attributes {
-                let p = apath.key(name);
+                let p = Lazy(|| apath.key(name));
                 let Some(a) = schema.attributes.get(name) else {
                     let known: Vec<&str> = schema.attributes.keys().map(String::as_str).collect();
                     errors.push(err(
-                        Some(doc.locate(&p)),
-                        &p,
+                        Some(doc.locate(&p.get())),
+                        &p.get(),
                         format!(
                             "unknown attribute `{name}` for {}: expected one of {}",
                             rs.ty,
@@ -322,8 +349,8 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 };
                 if !a.kind.accepts(value) {
                     errors.push(err(
-                        Some(doc.locate(&p)),
-                        &p,
+                        Some(doc.locate(&p.get())),
+                        &p.get(),
                         format!("expected {}, found {}", a.kind.describe(), json_kind(value)),
                     ));
                     continue;
@@ -333,12 +360,13 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                         let mut refs = Vec::new();
                         e.references(&mut refs);
                         for r in refs {
-                            site.push((r.target.clone(), Some(doc.locate(&p)), p.clone()));
-                            check_ref_attr(&r, schemas, &mut errors, doc.locate(&p), &p);
+                            check_ref_attr(&r, schemas, &mut errors, doc, &p);
+                            site.push((r.target, di, Site::Attr(i, name.clone())));
                         }
                         attributes.insert(name.clone(), e);
                     }
                     Err((sub, e)) => {
+                        let p = p.get();
                         let full = if sub.is_empty() {
                             p.to_string()
                         } else if sub.starts_with('[') {
@@ -383,7 +411,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 let p = rpath.key("depends_on").index(j);
                 match Address::parse(d) {
                     Ok(a) => {
-                        site.push((a.clone(), Some(doc.locate(&p)), p.clone()));
+                        site.push((a.clone(), di, Site::Dep(i, j)));
                         deps.insert(a);
                     }
                     Err(m) => errors.push(err(Some(doc.locate(&p)), &p, m)),
@@ -398,23 +426,25 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 attributes,
                 dependencies: deps.into_iter().collect(),
                 lifecycle: rs.lifecycle.clone(),
-                source: loc,
             });
             model.index.insert(address, node);
             sites.push(site);
         }
     }
 
+    tracing::debug!(elapsed = ?t0.elapsed(), "model: resources read");
     // Dangling and self references, located where they were written.
     for n in model.graph.node_indices() {
         let me = model.graph[n].address.clone();
         let mut ok = Vec::new();
-        for (target, loc, what) in &sites[n.index()] {
+        for (target, di, what) in &sites[n.index()] {
+            let what = &what.path();
+            let loc = || Some(spec.documents[*di].locate(what));
             if *target == me {
-                errors.push(err(loc.clone(), what, format!("{me} depends on itself: a resource cannot reference or depend on its own address")));
+                errors.push(err(loc(), what, format!("{me} depends on itself: a resource cannot reference or depend on its own address")));
             } else if !model.index.contains_key(target) && !seen.contains_key(target) {
                 errors.push(err(
-                    loc.clone(),
+                    loc(),
                     what,
                     format!("{target} is not declared: declare it, or fix the address"),
                 ));
@@ -428,6 +458,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
+    tracing::debug!(elapsed = ?t0.elapsed(), "model: references checked");
     if let Err(cycles) = model.link() {
         for c in cycles {
             // Locate the cycle at its first member.
@@ -436,7 +467,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 .nth(1)
                 .and_then(|rest| rest.split(' ').next())
                 .and_then(|a| Address::parse(a).ok());
-            let loc = first.and_then(|a| model.get(&a).and_then(|r| r.source.clone()));
+            let loc = first
+                .and_then(|a| seen.get(&a))
+                .map(|(d, i)| spec.documents[*d].locate(&resource_path(*i)));
             errors.push(SpecError {
                 file: loc.as_ref().map(|l| l.file.clone()),
                 location: loc,
@@ -449,12 +482,12 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     Ok(model)
 }
 
-fn check_ref_attr(
+fn check_ref_attr<F: Fn() -> FieldPath>(
     r: &Reference,
     schemas: &Schemas,
     errors: &mut Vec<SpecError>,
-    loc: Location,
-    p: &FieldPath,
+    doc: &crate::spec::Document,
+    path: &Lazy<F>,
 ) {
     let Some(ts) = schemas.get(&r.target.ty) else {
         return;
@@ -463,6 +496,11 @@ fn check_ref_attr(
     if ts.outputs.contains_key(attr) {
         return;
     }
+    if ts.attributes.get(attr).is_some_and(|a| !a.sensitive) {
+        return;
+    }
+    let p = &path.get();
+    let loc = doc.locate(p);
     match ts.attributes.get(attr) {
         Some(a) if a.sensitive => errors.push(SpecError {
             file: Some(loc.file.clone()),

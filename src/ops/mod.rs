@@ -7,7 +7,7 @@ use crate::model::{self, Model};
 use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
 use crate::plan::{self, Observed, Plan, PlanOptions};
 use crate::providers::Registry;
-use crate::spec::{self, LoadOptions, Spec, SpecErrors};
+use crate::spec::{self, LoadOptions, SpecErrors};
 use crate::state::{self, ResourceState, State, StateBackend, StateError};
 use futures::StreamExt;
 use sha2::Digest;
@@ -47,7 +47,8 @@ pub struct Inputs {
 /// A loaded, checked spec with its model and its state backend.
 pub struct Workspace {
     pub name: String,
-    pub spec: Spec,
+    /// The spec files read, in order.
+    pub files: Vec<PathBuf>,
     pub model: Model,
     pub registry: Registry,
     pub backend: Box<dyn StateBackend>,
@@ -60,6 +61,32 @@ pub struct Workspace {
 /// # Errors
 /// Every problem in the spec, located; or a state URL that cannot be used.
 pub fn load_workspace(inputs: &Inputs, registry: Registry) -> Result<Workspace, OpsError> {
+    load(inputs, registry, false).map(|(ws, _)| ws)
+}
+
+/// [`load_workspace`], and the state read alongside (for read-only commands).
+///
+/// # Errors
+/// As [`load_workspace`], or the state cannot be read.
+pub fn load_workspace_and_state(
+    inputs: &Inputs,
+    registry: Registry,
+) -> Result<(Workspace, State), OpsError> {
+    let (ws, st) = load(inputs, registry, true)?;
+    let st = match st {
+        Some(st) => st?,
+        None => ws.backend.load()?,
+    };
+    Ok((ws, st))
+}
+
+type Preloaded = Option<Result<State, StateError>>;
+
+fn load(
+    inputs: &Inputs,
+    registry: Registry,
+    preload_state: bool,
+) -> Result<(Workspace, Preloaded), OpsError> {
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
     for f in &inputs.var_files {
@@ -88,22 +115,59 @@ pub fn load_workspace(inputs: &Inputs, registry: Registry) -> Result<Workspace, 
         vars: vars.clone(),
         env: std::env::vars().collect(),
     };
+    let t = std::time::Instant::now();
     let spec = spec::load(&paths, &opts)?;
-    let model = model::build(&spec, registry.schemas())?;
+    tracing::debug!(elapsed = ?t.elapsed(), documents = spec.documents.len(), "spec loaded");
     let name = spec.workspace().unwrap_or("default").to_string();
-    let backend = state::open(inputs.state_url.as_deref(), &name)?;
+    let backend = state::open(inputs.state_url.as_deref(), &name);
+    // Reading state needs only the workspace name: a read-only caller gets it read on
+    // the other core while the model is built.
+    let (model, preloaded) = std::thread::scope(|scope| {
+        let preload = match (&backend, preload_state) {
+            (Ok(b), true) => Some(scope.spawn(|| {
+                let t = std::time::Instant::now();
+                let st = b.load();
+                tracing::debug!(elapsed = ?t.elapsed(), "state loaded");
+                st
+            })),
+            _ => None,
+        };
+        let t = std::time::Instant::now();
+        let model = model::build(&spec, registry.schemas());
+        tracing::debug!(elapsed = ?t.elapsed(), "model built");
+        let preloaded = preload.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(StateError::Io {
+                    action: "read",
+                    path: PathBuf::from(name.clone()),
+                    source: std::io::Error::other("the state reader thread panicked"),
+                })
+            })
+        });
+        (model, preloaded)
+    });
+    let model = model?;
+    let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());
     h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
     let digest = format!("sha256:{}", hex::encode(h.finalize()));
-    Ok(Workspace {
-        name,
-        spec,
-        model,
-        registry,
-        backend,
-        digest,
-    })
+    let files = spec.files.clone();
+    // The located YAML trees are only needed for errors, which are all reported by now:
+    // free them on another thread while the caller goes on (big specs hold millions of
+    // small allocations).
+    std::thread::spawn(move || drop(spec));
+    Ok((
+        Workspace {
+            name,
+            files,
+            model,
+            registry,
+            backend,
+            digest,
+        },
+        preloaded,
+    ))
 }
 
 /// Reads every recorded resource through its provider, at most `parallelism` at once.
@@ -116,7 +180,13 @@ pub async fn refresh(
     state: &State,
     parallelism: usize,
 ) -> Result<Observed, OpsError> {
-    let reads = futures::stream::iter(state.resources.iter().map(|(addr, rec)| async move {
+    let to_read = state.resources.iter().filter(|(_, rec)| {
+        // Providers without a real world would only hand back the record.
+        registry
+            .get(&rec.provider)
+            .is_none_or(|p| p.reads_real_world())
+    });
+    let reads = futures::stream::iter(to_read.map(|(addr, rec)| async move {
         let Some(p) = registry.get(&rec.provider) else {
             return Err(OpsError::Refresh {
                 address: addr.clone(),
@@ -132,6 +202,7 @@ pub async fn refresh(
     .buffer_unordered(parallelism.max(1));
     futures::pin_mut!(reads);
     let mut observed = Observed::new();
+    let t = std::time::Instant::now();
     while let Some(r) = reads.next().await {
         let (addr, got) = r?;
         let rec = &state.resources[addr];
@@ -139,6 +210,7 @@ pub async fn refresh(
             observed.insert(addr.clone(), got);
         }
     }
+    tracing::debug!(elapsed = ?t.elapsed(), resources = state.resources.len(), changed = observed.len(), "refreshed");
     Ok(observed)
 }
 
@@ -152,7 +224,11 @@ pub fn make_plan(
     observed: &Observed,
     opts: &PlanOptions,
 ) -> Result<Plan, OpsError> {
-    plan::plan(&ws.model, state, observed, ws.registry.schemas(), opts).map_err(OpsError::Plan)
+    let t = std::time::Instant::now();
+    let plan =
+        plan::plan(&ws.model, state, observed, ws.registry.schemas(), opts).map_err(OpsError::Plan);
+    tracing::debug!(elapsed = ?t.elapsed(), "planned");
+    plan
 }
 
 /// The JSON document of a plan, as printed by `--json` and saved by `--out`.
@@ -176,12 +252,7 @@ pub fn plan_document(
         },
         spec: SpecBinding {
             digest: ws.digest.clone(),
-            files: ws
-                .spec
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect(),
+            files: ws.files.iter().map(|f| f.display().to_string()).collect(),
         },
         options: opts.clone(),
         refresh: refreshed,

@@ -96,6 +96,7 @@ impl JsonChange {
             .before
             .as_ref()
             .map(|b| strip(b.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+        let no_op = c.action == Action::NoOp;
         let mut after_unknown = Vec::new();
         let after = c.after.as_ref().map(|a| {
             for (k, v) in a {
@@ -109,6 +110,8 @@ impl JsonChange {
                     .collect(),
             )
         });
+        // A no-op leaves `before` out of the plan: it equals `after`.
+        let before = if no_op { after.clone() } else { before };
         if matches!(c.action, Action::Create | Action::Replace) {
             after_unknown.extend(c.outputs.iter().cloned());
         }

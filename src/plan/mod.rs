@@ -46,13 +46,15 @@ pub struct ResourceChange {
     pub action: Action,
     pub replace_order: Option<ReplaceOrder>,
     pub reasons: Vec<String>,
-    /// Recorded attributes (sensitive ones as fingerprints), when the resource exists.
+    /// Recorded attributes (sensitive ones as fingerprints), when the resource exists
+    /// and changes (for a no-op they equal `after` and are left out).
     pub before: Option<BTreeMap<String, Value>>,
     /// Recorded outputs, when the resource exists.
     pub before_outputs: BTreeMap<String, Value>,
     /// Planned attributes (sensitive ones as fingerprints), unless deleted.
     pub after: Option<BTreeMap<String, PValue>>,
-    /// Output names; on create or replace they are known only after apply.
+    /// Output names, for changes (empty for a no-op); on create or replace they are
+    /// known only after apply.
     pub outputs: Vec<String>,
     pub sensitive: BTreeSet<String>,
     /// Attributes whose change forces the replacement.
@@ -282,10 +284,18 @@ pub fn plan(
                     action,
                     replace_order,
                     reasons,
-                    before: prior.map(redacted_before),
+                    // A no-op's before equals its after: not copied (big plans are
+                    // mostly no-ops).
+                    before: prior
+                        .filter(|_| action != Action::NoOp)
+                        .map(redacted_before),
                     before_outputs: prior.map(|p| p.outputs.clone()).unwrap_or_default(),
                     after: Some(after),
-                    outputs: schema.outputs.keys().cloned().collect(),
+                    outputs: if action == Action::NoOp {
+                        Vec::new()
+                    } else {
+                        schema.outputs.keys().cloned().collect()
+                    },
                     sensitive: schema
                         .attributes
                         .iter()
@@ -410,15 +420,13 @@ fn redacted_before(r: &ResourceState) -> BTreeMap<String, Value> {
 }
 
 fn attr_changed(prior: &ResourceState, name: &str, after: Option<&PValue>) -> bool {
-    let before = prior
-        .sensitive
-        .get(name)
-        .map(|fp| Value::String(fp.clone()))
-        .or_else(|| prior.attributes.get(name).cloned());
-    match (before, after) {
+    if let Some(fp) = prior.sensitive.get(name) {
+        return !matches!(after, Some(PValue::Known(Value::String(a))) if a == fp);
+    }
+    match (prior.attributes.get(name), after) {
         (None | Some(Value::Null), None) => false,
         (None, Some(PValue::Known(Value::Null))) => false,
-        (Some(b), Some(PValue::Known(a))) => b != *a,
+        (Some(b), Some(PValue::Known(a))) => b != a,
         (_, Some(_)) => true,
         (Some(_), None) => true,
     }

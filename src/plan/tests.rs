@@ -36,7 +36,6 @@ fn res_lc(name: &str, attrs: Value, deps: &[&str], lifecycle: Lifecycle) -> Reso
         attributes,
         dependencies,
         lifecycle,
-        source: None,
     }
 }
 

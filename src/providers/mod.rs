@@ -65,6 +65,11 @@ pub trait Provider: Send + Sync {
     fn schemas(&self) -> Vec<ResourceSchema>;
     /// How many operations of this provider may run at once.
     fn concurrency_limit(&self) -> usize;
+    /// Whether `read` asks anything outside anvil. A provider with no real world (`null`)
+    /// says no, and refresh skips its resources: `read` would return the record.
+    fn reads_real_world(&self) -> bool {
+        true
+    }
     /// Reads the real object behind a recorded resource. `Ok(None)` means it no longer
     /// exists. The returned record keeps sensitive values as fingerprints.
     ///

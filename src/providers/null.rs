@@ -90,6 +90,10 @@ impl Provider for NullProvider {
         usize::MAX
     }
 
+    fn reads_real_world(&self) -> bool {
+        false
+    }
+
     async fn read(
         &self,
         _address: &str,

@@ -241,7 +241,9 @@ impl<'a> Loader<'a> {
             ));
             return;
         }
+        let t = std::time::Instant::now();
         let stream = yaml::parse_stream(text);
+        tracing::debug!(elapsed = ?t.elapsed(), file = %file.display(), "yaml parsed");
         let no_docs = stream.docs.is_empty() && stream.fatal.is_none();
         for raw in stream.docs {
             if errors.full() {
@@ -534,7 +536,9 @@ fn check_document(
         vars: &opts.vars,
         env: &opts.env,
     };
+    let t = std::time::Instant::now();
     let subst_errors = subst::substitute(&mut root, &sources);
+    tracing::debug!(elapsed = ?t.elapsed(), "substituted");
     if !subst_errors.is_empty() {
         for e in subst_errors {
             errors.push(here(e.pos, &e.path, e.message));
@@ -542,8 +546,13 @@ fn check_document(
         return None;
     }
 
+    let t = std::time::Instant::now();
     let instance = root.to_json();
-    let violations = match validate::validate(kind, &root, &instance) {
+    tracing::debug!(elapsed = ?t.elapsed(), "converted to JSON");
+    let t = std::time::Instant::now();
+    let violations = validate::validate(kind, &root, &instance);
+    tracing::debug!(elapsed = ?t.elapsed(), "schema checked");
+    let violations = match violations {
         Ok(v) => v,
         Err(message) => {
             errors.push(here(root.pos, &FieldPath::root(), message));
@@ -557,6 +566,7 @@ fn check_document(
         return None;
     }
 
+    let t = std::time::Instant::now();
     let body = match kind {
         "Resources" => serde_json::from_value(instance).map(DocumentBody::Resources),
         other => {
@@ -568,6 +578,7 @@ fn check_document(
             return None;
         }
     };
+    tracing::debug!(elapsed = ?t.elapsed(), "typed");
     match body {
         Ok(body) => Some(Document {
             file: file.to_path_buf(),

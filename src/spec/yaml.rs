@@ -153,6 +153,9 @@ enum PendingKey {
     Skip,
 }
 
+/// Mappings with fewer keys than this find duplicates by scanning.
+const SMALL_MAP: usize = 16;
+
 enum FrameKind {
     Seq(Vec<Node>),
     Map {
@@ -274,7 +277,19 @@ impl Builder {
                         let pos = built.node.pos;
                         match built.node.value {
                             Value::String(k) => {
-                                if let Some(first) = seen.get(&k) {
+                                // Small mappings (nearly all) are scanned; big ones get
+                                // an index, built once they pass SMALL_MAP keys.
+                                let first = if entries.len() < SMALL_MAP {
+                                    entries.iter().find(|e| e.key == k).map(|e| e.key_pos)
+                                } else {
+                                    if seen.len() < entries.len() {
+                                        for e in entries.iter() {
+                                            seen.insert(e.key.clone(), e.key_pos);
+                                        }
+                                    }
+                                    seen.get(&k).copied()
+                                };
+                                if let Some(first) = first {
                                     self.errors.push(TreeError::new(
                                         pos,
                                         format!(
@@ -284,7 +299,9 @@ impl Builder {
                                     ));
                                     *key = PendingKey::Skip;
                                 } else {
-                                    seen.insert(k.clone(), pos);
+                                    if !seen.is_empty() {
+                                        seen.insert(k.clone(), pos);
+                                    }
                                     *key = PendingKey::Key(k, pos);
                                 }
                             }

@@ -336,7 +336,9 @@ pub struct JournalWriter {
     thread: Option<JoinHandle<()>>,
     path: Arc<PathBuf>,
     since_checkpoint: AtomicU64,
-    interval: u64,
+    /// Records between checkpoints: max(1024, resources at the last checkpoint), so a
+    /// growing state is rewritten geometrically less often and apply stays linear.
+    interval: AtomicU64,
     /// Number of journal fsyncs so far (tests check that group commit batches).
     #[cfg_attr(not(test), allow(dead_code))]
     fsyncs: Arc<AtomicU64>,
@@ -386,7 +388,7 @@ impl JournalWriter {
             thread: Some(thread),
             path,
             since_checkpoint: AtomicU64::new(0),
-            interval: MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64),
+            interval: AtomicU64::new(MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64)),
             fsyncs,
         })
     }
@@ -448,9 +450,9 @@ impl JournalWriter {
     }
 
     /// True when enough records were appended since the last checkpoint that the engine
-    /// should call [`JournalWriter::checkpoint`] (at least max(1024, resources at start)).
+    /// should call [`JournalWriter::checkpoint`] (max(1024, resources at the last checkpoint)).
     pub fn checkpoint_due(&self) -> bool {
-        self.since_checkpoint.load(Ordering::Relaxed) >= self.interval
+        self.since_checkpoint.load(Ordering::Relaxed) >= self.interval.load(Ordering::Relaxed)
     }
 
     /// Serialize `state` with the journal's pending view and queue `make(snapshot)`.
@@ -485,6 +487,10 @@ impl JournalWriter {
     /// happens on the writer thread after every record appended before this call.
     pub fn checkpoint(&self, state: &State) -> Commit {
         self.since_checkpoint.store(0, Ordering::Relaxed);
+        self.interval.store(
+            MIN_CHECKPOINT_INTERVAL.max(state.resources.len() as u64),
+            Ordering::Relaxed,
+        );
         self.send_snapshot(state, |snap, done| Cmd::Checkpoint { snap, done })
     }
 
