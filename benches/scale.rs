@@ -122,6 +122,12 @@ fn main() {
         "apiVersion: anvil/v1\nkind: Resources\nmetadata: {{name: d}}\nresources: {}",
         "[".repeat(100_000)
     );
+    let mut ragged =
+        String::from("apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: r}\nx:\n");
+    for i in 0..100_000 {
+        ragged.push_str(&" ".repeat(i % 60 + 1));
+        ragged.push_str("- \n");
+    }
     let garbage: Vec<u8> = (0..1_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();

@@ -10,7 +10,10 @@ fn main() {
     match anvil::cli::run() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("Error: {}", anvil::cli::describe_error(&e));
+            // One `Error:` per problem, as spec errors come several at a time.
+            for line in anvil::cli::describe_error(&e).lines() {
+                eprintln!("Error: {line}");
+            }
             std::process::exit(1);
         }
     }

@@ -110,7 +110,21 @@ fn sigkill_at_random_moments_never_corrupts_state() {
     assert_code(&o, 0);
     let st = s.state_json("crash");
     let keys: Vec<&String> = st["resources"].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), N, "each resource recorded exactly once");
+    let listing: Vec<String> = std::fs::read_dir(s.path().join("state"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            format!("{:?} {}", e.file_name(), e.metadata().unwrap().len())
+        })
+        .collect();
+    let listed = stdout(&s.run(&["state", "list", "spec.yaml"]))
+        .lines()
+        .count();
+    assert_eq!(
+        keys.len(),
+        N,
+        "each resource recorded exactly once; files: {listing:?}; `state list` shows {listed}"
+    );
     let mut want: Vec<String> = (0..N).map(|i| format!("null_resource.r{i}")).collect();
     want.sort();
     assert_eq!(keys.into_iter().cloned().collect::<Vec<_>>(), want);

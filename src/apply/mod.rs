@@ -338,6 +338,19 @@ fn build_graph(
     Ok(nodes)
 }
 
+/// Drops the interrupted operations recorded in `state.pending` that this plan settles:
+/// the plan already accounted for them (refresh read their objects). Only those of
+/// resources the plan leaves out (`--target`) are kept. Call before opening the journal,
+/// which starts its own view of pending operations from the state it is given.
+pub fn settle_pending(plan: &Plan, model: &Model, state: &mut State) {
+    state.pending.retain(|p| {
+        plan.get(&p.address).is_none()
+            && Address::parse(&p.address)
+                .ok()
+                .is_some_and(|a| model.contains(&a))
+    });
+}
+
 /// Resolves a reference against what is recorded now (dependencies are already applied).
 fn lookup_recorded(state: &State, rf: &Reference) -> Lookup {
     let target = rf.target.to_string();
@@ -426,14 +439,6 @@ pub async fn apply(
 ) -> Result<(State, Report), ApplyError> {
     let Channels { events, mut cancel } = io;
     let nodes = build_graph(plan, model, &state, registry)?;
-    // Interrupted operations were taken into account by the plan; those in its scope are
-    // settled by this run. Keep only those of resources the plan left out (--target).
-    state.pending.retain(|p| {
-        plan.get(&p.address).is_none()
-            && Address::parse(&p.address)
-                .ok()
-                .is_some_and(|a| model.contains(&a))
-    });
     let schemas = registry.schemas();
     let mut report = Report::default();
     let mut indeg: Vec<usize> = nodes.iter().map(|n| n.preds).collect();

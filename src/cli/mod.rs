@@ -46,7 +46,7 @@ enum Command {
     /// Make the real world match the spec (PATH), or apply a saved plan (PLANFILE).
     Apply(ApplyArgs),
     /// Destroy everything the workspace manages.
-    Destroy(DestroyArgs),
+    Destroy(ApplyArgs),
     /// Show the state, or a saved plan.
     Show(ShowArgs),
     /// Inspect and edit the state.
@@ -115,6 +115,7 @@ struct PlanArgs {
     detailed_exitcode: bool,
 }
 
+/// What `apply` and `destroy` share; `destroy` is `apply` of a destroy plan.
 #[derive(Args, Debug)]
 struct ApplyArgs {
     #[command(flatten)]
@@ -125,18 +126,6 @@ struct ApplyArgs {
     #[arg(long)]
     auto_approve: bool,
     /// Wait this long for the state lock (e.g. 30s, 5m).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    lock_timeout: Duration,
-}
-
-#[derive(Args, Debug)]
-struct DestroyArgs {
-    #[command(flatten)]
-    spec: SpecArgs,
-    #[command(flatten)]
-    flags: PlanFlags,
-    #[arg(long)]
-    auto_approve: bool,
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     lock_timeout: Duration,
 }
@@ -450,7 +439,7 @@ async fn plan_and_apply(
 ) -> Result<i32> {
     let ws = ops::load_workspace(&inp, Registry::builtin())?;
     let lock = ws.backend.lock(what, lock_timeout)?;
-    let state = ws.backend.load()?;
+    let state = ops::load_locked(&ws, &lock)?;
     let observed = if flags.refresh {
         ops::refresh(&ws.registry, &state, flags.parallelism).await?
     } else {
@@ -489,7 +478,7 @@ async fn apply_planfile(
         )
     })?;
     let lock = ws.backend.lock("apply", a.lock_timeout)?;
-    let state = ws.backend.load()?;
+    let state = ops::load_locked(&ws, &lock)?;
     let mut state = state;
     let (plan, _observed) =
         ops::check_saved_plan(&ws, &mut state, &doc, &path.display().to_string())?;

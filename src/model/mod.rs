@@ -456,6 +456,12 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         r.dependencies.retain(|d| ok.contains(d));
     }
     if !errors.is_empty() {
+        // Report in the order the user reads the files.
+        errors.sort_by_key(|e| {
+            e.location
+                .as_ref()
+                .map(|l| (l.file.clone(), l.line, l.column))
+        });
         return Err(SpecErrors(errors));
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "model: references checked");

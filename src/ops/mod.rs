@@ -214,6 +214,20 @@ pub async fn refresh(
     Ok(observed)
 }
 
+/// Reads the state under the lock the caller holds and, when an interrupted run left a
+/// journal, folds it into the state file so that the file alone is whole again.
+///
+/// # Errors
+/// The state cannot be read or written.
+pub fn load_locked(ws: &Workspace, lock: &state::LockHandle) -> Result<State, OpsError> {
+    let st = ws.backend.load()?;
+    if ws.backend.has_journal() {
+        ws.backend.write(&st, lock)?;
+        tracing::info!(state = %ws.backend.describe(), "folded the journal of an interrupted run into the state");
+    }
+    Ok(st)
+}
+
 /// Computes the plan for a workspace.
 ///
 /// # Errors
@@ -347,6 +361,8 @@ pub async fn run_apply(
     cfg: &ApplyConfig,
     io: Channels,
 ) -> Result<(State, Report), OpsError> {
+    let mut state = state;
+    apply::settle_pending(plan, &ws.model, &mut state);
     let journal = ws.backend.journal(&state, lock)?;
     Ok(apply::apply(plan, &ws.model, &ws.registry, state, journal, cfg, io).await?)
 }

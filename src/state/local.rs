@@ -243,6 +243,10 @@ impl LocalBackend {
 }
 
 impl StateBackend for LocalBackend {
+    fn has_journal(&self) -> bool {
+        self.journal_path().exists()
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.path.display())
     }

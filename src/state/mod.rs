@@ -296,6 +296,12 @@ pub trait StateBackend: Send + Sync {
     /// # Errors
     /// As for [`StateBackend::write`].
     fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError>;
+
+    /// Whether a journal left by an interrupted run lies beside the state (its records
+    /// are already part of what `load` returns). A lock holder folds it in with `write`.
+    fn has_journal(&self) -> bool {
+        false
+    }
 }
 
 /// Open the state backend for `url` (from `--state` / `ANVIL_STATE`) and `workspace`.

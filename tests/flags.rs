@@ -1,0 +1,157 @@
+//! Plan flags at the command line: variables, targeting, forced replacement, refresh.
+
+mod common;
+use common::*;
+
+const SPEC: &str = r#"
+apiVersion: anvil/v1
+kind: Resources
+metadata: { name: flags }
+resources:
+  - type: null_resource
+    name: a
+    attributes: { triggers: { size: "${var.size}", owner: "${env:ANVIL_TEST_OWNER}" } }
+  - type: null_resource
+    name: b
+    attributes: { triggers: { a: "${null_resource.a.id}" } }
+  - type: null_resource
+    name: c
+    attributes: { inputs: { replicas: "${var.replicas}" } }
+"#;
+
+fn cmd(s: &Scratch, args: &[&str]) -> std::process::Output {
+    s.cmd(args)
+        .env("ANVIL_TEST_OWNER", "platform")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn vars_targets_replace_and_refresh() {
+    let s = Scratch::new();
+    s.write("spec.yaml", SPEC);
+    s.write("vars.yaml", "replicas: 3\n");
+    // A missing variable names itself and the flag to pass.
+    let o = cmd(&s, &["plan", "spec.yaml"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("--var"), "{}", stderr(&o));
+
+    let o = cmd(
+        &s,
+        &[
+            "apply",
+            "--auto-approve",
+            "--var",
+            "size=small",
+            "--var-file",
+            "vars.yaml",
+            "--target",
+            "null_resource.b",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "targets b and what it depends on: {out}"
+    );
+    let st = s.state_json("flags");
+    assert_eq!(
+        st["resources"]["null_resource.a"]["attributes"]["triggers"]["owner"],
+        "platform"
+    );
+    // A typed variable from a file keeps its type.
+    let o = cmd(
+        &s,
+        &[
+            "apply",
+            "--auto-approve",
+            "--var",
+            "size=small",
+            "--var-file",
+            "vars.yaml",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 0);
+    assert_eq!(
+        s.state_json("flags")["resources"]["null_resource.c"]["attributes"]["inputs"]["replicas"],
+        3
+    );
+
+    let o = cmd(
+        &s,
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--refresh=false",
+            "--var",
+            "size=small",
+            "--var-file",
+            "vars.yaml",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 0);
+    let o = cmd(
+        &s,
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--replace",
+            "null_resource.c",
+            "--var",
+            "size=small",
+            "--var-file",
+            "vars.yaml",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 2);
+    assert!(
+        stdout(&o).contains("replacement requested with --replace"),
+        "{}",
+        stdout(&o)
+    );
+    // Excluding a changes only what is not excluded: a and its dependent b stay out.
+    let o = cmd(
+        &s,
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--exclude",
+            "null_resource.a",
+            "--var",
+            "size=large",
+            "--var-file",
+            "vars.yaml",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 0);
+    let o = cmd(
+        &s,
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--target",
+            "null_resource.nope",
+            "--var",
+            "size=small",
+            "--var-file",
+            "vars.yaml",
+            "spec.yaml",
+        ],
+    );
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("--target null_resource.nope: no such resource"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmd(&s, &["schema", "resources"]);
+    assert_code(&o, 0);
+    let o = cmd(&s, &["schema", "nope"]);
+    assert_code(&o, 1);
+}
