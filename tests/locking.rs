@@ -54,7 +54,7 @@ fn lock_of_a_killed_process_expires_by_itself() {
     let lock = s.path().join("state/killed.json.lock");
     let mut first = s
         .cmd(&["apply", "--auto-approve", "spec.yaml"])
-        .env("ANVIL_LOCK_LEASE", "2s")
+        .env("ANVIL_LOCK_LEASE", "3s")
         .spawn()
         .unwrap();
     wait_for(&lock, Duration::from_secs(30));
@@ -66,7 +66,7 @@ fn lock_of_a_killed_process_expires_by_itself() {
     assert_code(&o, 1);
     assert!(stderr(&o).contains("is held by"), "{}", stderr(&o));
 
-    // No force-unlock: waiting past the (2 s) lease is enough.
+    // No force-unlock: waiting past the (3 s) lease is enough.
     s.write("spec.yaml", &slow_spec("killed", 0));
     let o = s.run(&[
         "apply",

@@ -505,11 +505,14 @@ async fn execute(
         .filter(|c| c.action != crate::plan::Action::NoOp)
         .count();
     let printer = tokio::spawn(output::progress(rx, total));
+    // Register the handlers before any work starts, so an early Ctrl-C is never lost
+    // to the default action (which would kill the run without recording anything).
+    let mut interrupts = Interrupts::register();
     let signals = tokio::spawn(async move {
-        wait_for_interrupt().await;
+        interrupts.next().await;
         eprintln!("\nInterrupt received: no new operations will start; waiting for those in flight to finish and be recorded. Interrupt again to stop at once (the journal keeps state readable).");
         let _ = cancel_tx.send(true);
-        wait_for_interrupt().await;
+        interrupts.next().await;
         eprintln!(
             "Second interrupt: stopping now. The next run finishes what the journal recorded."
         );
@@ -537,28 +540,41 @@ async fn execute(
     Ok(if report.success() { 0 } else { 1 })
 }
 
-#[cfg(unix)]
-async fn wait_for_interrupt() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut i), Ok(mut t)) => {
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), registered when created.
+struct Interrupts {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Interrupts {
+    fn register() -> Interrupts {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(i), Ok(t)) => Some((i, t)),
+                _ => None,
+            };
+            Interrupts { streams }
+        }
+        #[cfg(not(unix))]
+        Interrupts {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((i, t)) = &mut self.streams {
             tokio::select! {
                 _ = i.recv() => {}
                 _ = t.recv() => {}
             }
+            return;
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_interrupt() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32> {
