@@ -58,6 +58,12 @@ fn measure(dir: &Path, args: &[&str]) -> (Duration, f64, i32) {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without
+    // it, and a test run must not spend minutes on a debug-build benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale: a benchmark; run it with `cargo bench --bench scale`");
+        return;
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

@@ -14,6 +14,9 @@ use std::sync::Mutex;
 #[derive(Default)]
 struct Recorder {
     limit: usize,
+    /// Each operation waits (up to 1 s of paused tokio time) until this many run at
+    /// once, so the observed maximum does not depend on how fast the journal thread is.
+    expect: AtomicUsize,
     log: Mutex<Vec<String>>,
     now: AtomicUsize,
     max: AtomicUsize,
@@ -23,6 +26,13 @@ impl Recorder {
     async fn work(&self, what: String) {
         let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(n, Ordering::SeqCst);
+        let want = self.expect.load(Ordering::SeqCst);
+        for _ in 0..1000 {
+            if self.now.load(Ordering::SeqCst) >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
         self.log.lock().unwrap().push(what);
         self.now.fetch_sub(1, Ordering::SeqCst);
@@ -191,6 +201,7 @@ fn independent(n: usize) -> Vec<Resource> {
 #[tokio::test(start_paused = true)]
 async fn at_most_parallelism_operations_at_once() {
     let h = Harness::new(100);
+    h.rec.expect.store(4, Ordering::SeqCst);
     let (st, report) = h.run(independent(30), PlanOptions::default(), 4).await;
     assert!(report.success());
     assert_eq!(st.resources.len(), 30);
@@ -200,6 +211,7 @@ async fn at_most_parallelism_operations_at_once() {
 #[tokio::test(start_paused = true)]
 async fn at_most_the_provider_limit_at_once() {
     let h = Harness::new(3);
+    h.rec.expect.store(3, Ordering::SeqCst);
     let (_, report) = h.run(independent(20), PlanOptions::default(), 10).await;
     assert!(report.success());
     assert_eq!(h.rec.max.load(Ordering::SeqCst), 3);
