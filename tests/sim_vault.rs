@@ -494,3 +494,31 @@ fn sigterm_stops_it_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn concurrent_cas_zero_writes_let_exactly_one_win() {
+    let sim = std::sync::Arc::new(start());
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let sim = sim.clone();
+            std::thread::spawn(move || {
+                let body = json!({"options": {"cas": 0}, "data": {"writer": i}}).to_string();
+                sim.req("POST", "/v1/secret/data/race", T, Some(&body))
+                    .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        7,
+        "{statuses:?}"
+    );
+    let m = sim.req("GET", "/v1/secret/metadata/race", T, None).json();
+    assert_eq!(m["data"]["current_version"], 1);
+}

@@ -27,6 +27,9 @@ use tokio::sync::Mutex;
 /// The version `sys/health` reports.
 pub const VERSION: &str = "1.15.0-anvil-sim";
 
+/// Largest request body accepted (Vault's default `max_request_size`, 32 MiB).
+const MAX_REQUEST_BYTES: usize = 32 << 20;
+
 /// Token lifetime AppRole login reports (Vault's default, 768h).
 const LOGIN_LEASE_SECONDS: u64 = 2_764_800;
 
@@ -159,6 +162,7 @@ pub fn router(config: VaultSimConfig) -> Router {
     };
     Router::new()
         .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(Arc::new(Mutex::new(sim)))
 }
 
