@@ -62,6 +62,9 @@ enum Command {
         #[command(flatten)]
         spec: SpecArgs,
     },
+    /// Run a simulator of a service anvil manages, in memory, for tests and demos.
+    #[command(subcommand)]
+    Sim(SimCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +180,49 @@ struct GraphArgs {
     spec: SpecArgs,
     #[arg(long, default_value = "dot", value_parser = ["dot", "json"])]
     format: String,
+}
+
+// ---- `anvil sim vault` ----
+
+#[derive(Subcommand, Debug)]
+enum SimCmd {
+    /// A Vault KV v2 server (docs/simulators.md).
+    Vault(VaultArgs),
+}
+
+#[derive(Args, Debug)]
+struct VaultArgs {
+    /// Address to listen on; port 0 picks a free port (printed on start).
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    listen: String,
+    /// The root token requests must carry in X-Vault-Token.
+    #[arg(long)]
+    token: String,
+    /// A KV v2 mount besides `secret` (repeatable).
+    #[arg(long = "mount")]
+    mounts: Vec<String>,
+    /// Credentials AppRole login accepts: --approle ROLE_ID:SECRET_ID (repeatable).
+    #[arg(long = "approle")]
+    approles: Vec<crate::sim::vault::AppRole>,
+}
+
+async fn sim_vault(a: VaultArgs) -> Result<i32> {
+    let config = crate::sim::vault::VaultSimConfig {
+        token: a.token,
+        mounts: a.mounts,
+        approles: a.approles,
+    };
+    config.check()?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    // Signal handlers first: a test may send SIGTERM as soon as it reads the line.
+    let shutdown = crate::sim::vault::shutdown_signal()?;
+    println!("anvil sim vault listening on http://{addr}");
+    std::io::stdout().flush()?;
+    crate::sim::vault::serve_until(listener, config, shutdown).await?;
+    Ok(0)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -352,6 +398,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(0)
         }
+        Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
         Command::ForceUnlock { id, spec } => {
             let backend = open_backend(&spec, &cli.state)?;
             backend.force_unlock(&id)?;
