@@ -11,5 +11,6 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod providers;
+pub mod sim;
 pub mod spec;
 pub mod state;

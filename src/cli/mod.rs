@@ -5,6 +5,7 @@
 //! `--detailed-exitcode`).
 
 mod output;
+mod sim_bosh;
 
 use crate::apply::{ApplyConfig, Event};
 use crate::model::Address;
@@ -62,6 +63,15 @@ enum Command {
         #[command(flatten)]
         spec: SpecArgs,
     },
+    /// Run a simulator of an API anvil drives (for tests, demos and CI).
+    #[command(subcommand)]
+    Sim(SimCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCmd {
+    /// A BOSH Director API v1 simulator (docs/simulators.md).
+    Bosh(sim_bosh::BoshArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -372,6 +382,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             );
             Ok(0)
         }
+        Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
     }
 }
 
