@@ -418,6 +418,16 @@ async fn errors_look_like_the_directors() {
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body, "Endpoint '/deployments' not found.");
+    // Authentication is checked before the content type.
+    let r = call(
+        &app,
+        Method::POST,
+        "/deployments",
+        &[("content-type", "application/json")],
+        MANIFEST,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     for auth in [None, Some("Basic YWRtaW46bm9wZQ==")] {
         let hdrs: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
         let r = call(&app, Method::GET, "/deployments", &hdrs, "").await;
@@ -729,6 +739,30 @@ async fn tasks_queue_per_deployment_and_can_be_cancelled() {
     assert_eq!(cancel(99).await.json()["code"], 10000);
 }
 
+#[tokio::test(start_paused = true)]
+async fn dry_run_and_context_do_not_store() {
+    let app = sim();
+    let r = call(
+        &app,
+        Method::POST,
+        "/deployments?dry_run=true&context=ctx-1&recreate=true&max_in_flight=2",
+        &[
+            ("authorization", BASIC),
+            ("content-type", "text/yaml; charset=utf-8"),
+        ],
+        MANIFEST,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let t = wait_task(&app, task_id(&r)).await;
+    assert_eq!(t["state"], "done");
+    assert_eq!(t["context_id"], "ctx-1");
+    assert_eq!(
+        get(&app, "/deployments/redis").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
 mod black_box {
     use super::MANIFEST;
     use std::io::{BufRead, BufReader};
@@ -746,18 +780,10 @@ mod black_box {
         }
     }
 
-    fn start(dir: &std::path::Path) -> (Server, String) {
+    fn start(args: &[&str]) -> (Server, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_anvil"))
-            .args([
-                "sim",
-                "bosh",
-                "--listen",
-                "127.0.0.1:0",
-                "--tls",
-                "--ca-out",
-            ])
-            .arg(dir.join("ca.pem"))
-            .args(["--task-duration", "200ms"])
+            .args(["sim", "bosh", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -776,17 +802,36 @@ mod black_box {
         (Server(child), url)
     }
 
+    impl Server {
+        /// SIGTERM, then the exit status (graceful shutdown exits 0).
+        fn stop(mut self) -> std::process::ExitStatus {
+            // SAFETY: signalling our own child by its pid.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            let status = self.0.wait().unwrap();
+            std::mem::forget(self);
+            status
+        }
+    }
+
+    fn client(ca_pem: &[u8]) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn real_binary_serves_tls_with_a_pinned_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, url) = start(dir.path());
-        let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let ca_out = dir.path().join("ca.pem");
+        let ca_arg = ca_out.to_str().unwrap();
+        let (server, url) = start(&["--tls", "--ca-out", ca_arg, "--task-duration", "200ms"]);
+        let ca = std::fs::read(&ca_out).unwrap();
+        let client = client(&ca);
         let info: serde_json::Value = client
             .get(format!("{url}/info"))
             .send()
@@ -841,6 +886,76 @@ mod black_box {
             .await
             .unwrap();
         assert_eq!(d["manifest"], MANIFEST);
-        drop(server);
+        assert!(server.stop().success());
+    }
+
+    #[tokio::test]
+    async fn real_binary_with_given_cert_and_uaa_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = anvil::sim::bosh::tls::generate([127, 0, 0, 1].into()).unwrap();
+        let (cert, key, ca_out) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, &pem.chain).unwrap();
+        std::fs::write(&key, &pem.key).unwrap();
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (server, url) = start(&[
+            "--cert",
+            &s(&cert),
+            "--key",
+            &s(&key),
+            "--ca-out",
+            &s(&ca_out),
+            "--auth",
+            "uaa",
+            "--client",
+            "director",
+            "--client-secret",
+            "s3cret",
+            "--token-ttl",
+            "1s",
+        ]);
+        assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), pem.chain);
+        let client = client(pem.ca.as_bytes());
+        let info: serde_json::Value = client
+            .get(format!("{url}/info"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let uaa = info["user_authentication"]["options"]["url"]
+            .as_str()
+            .unwrap();
+        assert_eq!(uaa, format!("{url}/uaa"));
+        let tok: serde_json::Value = client
+            .post(format!("{uaa}/oauth/token"))
+            .basic_auth("director", Some("s3cret"))
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bearer = format!("bearer {}", tok["access_token"].as_str().unwrap());
+        let deps = |client: reqwest::Client, bearer: String, url: String| async move {
+            client
+                .get(format!("{url}/deployments"))
+                .header("authorization", bearer)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(deps(client.clone(), bearer.clone(), url.clone()).await, 200);
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(deps(client.clone(), bearer.clone(), url.clone()).await, 401);
+        assert!(server.stop().success());
     }
 }

@@ -292,10 +292,11 @@ async fn deploy(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
+    // Authentication comes first, as in the Director's filters.
+    let user = auth!(sim, headers, uri);
     if !is_yaml(&headers) {
         return not_found(uri.path());
     }
-    let user = auth!(sim, headers, uri);
     let text = String::from_utf8_lossy(&body);
     let m = match manifest::parse(&text) {
         Ok(m) => m,
@@ -343,10 +344,10 @@ async fn diff(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
+    auth!(sim, headers, uri);
     if !is_yaml(&headers) {
         return not_found(uri.path());
     }
-    auth!(sim, headers, uri);
     let redact = q.get("redact").is_none_or(|v| v != "false");
     let g = sim.store.lock();
     let old = g
