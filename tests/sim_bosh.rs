@@ -125,7 +125,7 @@ async fn task(app: &Router, id: u64) -> Value {
 async fn wait_task(app: &Router, id: u64) -> Value {
     for _ in 0..1000 {
         let t = task(app, id).await;
-        if !["queued", "processing"].contains(&t["state"].as_str().unwrap()) {
+        if !["queued", "processing", "cancelling"].contains(&t["state"].as_str().unwrap()) {
             return t;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -171,6 +171,12 @@ async fn deploy_runs_a_task_then_stores_the_manifest() {
     assert_eq!(events.as_array().unwrap().len(), 2);
     assert_eq!(events[0]["action"], "create");
     assert_eq!(events[0]["parent_id"], events[1]["id"]);
+    let before = get(&app, "/events?before_id=2").await.json();
+    assert_eq!(before.as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&app, "/events?deployment=other").await.json(),
+        json!([])
+    );
     let releases = get(&app, "/releases").await.json();
     assert_eq!(
         releases[0]["release_versions"][0]["currently_deployed"],
@@ -726,9 +732,21 @@ async fn tasks_queue_per_deployment_and_can_be_cancelled() {
         }
     };
     assert_eq!(cancel(first).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(task(&app, first).await["state"], "cancelled");
+    // A processing task shows `cancelling` until it stops, and keeps its lock meanwhile.
+    assert_eq!(task(&app, first).await["state"], "cancelling");
+    // A queued one is cancelled at once.
     assert_eq!(cancel(third).await.status, StatusCode::NO_CONTENT);
-    tokio::task::yield_now().await;
+    assert_eq!(task(&app, third).await["state"], "cancelled");
+    let t = wait_task(&app, first).await;
+    assert_eq!(t["state"], "cancelled");
+    assert_eq!(t["result"], "Task cancelled");
+    let log = get(&app, &format!("/tasks/{first}/output?type=event"))
+        .await
+        .body;
+    assert!(log.lines().last().unwrap().contains("\"error\""));
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(task(&app, second).await["state"], "processing");
     let t = wait_task(&app, second).await;
     assert_eq!(t["state"], "done");

@@ -76,6 +76,8 @@ impl Rng {
 pub enum TaskState {
     Queued,
     Processing,
+    /// Cancel requested while processing; the task stops at its next checkpoint.
+    Cancelling,
     Cancelled,
     Done,
     Error,
@@ -86,13 +88,17 @@ impl TaskState {
         match self {
             TaskState::Queued => "queued",
             TaskState::Processing => "processing",
+            TaskState::Cancelling => "cancelling",
             TaskState::Cancelled => "cancelled",
             TaskState::Done => "done",
             TaskState::Error => "error",
         }
     }
     pub fn active(self) -> bool {
-        matches!(self, TaskState::Queued | TaskState::Processing)
+        matches!(
+            self,
+            TaskState::Queued | TaskState::Processing | TaskState::Cancelling
+        )
     }
 }
 
@@ -302,7 +308,7 @@ impl Store {
             {
                 let mut g = self.lock();
                 match g.tasks.get(&id).map(|t| t.state) {
-                    Some(TaskState::Processing) => break,
+                    Some(TaskState::Processing | TaskState::Cancelling) => break,
                     Some(TaskState::Queued) => {
                         if try_begin(&mut g, id) {
                             break;
@@ -331,39 +337,59 @@ impl Store {
         }
         {
             let mut g = self.lock();
-            finish(&mut g, id);
+            if g.tasks.get(&id).map(|t| t.state) == Some(TaskState::Cancelling) {
+                mark_cancelled(&mut g, id);
+            } else {
+                finish(&mut g, id);
+            }
         }
         self.released.notify_waiters();
     }
 
-    /// Cancels a queued or processing task; false when it had already ended.
+    /// Cancels a queued task at once, or asks a processing one to stop (it shows
+    /// `cancelling` until its driver notices, then `cancelled`); `Some(false)` when the
+    /// task had already ended, `None` when there is no such task.
     pub fn cancel(&self, id: u64) -> Option<bool> {
         let mut g = self.lock();
         let t = g.tasks.get_mut(&id)?;
-        if !t.state.active() {
-            return Some(false);
+        match t.state {
+            TaskState::Queued => {
+                mark_cancelled(&mut g, id);
+                drop(g);
+                self.released.notify_waiters();
+            }
+            TaskState::Processing => {
+                t.state = TaskState::Cancelling;
+                t.debug("cancel requested");
+                t.cancel.notify_one();
+            }
+            TaskState::Cancelling => {}
+            _ => return Some(false),
         }
-        t.state = TaskState::Cancelled;
-        t.result = "Task cancelled".into();
-        t.event(json!({"time": now(), "error": {"code": 10001, "message": "Task cancelled"}}));
-        t.debug("task cancelled by request");
-        t.cancel.notify_one();
-        let (user, dep, parent) = (t.user.clone(), t.deployment.clone(), t.start_event);
-        if let Some(parent) = parent {
-            let action = action_name(&g, id);
-            push_event(
-                &mut g,
-                parent.into(),
-                &user,
-                &action,
-                &dep,
-                id,
-                Some("Task cancelled".into()),
-            );
-        }
-        drop(g);
-        self.released.notify_waiters();
         Some(true)
+    }
+}
+
+fn mark_cancelled(g: &mut Inner, id: u64) {
+    let action = action_name(g, id);
+    let Some(t) = g.tasks.get_mut(&id) else {
+        return;
+    };
+    t.state = TaskState::Cancelled;
+    t.result = "Task cancelled".into();
+    t.event(json!({"time": now(), "error": {"code": 10001, "message": "Task cancelled"}}));
+    t.debug("Task cancelled");
+    let (user, dep, parent) = (t.user.clone(), t.deployment.clone(), t.start_event);
+    if let Some(parent) = parent {
+        push_event(
+            g,
+            Some(parent),
+            &user,
+            &action,
+            &dep,
+            id,
+            Some("Task cancelled".into()),
+        );
     }
 }
 
@@ -386,7 +412,7 @@ pub fn lock_holder(g: &Inner, deployment: &str) -> Option<(u64, i64)> {
     g.tasks
         .values()
         .find(|t| {
-            t.state == TaskState::Processing
+            matches!(t.state, TaskState::Processing | TaskState::Cancelling)
                 && t.deployment == deployment
                 && !matches!(t.action, Action::Vms)
         })
