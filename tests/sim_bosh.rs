@@ -627,7 +627,7 @@ async fn faults_change_at_run_time() {
         .json();
     assert_eq!(
         f,
-        json!({"fail_rate": 0.0, "fail_tasks": 0.0, "task_duration_ms": 0})
+        json!({"fail_rate": 0.0, "fail_tasks": 0.0, "task_duration_ms": 0, "latency_ms": 0})
     );
     let r = call(
         &app,
@@ -652,6 +652,25 @@ async fn faults_change_at_run_time() {
     let r = call(&app, Method::POST, "/_sim/reset", &[], "").await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(get(&app, "/tasks").await.json(), json!([]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_delays_answers_but_not_sim_control() {
+    let app = sim();
+    call(
+        &app,
+        Method::PUT,
+        "/_sim/faults",
+        &[],
+        r#"{"latency_ms":1500}"#,
+    )
+    .await;
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(get(&app, "/info").await.status, StatusCode::OK);
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+    let t1 = tokio::time::Instant::now();
+    call(&app, Method::GET, "/_sim/faults", &[], "").await;
+    assert!(t1.elapsed() < Duration::from_millis(1500));
 }
 
 #[tokio::test]

@@ -52,6 +52,9 @@ pub(super) struct BoshArgs {
     /// How long each task stays `processing` (e.g. 0s, 500ms, 5s).
     #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
     task_duration: Duration,
+    /// Extra delay before every answer outside /_sim/ (e.g. 200ms).
+    #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
+    latency: Duration,
     /// Probability (0..1) that any request outside /_sim/ gets a simulated 500.
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -94,6 +97,7 @@ pub(super) async fn run(a: BoshArgs) -> Result<i32> {
                 fail_rate: a.fail_rate,
                 fail_tasks: a.fail_tasks,
                 task_duration_ms: u64::try_from(a.task_duration.as_millis()).unwrap_or(u64::MAX),
+                latency_ms: u64::try_from(a.latency.as_millis()).unwrap_or(u64::MAX),
             },
             seed: a.seed,
             ..SimConfig::default()

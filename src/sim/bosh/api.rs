@@ -151,11 +151,14 @@ pub fn router(sim: BoshSim) -> Router {
 
 async fn inject_faults(State(sim): State<BoshSim>, req: Request, next: Next) -> Response {
     if !req.uri().path().starts_with("/_sim/") {
-        let fail = {
+        let (fail, latency) = {
             let mut g = sim.store.lock();
             let p = g.faults.fail_rate;
-            g.rng.chance(p)
+            (g.rng.chance(p), g.faults.latency_ms)
         };
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+        }
         if fail {
             return error(StatusCode::INTERNAL_SERVER_ERROR, 100, "simulated failure");
         }
@@ -757,6 +760,7 @@ struct FaultsPatch {
     fail_rate: Option<f64>,
     fail_tasks: Option<f64>,
     task_duration_ms: Option<u64>,
+    latency_ms: Option<u64>,
 }
 
 async fn put_faults(State(sim): State<BoshSim>, body: Bytes) -> Response {
@@ -769,6 +773,7 @@ async fn put_faults(State(sim): State<BoshSim>, body: Bytes) -> Response {
         fail_rate: patch.fail_rate.unwrap_or(g.faults.fail_rate),
         fail_tasks: patch.fail_tasks.unwrap_or(g.faults.fail_tasks),
         task_duration_ms: patch.task_duration_ms.unwrap_or(g.faults.task_duration_ms),
+        latency_ms: patch.latency_ms.unwrap_or(g.faults.latency_ms),
     };
     if let Err(e) = new.validate() {
         return error(StatusCode::BAD_REQUEST, 400, e);

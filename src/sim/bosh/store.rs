@@ -20,6 +20,9 @@ pub struct Faults {
     pub fail_tasks: f64,
     /// How long a task stays `processing`, in milliseconds.
     pub task_duration_ms: u64,
+    /// Extra delay before answering any request outside `/_sim/`, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
 }
 
 impl Default for Faults {
@@ -28,6 +31,7 @@ impl Default for Faults {
             fail_rate: 0.0,
             fail_tasks: 0.0,
             task_duration_ms: 0,
+            latency_ms: 0,
         }
     }
 }
