@@ -79,6 +79,9 @@ pub fn server_config(chain: &str, key: &str) -> Result<Arc<rustls::ServerConfig>
         return Err(SimError::Tls("certificate PEM holds no certificate".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| tls_err("key PEM", e))?;
+    // The config below names its provider; installing ring as the process default too
+    // keeps any other rustls user in the process from panicking for want of one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
