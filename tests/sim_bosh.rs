@@ -896,7 +896,7 @@ mod black_box {
         assert_eq!(r.status(), 302);
         let loc = r.headers()["location"].to_str().unwrap().to_string();
         let mut state = String::new();
-        for _ in 0..100 {
+        for _ in 0..400 {
             let t: serde_json::Value = client
                 .get(format!("{url}{loc}"))
                 .basic_auth("admin", Some("admin"))
@@ -952,7 +952,7 @@ mod black_box {
             "--client-secret",
             "s3cret",
             "--token-ttl",
-            "1s",
+            "2s",
         ]);
         assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), pem.chain);
         let client = client(pem.ca.as_bytes());
@@ -991,7 +991,7 @@ mod black_box {
                 .status()
         };
         assert_eq!(deps(client.clone(), bearer.clone(), url.clone()).await, 200);
-        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
         assert_eq!(deps(client.clone(), bearer.clone(), url.clone()).await, 401);
         assert!(server.stop().success());
     }
