@@ -5,6 +5,7 @@
 //! `--detailed-exitcode`).
 
 mod output;
+mod sim_bosh;
 
 use crate::apply::{ApplyConfig, Event};
 use crate::model::Address;
@@ -62,7 +63,7 @@ enum Command {
         #[command(flatten)]
         spec: SpecArgs,
     },
-    /// Run a simulator of a service anvil manages, in memory, for tests and demos.
+    /// Run a simulator of a service anvil manages (for tests, demos and CI).
     #[command(subcommand)]
     Sim(SimCmd),
 }
@@ -186,6 +187,8 @@ struct GraphArgs {
 
 #[derive(Subcommand, Debug)]
 enum SimCmd {
+    /// A BOSH Director API v1 simulator (docs/simulators.md).
+    Bosh(sim_bosh::BoshArgs),
     /// A Vault KV v2 server (docs/simulators.md).
     Vault(VaultArgs),
 }
@@ -408,6 +411,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             );
             Ok(0)
         }
+        Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
     }
 }
 

@@ -1,5 +1,7 @@
-//! Simulators of the services anvil manages (`anvil sim ...`): small, faithful servers
-//! that follow the documented APIs (see docs/simulators.md), keep real state in memory
-//! and run on loopback, so tests, benchmarks and users' CI need no real Vault or BOSH.
+//! Simulators of the services anvil manages (`anvil sim bosh|vault`): small, faithful
+//! servers that follow the documented APIs (see docs/simulators.md), keep real state in
+//! memory, run on loopback and inject faults on request, so tests, benchmarks and users'
+//! CI need no real Director or Vault.
 
+pub mod bosh;
 pub mod vault;
