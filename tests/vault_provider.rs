@@ -242,3 +242,51 @@ fn missing_vault_addr_is_reported_only_when_vault_is_used() {
     let o = run_no_vault(&s, &["apply", "--auto-approve", "null/spec.yaml"]);
     assert_code(&o, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_mount_and_bad_token_are_explained() {
+    let sim = VaultSim::start(TOKEN, &[]);
+    let create = |provider: VaultProvider, mount: &'static str| async move {
+        let mut attrs = BTreeMap::new();
+        attrs.insert("path".to_string(), json!("x"));
+        attrs.insert("mount".to_string(), json!(mount));
+        attrs.insert("data".to_string(), json!({"a": "b"}));
+        provider
+            .create(ChangeRequest {
+                address: "vault_secret.x",
+                ty: "vault_secret",
+                attributes: &attrs,
+                prior: None,
+                progress: Arc::new(|_| {}),
+            })
+            .await
+            .expect_err("must fail")
+            .message
+    };
+    let config = Config {
+        addr: sim.url(),
+        token: Some(TOKEN.to_string()),
+        ..Config::default()
+    };
+    let msg = create(VaultProvider::with_config(config.clone()), "nope").await;
+    assert!(
+        msg.contains("`nope`") && msg.contains("VAULT_ADDR"),
+        "{msg}"
+    );
+    let bad = Config {
+        token: Some("wrong".to_string()),
+        ..config
+    };
+    let msg = create(VaultProvider::with_config(bad), "secret").await;
+    assert!(
+        msg.contains("permission denied: check VAULT_TOKEN / AppRole for"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("GET /v1/sys/internal/ui/mounts/secret"),
+        "{msg}"
+    );
+    tokio::task::spawn_blocking(move || drop(sim))
+        .await
+        .unwrap();
+}
