@@ -171,6 +171,17 @@ fn apply_plan_drift_and_index_deletes() {
     assert_code(&o, 0);
     let db = sim_read(&sim, "db").unwrap();
     assert_eq!(db["i3"]["name"], "instance-i3", "{db}");
+    // The stale record of the entry deleted outside anvil is replaced, not kept aside as
+    // `#deposed` (whose delete would remove the key just written again).
+    let st = s.state_json("vaultws");
+    assert!(
+        !st["resources"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("#deposed")),
+        "{st}"
+    );
     assert_eq!(
         sim_read(&sim, "other/creds").unwrap()["token"],
         "plaintext-other-token"
@@ -289,4 +300,33 @@ async fn missing_mount_and_bad_token_are_explained() {
     tokio::task::spawn_blocking(move || drop(sim))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_login_is_used_without_a_token() {
+    let sim = VaultSim::start(TOKEN, &["--approle", "role-1:secret-1"]);
+    let config = Config {
+        addr: sim.url(),
+        approle: Some(("role-1".to_string(), "secret-1".to_string())),
+        ..Config::default()
+    };
+    let provider = VaultProvider::with_config(config);
+    let mut attrs = BTreeMap::new();
+    attrs.insert("path".to_string(), json!("via/approle"));
+    attrs.insert("data".to_string(), json!({"k": "v"}));
+    let applied = provider
+        .create(ChangeRequest {
+            address: "vault_secret.a",
+            ty: "vault_secret",
+            attributes: &attrs,
+            prior: None,
+            progress: Arc::new(|_| {}),
+        })
+        .await
+        .expect("create with AppRole");
+    assert_eq!(applied.outputs["version"], 1);
+    let data = tokio::task::spawn_blocking(move || sim_read(&sim, "via/approle"))
+        .await
+        .unwrap();
+    assert_eq!(data, Some(json!({"k": "v"})));
 }
