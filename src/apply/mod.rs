@@ -128,6 +128,10 @@ struct Node {
     op: Op,
     /// Delete of the old object of a create-before-destroy replace (`ADDR#deposed`).
     deposed: bool,
+    /// The create of a create-before-destroy replace: the recorded object it replaces is
+    /// kept aside (`ADDR#deposed`) until its delete runs. A plain create (e.g. of an
+    /// object deleted outside anvil) overwrites a stale record instead.
+    cbd_create: bool,
     provider: Arc<dyn Provider>,
     provider_name: String,
     succs: Vec<usize>,
@@ -174,6 +178,7 @@ fn build_graph(
             address: address.to_string(),
             op,
             deposed,
+            cbd_create: false,
             provider: p,
             provider_name: name.to_string(),
             succs: vec![],
@@ -250,6 +255,7 @@ fn build_graph(
                 let cbd = c.replace_order == Some(ReplaceOrder::CreateThenDelete);
                 let d = push(&mut nodes, &c.address, del_op, cbd, p.clone(), &c.provider);
                 let u = push(&mut nodes, &c.address, Op::Create, false, p, &c.provider);
+                nodes[u].cbd_create = cbd;
                 if !cbd {
                     dtc.insert(&c.address);
                 }
@@ -715,7 +721,7 @@ fn record_success(
                 _ => now,
             };
             // Create-before-destroy: the old object is kept aside until its delete runs.
-            if node.op == Op::Create {
+            if node.op == Op::Create && node.cbd_create {
                 if let Some(old) = state.resources.remove(&node.address) {
                     let key = deposed_key(&node.address);
                     state.serial += 1;

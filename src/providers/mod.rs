@@ -5,6 +5,7 @@
 //! and creates, updates and deletes. The engine never knows more than this trait.
 
 pub mod null;
+pub mod vault;
 
 use crate::model::{ResourceSchema, Schemas};
 use crate::state::ResourceState;
@@ -103,6 +104,7 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut r = Registry::default();
         r.register(Arc::new(null::NullProvider));
+        r.register(Arc::new(vault::VaultProvider::new()));
         r
     }
 

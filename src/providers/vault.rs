@@ -1,0 +1,479 @@
+//! The `vault` provider: secrets in a Vault KV v2 engine.
+//!
+//! - `vault_secret` owns one secret: create and update write `data/<path>` (a full
+//!   replace), delete removes all versions (`DELETE metadata/<path>`), read compares the
+//!   real data by fingerprint so drift shows up as a change. `data` is sensitive.
+//! - `vault_index_entry` owns one key of a shared index secret (Blacksmith's `db` map of
+//!   instance id → object). Writes read-modify-write the whole index with check-and-set
+//!   and retry on a CAS mismatch, so concurrent writers never lose an entry.
+//!
+//! Configuration comes from the environment on first use (`VAULT_ADDR`, `VAULT_TOKEN` or
+//! `VAULT_ROLE_ID` + `VAULT_SECRET_ID`, `VAULT_CACERT`, `VAULT_NAMESPACE`), so specs
+//! without vault resources never need it. Each mount is checked to be KV v2 on first use.
+//! The HTTP client is [`client`], a thin reqwest client (see its module doc for why).
+
+pub mod client;
+
+use super::{Applied, ChangeRequest, Provider, ProviderError};
+use crate::model::{AttrKind, AttrSchema, ResourceSchema};
+use crate::state::{fingerprint, ResourceState};
+use async_trait::async_trait;
+use client::{Client, Config, VaultError};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{Mutex, OnceCell};
+
+/// The mount used when a resource sets none.
+pub const DEFAULT_MOUNT: &str = "secret";
+
+/// How many times an index write is tried when check-and-set keeps failing.
+pub const MAX_CAS_ATTEMPTS: u32 = 20;
+
+/// How many vault operations run at once.
+const CONCURRENCY: usize = 10;
+
+/// The `vault` provider.
+pub struct VaultProvider {
+    /// Explicit configuration; `None` reads the environment on first use.
+    config: Option<Config>,
+    client: OnceCell<Client>,
+    checked_mounts: Mutex<HashSet<String>>,
+}
+
+impl Default for VaultProvider {
+    fn default() -> Self {
+        VaultProvider::new()
+    }
+}
+
+impl VaultProvider {
+    /// A provider configured from the environment on first use.
+    #[must_use]
+    pub fn new() -> VaultProvider {
+        VaultProvider {
+            config: None,
+            client: OnceCell::new(),
+            checked_mounts: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A provider with an explicit configuration (library use and tests).
+    #[must_use]
+    pub fn with_config(config: Config) -> VaultProvider {
+        VaultProvider {
+            config: Some(config),
+            ..VaultProvider::new()
+        }
+    }
+
+    /// The client, connected on first use, after checking that `mount` is KV v2.
+    async fn client_for(&self, mount: &str) -> Result<&Client, ProviderError> {
+        let client = self
+            .client
+            .get_or_try_init(|| async {
+                let config = match &self.config {
+                    Some(c) => c.clone(),
+                    None => Config::from_env()?,
+                };
+                Client::connect(&config).await
+            })
+            .await
+            .map_err(to_provider)?;
+        let mut checked = self.checked_mounts.lock().await;
+        if !checked.contains(mount) {
+            client.check_kv2_mount(mount).await.map_err(to_provider)?;
+            checked.insert(mount.to_string());
+        }
+        Ok(client)
+    }
+
+    /// Read-modify-write of one key of an index secret, retried on CAS mismatches.
+    /// `value` None removes the key. Returns the index version written (or read, when
+    /// nothing had to change).
+    ///
+    /// # Errors
+    /// Vault refuses, or CAS kept failing [`MAX_CAS_ATTEMPTS`] times.
+    pub async fn index_set(
+        &self,
+        mount: &str,
+        path: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Result<u64, ProviderError> {
+        let client = self.client_for(mount).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = client.read(mount, path).await.map_err(to_provider)?;
+            let Some(merged) = merge_index(current.data.as_ref(), key, value) else {
+                return Ok(current.version);
+            };
+            match client
+                .write(mount, path, &merged, Some(current.version))
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(e) if should_retry_cas(&e, attempt) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) if e.cas_mismatch => {
+                    return Err(ProviderError::new(format!(
+                        "{} (gave up after {attempt} attempts; too many concurrent writers \
+                         on this index, run again)",
+                        e.message
+                    )))
+                }
+                Err(e) => return Err(to_provider(e)),
+            }
+        }
+    }
+}
+
+fn to_provider(e: VaultError) -> ProviderError {
+    ProviderError {
+        message: e.message,
+        retryable: e.retryable,
+    }
+}
+
+/// The index after setting (`Some`) or removing (`None`) `key`; `None` when nothing
+/// changes (so no write is needed).
+#[must_use]
+pub fn merge_index(
+    current: Option<&Map<String, Value>>,
+    key: &str,
+    value: Option<&Value>,
+) -> Option<Map<String, Value>> {
+    let mut index = current.cloned().unwrap_or_default();
+    match value {
+        Some(v) => {
+            if index.get(key) == Some(v) {
+                return None;
+            }
+            index.insert(key.to_string(), v.clone());
+        }
+        None => {
+            index.remove(key)?;
+        }
+    }
+    Some(index)
+}
+
+/// Whether a failed index write should be tried again: only CAS mismatches, and only
+/// while attempts remain.
+#[must_use]
+pub fn should_retry_cas(e: &VaultError, attempt: u32) -> bool {
+    e.cas_mismatch && attempt < MAX_CAS_ATTEMPTS
+}
+
+/// A small randomized backoff growing with the attempt (5–10 ms, up to ~160–320 ms).
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(6);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(base)) as u64;
+    Duration::from_millis(base + jitter)
+}
+
+fn str_attr<'a>(
+    attrs: &'a BTreeMap<String, Value>,
+    name: &str,
+    address: &str,
+) -> Result<&'a str, ProviderError> {
+    attrs.get(name).and_then(Value::as_str).ok_or_else(|| {
+        ProviderError::new(format!(
+            "{address}: attribute `{name}` must be a string; set it in the spec"
+        ))
+    })
+}
+
+fn map_attr<'a>(
+    attrs: &'a BTreeMap<String, Value>,
+    name: &str,
+    address: &str,
+) -> Result<&'a Map<String, Value>, ProviderError> {
+    attrs.get(name).and_then(Value::as_object).ok_or_else(|| {
+        ProviderError::new(format!(
+            "{address}: attribute `{name}` must be a map; set it in the spec"
+        ))
+    })
+}
+
+fn mount_attr(attrs: &BTreeMap<String, Value>) -> &str {
+    attrs
+        .get("mount")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_MOUNT)
+}
+
+fn clean_path(p: &str) -> &str {
+    p.trim_matches('/')
+}
+
+fn prefix(address: &str) -> impl Fn(ProviderError) -> ProviderError + '_ {
+    move |e| ProviderError {
+        message: format!("{address}: {}", e.message),
+        retryable: e.retryable,
+    }
+}
+
+fn secret_schema() -> ResourceSchema {
+    let mut attributes = BTreeMap::new();
+    attributes.insert(
+        "path".into(),
+        AttrSchema::new(
+            AttrKind::String,
+            "Secret path under the mount, e.g. `app/db`.",
+        )
+        .required()
+        .force_new(),
+    );
+    attributes.insert(
+        "mount".into(),
+        AttrSchema::new(AttrKind::String, "KV v2 mount; default `secret`.").force_new(),
+    );
+    attributes.insert(
+        "data".into(),
+        AttrSchema::new(
+            AttrKind::Map,
+            "The secret's key/value data; stored in state only as a fingerprint.",
+        )
+        .required()
+        .sensitive(),
+    );
+    let mut outputs = BTreeMap::new();
+    outputs.insert("version".into(), "The secret's current KV version.");
+    ResourceSchema {
+        ty: "vault_secret".into(),
+        provider: "vault".into(),
+        attributes,
+        outputs,
+    }
+}
+
+fn index_schema() -> ResourceSchema {
+    let mut attributes = BTreeMap::new();
+    attributes.insert(
+        "path".into(),
+        AttrSchema::new(
+            AttrKind::String,
+            "Path of the shared index secret, e.g. `db`.",
+        )
+        .required()
+        .force_new(),
+    );
+    attributes.insert(
+        "mount".into(),
+        AttrSchema::new(AttrKind::String, "KV v2 mount; default `secret`.").force_new(),
+    );
+    attributes.insert(
+        "key".into(),
+        AttrSchema::new(AttrKind::String, "The key this entry owns in the index.")
+            .required()
+            .force_new(),
+    );
+    attributes.insert(
+        "value".into(),
+        AttrSchema::new(AttrKind::Map, "The entry's value (not sensitive).").required(),
+    );
+    let mut outputs = BTreeMap::new();
+    outputs.insert(
+        "version".into(),
+        "The index secret's version after the write.",
+    );
+    ResourceSchema {
+        ty: "vault_index_entry".into(),
+        provider: "vault".into(),
+        attributes,
+        outputs,
+    }
+}
+
+fn version_outputs(version: u64) -> BTreeMap<String, Value> {
+    let mut outputs = BTreeMap::new();
+    outputs.insert("version".to_string(), Value::from(version));
+    outputs
+}
+
+impl VaultProvider {
+    async fn write(&self, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let attrs = req.attributes;
+        let mount = mount_attr(attrs);
+        let path = clean_path(str_attr(attrs, "path", req.address)?);
+        let version = match req.ty {
+            "vault_secret" => {
+                let data = map_attr(attrs, "data", req.address)?;
+                let client = self.client_for(mount).await?;
+                client
+                    .write(mount, path, data, None)
+                    .await
+                    .map_err(to_provider)?
+            }
+            "vault_index_entry" => {
+                let key = str_attr(attrs, "key", req.address)?;
+                let value = Value::Object(map_attr(attrs, "value", req.address)?.clone());
+                self.index_set(mount, path, key, Some(&value)).await?
+            }
+            other => return Err(unknown_type(other)),
+        };
+        Ok(Applied {
+            attributes: attrs.clone(),
+            outputs: version_outputs(version),
+        })
+    }
+}
+
+fn unknown_type(ty: &str) -> ProviderError {
+    ProviderError::new(format!("the vault provider has no resource type `{ty}`"))
+}
+
+#[async_trait]
+impl Provider for VaultProvider {
+    fn name(&self) -> &'static str {
+        "vault"
+    }
+
+    fn schemas(&self) -> Vec<ResourceSchema> {
+        vec![secret_schema(), index_schema()]
+    }
+
+    fn concurrency_limit(&self) -> usize {
+        CONCURRENCY
+    }
+
+    async fn read(
+        &self,
+        address: &str,
+        recorded: &ResourceState,
+    ) -> Result<Option<ResourceState>, ProviderError> {
+        let attrs = &recorded.attributes;
+        let mount = mount_attr(attrs);
+        let path = clean_path(str_attr(attrs, "path", address)?);
+        let client = self.client_for(mount).await.map_err(prefix(address))?;
+        let secret = client
+            .read(mount, path)
+            .await
+            .map_err(to_provider)
+            .map_err(prefix(address))?;
+        let Some(data) = secret.data else {
+            return Ok(None);
+        };
+        let mut observed = recorded.clone();
+        match recorded.ty.as_str() {
+            "vault_secret" => {
+                observed
+                    .sensitive
+                    .insert("data".to_string(), fingerprint(&Value::Object(data)));
+                observed.outputs = version_outputs(secret.version);
+            }
+            "vault_index_entry" => {
+                let key = str_attr(attrs, "key", address)?;
+                let Some(value) = data.get(key) else {
+                    return Ok(None);
+                };
+                observed
+                    .attributes
+                    .insert("value".to_string(), value.clone());
+            }
+            other => return Err(unknown_type(other)),
+        }
+        Ok(Some(observed))
+    }
+
+    async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let address = req.address;
+        self.write(&req).await.map_err(prefix(address))
+    }
+
+    async fn update(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let address = req.address;
+        self.write(&req).await.map_err(prefix(address))
+    }
+
+    async fn delete(&self, address: &str, recorded: &ResourceState) -> Result<(), ProviderError> {
+        let attrs = &recorded.attributes;
+        let mount = mount_attr(attrs);
+        let path = clean_path(str_attr(attrs, "path", address)?);
+        let result = match recorded.ty.as_str() {
+            "vault_secret" => match self.client_for(mount).await {
+                Ok(client) => client.delete_all(mount, path).await.map_err(to_provider),
+                Err(e) => Err(e),
+            },
+            "vault_index_entry" => {
+                let key = str_attr(attrs, "key", address)?;
+                self.index_set(mount, path, key, None).await.map(|_| ())
+            }
+            other => Err(unknown_type(other)),
+        };
+        result.map_err(prefix(address))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn merge_inserts_into_absent_index() {
+        let v = json!({"plan": "small"});
+        let m = merge_index(None, "a", Some(&v)).unwrap();
+        assert_eq!(Value::Object(m), json!({"a": {"plan": "small"}}));
+    }
+
+    #[test]
+    fn merge_keeps_other_keys() {
+        let cur = obj(json!({"a": 1, "b": 2}));
+        let v = json!({"x": true});
+        let m = merge_index(Some(&cur), "c", Some(&v)).unwrap();
+        assert_eq!(Value::Object(m), json!({"a": 1, "b": 2, "c": {"x": true}}));
+        let m = merge_index(Some(&cur), "a", None).unwrap();
+        assert_eq!(Value::Object(m), json!({"b": 2}));
+    }
+
+    #[test]
+    fn merge_reports_no_change() {
+        let cur = obj(json!({"a": {"x": 1}}));
+        assert!(merge_index(Some(&cur), "a", Some(&json!({"x": 1}))).is_none());
+        assert!(merge_index(Some(&cur), "zz", None).is_none());
+        assert!(merge_index(None, "zz", None).is_none());
+    }
+
+    fn err(cas_mismatch: bool) -> VaultError {
+        VaultError {
+            message: "m".into(),
+            status: Some(400),
+            cas_mismatch,
+            retryable: false,
+        }
+    }
+
+    #[test]
+    fn retries_only_cas_mismatches_and_only_so_often() {
+        assert!(should_retry_cas(&err(true), 1));
+        assert!(should_retry_cas(&err(true), MAX_CAS_ATTEMPTS - 1));
+        assert!(!should_retry_cas(&err(true), MAX_CAS_ATTEMPTS));
+        assert!(!should_retry_cas(&err(false), 1));
+    }
+
+    #[test]
+    fn backoff_is_small_and_bounded() {
+        for a in 1..=MAX_CAS_ATTEMPTS {
+            let d = backoff(a);
+            assert!(d >= Duration::from_millis(5) && d < Duration::from_millis(641));
+        }
+    }
+
+    #[test]
+    fn schemas_mark_data_sensitive() {
+        let s = secret_schema();
+        assert!(s.attributes["data"].sensitive);
+        assert!(s.attributes["path"].force_new);
+        let i = index_schema();
+        assert!(!i.attributes["value"].sensitive);
+        assert!(i.attributes["key"].force_new);
+    }
+}

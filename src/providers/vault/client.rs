@@ -1,0 +1,424 @@
+//! A thin Vault KV v2 client over reqwest (rustls), covering only the calls the `vault`
+//! provider makes: AppRole login, the mount check, read, write with check-and-set and
+//! delete-all-versions.
+//!
+//! Chosen over `vaultrs` because anvil needs five endpoints, reqwest was the only new
+//! dependency tree to compile, and owning the requests lets every error name the
+//! method, path and `VAULT_ADDR` and say what to do. TLS is rustls; `VAULT_CACERT` adds
+//! a root certificate. There is no insecure fallback.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// How long one HTTP request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed Vault call or bad client configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct VaultError {
+    /// What went wrong, naming the endpoint and what to do.
+    pub message: String,
+    /// The HTTP status, when Vault answered.
+    pub status: Option<u16>,
+    /// A check-and-set mismatch: someone else wrote the key in between.
+    pub cas_mismatch: bool,
+    /// Whether repeating the same call may succeed (network errors, 5xx, 429).
+    pub retryable: bool,
+}
+
+impl VaultError {
+    fn config(message: impl Into<String>) -> VaultError {
+        VaultError {
+            message: message.into(),
+            status: None,
+            cas_mismatch: false,
+            retryable: false,
+        }
+    }
+}
+
+/// Where and as whom to reach Vault.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `VAULT_ADDR`, e.g. `https://vault.example:8200`, without a trailing slash.
+    pub addr: String,
+    /// `VAULT_TOKEN`.
+    pub token: Option<String>,
+    /// `VAULT_ROLE_ID` and `VAULT_SECRET_ID`, used when no token is given.
+    pub approle: Option<(String, String)>,
+    /// `VAULT_CACERT`: a PEM file added as a root certificate.
+    pub cacert: Option<String>,
+    /// `VAULT_NAMESPACE`, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+}
+
+impl Config {
+    /// Reads the configuration from the environment.
+    ///
+    /// # Errors
+    /// `VAULT_ADDR` is unset, or neither `VAULT_TOKEN` nor both AppRole variables are.
+    pub fn from_env() -> Result<Config, VaultError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Config::from_vars(var)
+    }
+
+    /// Builds a configuration from a variable lookup (the environment, or a map in tests).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Config, VaultError> {
+        let Some(addr) = var("VAULT_ADDR") else {
+            return Err(VaultError::config(
+                "VAULT_ADDR is not set: a vault resource is used, so set VAULT_ADDR to the \
+                 Vault server's address (e.g. https://vault.example:8200) and VAULT_TOKEN \
+                 (or VAULT_ROLE_ID and VAULT_SECRET_ID)",
+            ));
+        };
+        let addr = addr.trim().trim_end_matches('/').to_string();
+        let token = var("VAULT_TOKEN");
+        let approle = match (var("VAULT_ROLE_ID"), var("VAULT_SECRET_ID")) {
+            (Some(r), Some(s)) => Some((r, s)),
+            _ => None,
+        };
+        if token.is_none() && approle.is_none() {
+            return Err(VaultError::config(format!(
+                "no Vault credentials for {addr}: set VAULT_TOKEN, or VAULT_ROLE_ID and \
+                 VAULT_SECRET_ID for AppRole login"
+            )));
+        }
+        Ok(Config {
+            addr,
+            token,
+            approle,
+            cacert: var("VAULT_CACERT"),
+            namespace: var("VAULT_NAMESPACE"),
+        })
+    }
+}
+
+/// A secret as read: its data (None when absent or deleted) and its current version
+/// (0 when the key was never written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Secret {
+    pub data: Option<Map<String, Value>>,
+    pub version: u64,
+}
+
+/// A logged-in KV v2 client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+    namespace: Option<String>,
+}
+
+impl Client {
+    /// Builds the HTTP client and logs in with AppRole when no token is configured.
+    ///
+    /// # Errors
+    /// The CA file cannot be read or parsed, or AppRole login fails.
+    pub async fn connect(config: &Config) -> Result<Client, VaultError> {
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(path) = &config.cacert {
+            let pem = std::fs::read(path).map_err(|e| {
+                VaultError::config(format!(
+                    "cannot read VAULT_CACERT {path}: {e}; point it at a PEM file"
+                ))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                VaultError::config(format!("VAULT_CACERT {path} is not a PEM certificate: {e}"))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| {
+            VaultError::config(format!("cannot build the HTTP client for Vault: {e}"))
+        })?;
+        let mut client = Client {
+            http,
+            addr: config.addr.clone(),
+            token: config.token.clone().unwrap_or_default(),
+            namespace: config.namespace.clone(),
+        };
+        if config.token.is_none() {
+            if let Some((role_id, secret_id)) = &config.approle {
+                let body = json!({ "role_id": role_id, "secret_id": secret_id });
+                let (_, answer) = client
+                    .call(Method::POST, "auth/approle/login", Some(&body), &[])
+                    .await?;
+                let token = answer
+                    .as_ref()
+                    .and_then(|a| a.pointer("/auth/client_token"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        client.error(
+                            &Method::POST,
+                            "auth/approle/login",
+                            None,
+                            "the answer has no auth.client_token; check VAULT_ROLE_ID and \
+                             VAULT_SECRET_ID",
+                        )
+                    })?;
+                client.token = token.to_string();
+            }
+        }
+        Ok(client)
+    }
+
+    /// `VAULT_ADDR` as configured.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn error(&self, method: &Method, path: &str, status: Option<u16>, what: &str) -> VaultError {
+        VaultError {
+            message: format!(
+                "vault {method} /v1/{path} (VAULT_ADDR={}): {what}",
+                self.addr
+            ),
+            status,
+            cas_mismatch: false,
+            retryable: false,
+        }
+    }
+
+    /// One request. Returns the status and the JSON body (None when empty). Statuses in
+    /// `accept` are returned as they are; other non-2xx statuses become errors.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        accept: &[StatusCode],
+    ) -> Result<(StatusCode, Option<Value>), VaultError> {
+        let url = format!("{}/v1/{path}", self.addr);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("X-Vault-Request", "true");
+        if !self.token.is_empty() {
+            req = req.header("X-Vault-Token", &self.token);
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let mut err = self.error(
+                &method,
+                path,
+                None,
+                &format!(
+                    "request failed: {e}; check that VAULT_ADDR is right and Vault is reachable"
+                ),
+            );
+            err.retryable = true;
+            err
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| {
+            let mut err = self.error(
+                &method,
+                path,
+                Some(status.as_u16()),
+                &format!("reading the answer failed: {e}"),
+            );
+            err.retryable = true;
+            err
+        })?;
+        let json: Option<Value> = if text.trim().is_empty() {
+            None
+        } else {
+            serde_json::from_str(&text).ok()
+        };
+        if status.is_success() || accept.contains(&status) {
+            return Ok((status, json));
+        }
+        let errors = json
+            .as_ref()
+            .and_then(|j| j.get("errors"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        let code = status.as_u16();
+        let what = match code {
+            403 => format!(
+                "permission denied: check VAULT_TOKEN / AppRole for {} ({errors})",
+                self.addr
+            ),
+            400 if is_cas_mismatch(&errors) => format!(
+                "check-and-set mismatch: the secret changed while anvil wrote it ({errors})"
+            ),
+            404 => format!("not found ({errors}); check the mount and path"),
+            _ => format!("Vault answered {status}: {errors}"),
+        };
+        let mut err = self.error(&method, path, Some(code), &what);
+        err.cas_mismatch = code == 400 && is_cas_mismatch(&errors);
+        err.retryable = code == 429 || code >= 500;
+        Err(err)
+    }
+
+    /// Checks that `mount` is a KV version 2 secrets engine.
+    ///
+    /// # Errors
+    /// The mount is missing, is not KV v2, or Vault cannot be asked.
+    pub async fn check_kv2_mount(&self, mount: &str) -> Result<(), VaultError> {
+        let path = format!("sys/internal/ui/mounts/{mount}");
+        let answer = match self.call(Method::GET, &path, None, &[]).await {
+            Ok((_, a)) => a,
+            Err(e) if matches!(e.status, Some(403) | Some(404)) => {
+                return Err(VaultError {
+                    message: format!(
+                        "mount `{mount}` at VAULT_ADDR={} is missing or not readable: {}; \
+                         enable a KV v2 engine there (`vault secrets enable -path={mount} \
+                         kv-v2`) or set the resource's `mount` attribute",
+                        self.addr, e.message
+                    ),
+                    ..e
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let data = answer.as_ref().and_then(|a| a.get("data"));
+        let ty = data.and_then(|d| d.get("type")).and_then(Value::as_str);
+        let version = data
+            .and_then(|d| d.pointer("/options/version"))
+            .and_then(Value::as_str);
+        if ty == Some("kv") && version == Some("2") {
+            Ok(())
+        } else {
+            Err(self.error(
+                &Method::GET,
+                &path,
+                Some(200),
+                &format!(
+                    "mount `{mount}` at VAULT_ADDR={} is not KV version 2 (type {}, version {}); \
+                     the vault provider needs a kv-v2 mount: upgrade it with `vault kv \
+                     enable-versioning {mount}/` or set `mount` to a kv-v2 mount",
+                    self.addr,
+                    ty.unwrap_or("unknown"),
+                    version.unwrap_or("1")
+                ),
+            ))
+        }
+    }
+
+    /// Reads the latest version of `<mount>/data/<path>`.
+    ///
+    /// # Errors
+    /// Vault cannot be asked or refuses.
+    pub async fn read(&self, mount: &str, path: &str) -> Result<Secret, VaultError> {
+        let api = format!("{mount}/data/{path}");
+        let (status, answer) = self
+            .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
+            .await?;
+        let version = answer
+            .as_ref()
+            .and_then(|a| a.pointer("/data/metadata/version"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let data = if status == StatusCode::NOT_FOUND {
+            None
+        } else {
+            answer
+                .as_ref()
+                .and_then(|a| a.pointer("/data/data"))
+                .and_then(Value::as_object)
+                .cloned()
+        };
+        Ok(Secret { data, version })
+    }
+
+    /// Writes `data` as a new version of `<mount>/data/<path>` (a full replace), with
+    /// check-and-set when `cas` is given. Returns the new version.
+    ///
+    /// # Errors
+    /// Vault refuses (a CAS mismatch sets [`VaultError::cas_mismatch`]) or cannot be asked.
+    pub async fn write(
+        &self,
+        mount: &str,
+        path: &str,
+        data: &Map<String, Value>,
+        cas: Option<u64>,
+    ) -> Result<u64, VaultError> {
+        let api = format!("{mount}/data/{path}");
+        let body = match cas {
+            Some(n) => json!({ "options": { "cas": n }, "data": data }),
+            None => json!({ "data": data }),
+        };
+        let (_, answer) = self.call(Method::POST, &api, Some(&body), &[]).await?;
+        Ok(answer
+            .as_ref()
+            .and_then(|a| a.pointer("/data/version"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
+    }
+
+    /// Deletes all versions and the metadata of `<mount>/<path>`. Absent is fine.
+    ///
+    /// # Errors
+    /// Vault refuses or cannot be asked.
+    pub async fn delete_all(&self, mount: &str, path: &str) -> Result<(), VaultError> {
+        let api = format!("{mount}/metadata/{path}");
+        self.call(Method::DELETE, &api, None, &[StatusCode::NOT_FOUND])
+            .await?;
+        Ok(())
+    }
+}
+
+fn is_cas_mismatch(errors: &str) -> bool {
+    errors.contains("check-and-set parameter did not match")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn missing_addr_names_the_variable() {
+        let e = Config::from_vars(vars(&[("VAULT_TOKEN", "t")])).unwrap_err();
+        assert!(e.message.contains("VAULT_ADDR"), "{}", e.message);
+    }
+
+    #[test]
+    fn needs_token_or_approle() {
+        let e = Config::from_vars(vars(&[("VAULT_ADDR", "http://x")])).unwrap_err();
+        assert!(e.message.contains("VAULT_TOKEN"), "{}", e.message);
+        let c = Config::from_vars(vars(&[
+            ("VAULT_ADDR", "http://x/"),
+            ("VAULT_ROLE_ID", "r"),
+            ("VAULT_SECRET_ID", "s"),
+        ]))
+        .unwrap();
+        assert_eq!(c.addr, "http://x");
+        assert_eq!(c.approle, Some(("r".into(), "s".into())));
+    }
+
+    #[test]
+    fn recognises_cas_mismatch() {
+        assert!(is_cas_mismatch(
+            "check-and-set parameter did not match the current version"
+        ));
+        assert!(!is_cas_mismatch(
+            "check-and-set parameter required for this call"
+        ));
+    }
+}
