@@ -162,6 +162,11 @@ fn basic_auth_over_tls_apply_diff_update_delete() {
         &["apply", "--auto-approve", "spec.yaml"],
     );
     assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("bosh_deployment.redis-a: Updating instance redis/0 (started)"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
     let st = s.state_json("boshws");
     assert!(st.to_string().contains("task_id"), "{st}");
@@ -249,7 +254,18 @@ fn wrong_ca_names_the_url_and_variable() {
 #[test]
 fn uaa_token_is_refreshed_after_expiry() {
     let s = Scratch::new();
-    let sim = BoshSim::start(&["--auth", "uaa", "--token-ttl", "1s"], None);
+    // Tasks outlive the token, so following one needs a refresh within one run.
+    let sim = BoshSim::start(
+        &[
+            "--auth",
+            "uaa",
+            "--token-ttl",
+            "1s",
+            "--task-duration",
+            "1500ms",
+        ],
+        None,
+    );
     s.write("spec.yaml", &spec(&[("redis-a", 1)]));
     let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
     assert_code(&o, 0);
@@ -276,6 +292,74 @@ fn failed_tasks_name_deployment_and_task_then_converge() {
     let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
     assert_code(&o, 0);
     assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn configs_apply_read_and_forget() {
+    let s = Scratch::new();
+    let sim = BoshSim::start(&[], None);
+    let spec = |azs: &str| {
+        format!(
+            "apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: cfgws\nresources:\n  - type: bosh_config\n    name: cloud\n    attributes:\n      type: cloud\n      content: |\n        azs: [{azs}]\n"
+        )
+    };
+    s.write("spec.yaml", &spec("{name: z1}"));
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    let latest = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = Client::connect(&sim.config()).await.unwrap();
+            c.latest_config("cloud", "default").await.unwrap()
+        })
+    };
+    assert!(latest().unwrap().1.contains("z1"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+    s.write("spec.yaml", &spec("{name: z1}, {name: z2}"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 2);
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    assert!(latest().unwrap().1.contains("z2"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn flaky_director_converges_with_each_deployment_once() {
+    let s = Scratch::new();
+    let sim = BoshSim::start(&["--fail-rate", "0.2", "--seed", "11"], None);
+    s.write(
+        "spec.yaml",
+        &spec(&[("redis-a", 1), ("redis-b", 1), ("redis-c", 1)]),
+    );
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    sim.set_faults(r#"{"fail_rate":0.0}"#);
+    assert_eq!(sim.names(), vec!["redis-a", "redis-b", "redis-c"]);
     let o = run(
         &s,
         &sim,
