@@ -4,6 +4,7 @@
 //! A provider declares schemas for its resource types (plain data), reads what exists,
 //! and creates, updates and deletes. The engine never knows more than this trait.
 
+pub mod bosh;
 pub mod null;
 pub mod vault;
 
@@ -105,6 +106,7 @@ impl Registry {
         let mut r = Registry::default();
         r.register(Arc::new(null::NullProvider));
         r.register(Arc::new(vault::VaultProvider::new()));
+        r.register(Arc::new(bosh::BoshProvider::new()));
         r
     }
 

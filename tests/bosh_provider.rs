@@ -1,0 +1,370 @@
+//! Acceptance of the `bosh` provider against the real `anvil sim bosh`: basic auth over
+//! TLS with the CA pinned (apply, no-op plan, manifest diff, update, delete), a wrong CA,
+//! UAA with an expiring token, and failing tasks followed by convergence.
+
+mod common;
+
+use anvil::providers::bosh::client::{Client, Config};
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running simulator; killed when dropped.
+struct BoshSim {
+    child: Child,
+    url: String,
+    ca: Option<String>,
+}
+
+impl BoshSim {
+    /// Starts `anvil sim bosh --listen 127.0.0.1:0 <extra...>`; with `ca_out`, TLS with
+    /// the CA written there.
+    fn start(extra: &[&str], ca_out: Option<&Path>) -> BoshSim {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_anvil"));
+        cmd.args(["sim", "bosh", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        if let Some(p) = ca_out {
+            cmd.arg("--tls").arg("--ca-out").arg(p);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start anvil sim bosh");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok).unwrap_or_default();
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("anvil sim bosh printed no address line within 30s")
+            });
+        let url = line
+            .strip_prefix("anvil sim bosh listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        let ca = ca_out.map(|p| p.to_string_lossy().to_string());
+        BoshSim { child, url, ca }
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            url: self.url.clone(),
+            client: "admin".into(),
+            secret: "admin".into(),
+            ca_cert: self.ca.clone(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = Client::connect(&self.config()).await.unwrap();
+            let mut n = c.deployment_names().await.unwrap();
+            n.sort();
+            n
+        })
+    }
+
+    fn manifest(&self, name: &str) -> Option<String> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = Client::connect(&self.config()).await.unwrap();
+            c.manifest(name).await.unwrap()
+        })
+    }
+
+    /// `PUT /_sim/faults` (no auth needed there).
+    fn set_faults(&self, body: &str) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let status = rt.block_on(async {
+            let mut b = reqwest::Client::builder();
+            if let Some(ca) = &self.ca {
+                let pem = std::fs::read(ca).unwrap();
+                b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            }
+            b.build()
+                .unwrap()
+                .put(format!("{}/_sim/faults", self.url))
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    }
+}
+
+impl Drop for BoshSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(s: &Scratch, sim: &BoshSim, ca: Option<&str>, args: &[&str]) -> Output {
+    let mut c = s.cmd(args);
+    c.env("BOSH_ENVIRONMENT", &sim.url)
+        .env("BOSH_CLIENT", "admin")
+        .env("BOSH_CLIENT_SECRET", "admin");
+    match ca {
+        Some(ca) => c.env("BOSH_CA_CERT", ca),
+        None => c.env_remove("BOSH_CA_CERT"),
+    };
+    c.output().expect("run anvil")
+}
+
+fn manifest(instances: u32) -> String {
+    format!(
+        "releases:\n- {{name: redis, version: \"15.1\"}}\nstemcells:\n- {{alias: default, os: ubuntu-jammy, version: \"1.406\"}}\ninstance_groups:\n- name: redis\n  instances: {instances}\n  vm_type: small\n  azs: [z1]\n  jobs:\n  - {{name: redis-server, release: redis}}\n"
+    )
+}
+
+fn spec(deps: &[(&str, u32)]) -> String {
+    let mut s = "apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: boshws\nresources:\n"
+        .to_string();
+    for (name, n) in deps {
+        let m: String = manifest(*n)
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect();
+        s.push_str(&format!(
+            "  - type: bosh_deployment\n    name: {name}\n    attributes:\n      name: {name}\n      manifest: |\n{m}"
+        ));
+    }
+    s
+}
+
+#[test]
+fn basic_auth_over_tls_apply_diff_update_delete() {
+    let s = Scratch::new();
+    let ca = s.path().join("ca.pem");
+    let sim = BoshSim::start(&["--task-duration", "100ms"], Some(&ca));
+    let ca = ca.to_string_lossy().to_string();
+    s.write("spec.yaml", &spec(&[("redis-a", 1), ("redis-b", 2)]));
+
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["apply", "--auto-approve", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("bosh_deployment.redis-a: Updating instance redis/0 (started)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
+    let st = s.state_json("boshws");
+    assert!(st.to_string().contains("task_id"), "{st}");
+
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+
+    s.write("spec.yaml", &spec(&[("redis-a", 1), ("redis-b", 3)]));
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 2);
+    let out = stdout(&o);
+    assert!(out.contains("instances: 2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with('-') && l.contains("instances: 2")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with('+') && l.contains("instances: 3")),
+        "{out}"
+    );
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["apply", "--auto-approve", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+    assert!(
+        sim.manifest("redis-b").unwrap().contains("instances: 3"),
+        "{:?}",
+        sim.manifest("redis-b")
+    );
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+
+    s.write("spec.yaml", &spec(&[("redis-a", 1)]));
+    let o = run(
+        &s,
+        &sim,
+        Some(&ca),
+        &["apply", "--auto-approve", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("1 destroyed"), "{}", stdout(&o));
+    assert_eq!(sim.names(), vec!["redis-a"]);
+}
+
+#[test]
+fn wrong_ca_names_the_url_and_variable() {
+    let s = Scratch::new();
+    let ca = s.path().join("ca.pem");
+    let other = s.path().join("other-ca.pem");
+    let sim = BoshSim::start(&[], Some(&ca));
+    let _other_sim = BoshSim::start(&[], Some(&other));
+    s.write("spec.yaml", &spec(&[("redis-a", 1)]));
+    let o = run(
+        &s,
+        &sim,
+        Some(&other.to_string_lossy()),
+        &["apply", "--auto-approve", "spec.yaml"],
+    );
+    assert_code(&o, 1);
+    let err = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(err.contains("BOSH_CA_CERT"), "{err}");
+    assert!(err.contains(&sim.url), "{err}");
+}
+
+#[test]
+fn uaa_token_is_refreshed_after_expiry() {
+    let s = Scratch::new();
+    // Tasks outlive the token, so following one needs a refresh within one run.
+    let sim = BoshSim::start(
+        &[
+            "--auth",
+            "uaa",
+            "--token-ttl",
+            "1s",
+            "--task-duration",
+            "1500ms",
+        ],
+        None,
+    );
+    s.write("spec.yaml", &spec(&[("redis-a", 1)]));
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write("spec.yaml", &spec(&[("redis-a", 2)]));
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    assert!(sim.manifest("redis-a").unwrap().contains("instances: 2"));
+}
+
+#[test]
+fn failed_tasks_name_deployment_and_task_then_converge() {
+    let s = Scratch::new();
+    let sim = BoshSim::start(&["--fail-tasks", "1", "--seed", "7"], None);
+    s.write("spec.yaml", &spec(&[("redis-a", 1), ("redis-b", 1)]));
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 1);
+    let err = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(err.contains("redis-a") || err.contains("redis-b"), "{err}");
+    assert!(err.contains("BOSH task "), "{err}");
+    assert!(err.contains("error"), "{err}");
+
+    sim.set_faults(r#"{"fail_rate":0.0,"fail_tasks":0.0,"task_duration_ms":0}"#);
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn configs_apply_read_and_forget() {
+    let s = Scratch::new();
+    let sim = BoshSim::start(&[], None);
+    let spec = |azs: &str| {
+        format!(
+            "apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: cfgws\nresources:\n  - type: bosh_config\n    name: cloud\n    attributes:\n      type: cloud\n      content: |\n        azs: [{azs}]\n"
+        )
+    };
+    s.write("spec.yaml", &spec("{name: z1}"));
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    let latest = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = Client::connect(&sim.config()).await.unwrap();
+            c.latest_config("cloud", "default").await.unwrap()
+        })
+    };
+    assert!(latest().unwrap().1.contains("z1"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+    s.write("spec.yaml", &spec("{name: z1}, {name: z2}"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 2);
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    assert!(latest().unwrap().1.contains("z2"));
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn flaky_director_converges_with_each_deployment_once() {
+    let s = Scratch::new();
+    let sim = BoshSim::start(&["--fail-rate", "0.2", "--seed", "11"], None);
+    s.write(
+        "spec.yaml",
+        &spec(&[("redis-a", 1), ("redis-b", 1), ("redis-c", 1)]),
+    );
+    let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    sim.set_faults(r#"{"fail_rate":0.0}"#);
+    assert_eq!(sim.names(), vec!["redis-a", "redis-b", "redis-c"]);
+    let o = run(
+        &s,
+        &sim,
+        None,
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+    assert_code(&o, 0);
+}
