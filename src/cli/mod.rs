@@ -8,7 +8,6 @@ mod output;
 mod sim_bosh;
 
 use crate::apply::{ApplyConfig, Event};
-use crate::model::Address;
 use crate::ops::{self, Inputs, OpsError, Workspace};
 use crate::plan::json::PlanDocument;
 use crate::plan::{render, Plan, PlanOptions};
@@ -655,26 +654,8 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
             lock_timeout,
             path,
         } => {
-            let backend = open_backend(
-                &SpecArgs {
-                    paths: vec![path],
-                    vars: vec![],
-                    var_files: vec![],
-                },
-                state_url,
-            )?;
-            let lock = backend.lock("state rm", lock_timeout)?;
-            let mut st = backend.load()?;
-            for a in &addresses {
-                if st.resources.remove(a).is_none() {
-                    bail!(
-                        "{a}: not in state {}; nothing was removed. See `anvil state list`",
-                        backend.describe()
-                    );
-                }
-            }
-            st.serial += 1;
-            backend.write(&st, &lock)?;
+            let backend = open_backend(&SpecArgs::at(path), state_url)?;
+            ops::state_rm(backend.as_ref(), &addresses, lock_timeout)?;
             for a in &addresses {
                 println!("Removed {a} from state (the real object is untouched).");
             }
@@ -686,35 +667,21 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
             lock_timeout,
             path,
         } => {
-            let dest = Address::parse(&destination).map_err(|e| anyhow!("destination {e}"))?;
-            let backend = open_backend(
-                &SpecArgs {
-                    paths: vec![path],
-                    vars: vec![],
-                    var_files: vec![],
-                },
-                state_url,
-            )?;
-            let lock = backend.lock("state mv", lock_timeout)?;
-            let mut st = backend.load()?;
-            if st.resources.contains_key(&destination) {
-                bail!("{destination}: already in state {}; remove it first with `anvil state rm {destination}`", backend.describe());
-            }
-            let mut rec = st.resources.remove(&source).ok_or_else(|| {
-                anyhow!(
-                    "{source}: not in state {}; see `anvil state list`",
-                    backend.describe()
-                )
-            })?;
-            if rec.ty != dest.ty {
-                bail!("cannot move {source} to {destination}: the type differs ({} vs {}); a record keeps its type", rec.ty, dest.ty);
-            }
-            rec.updated_at = chrono::Utc::now();
-            st.resources.insert(destination.clone(), rec);
-            st.serial += 1;
-            backend.write(&st, &lock)?;
+            let backend = open_backend(&SpecArgs::at(path), state_url)?;
+            ops::state_mv(backend.as_ref(), &source, &destination, lock_timeout)?;
             println!("Moved {source} to {destination}.");
             Ok(0)
+        }
+    }
+}
+
+impl SpecArgs {
+    /// Just a spec path, for commands that only need the workspace name.
+    fn at(path: PathBuf) -> SpecArgs {
+        SpecArgs {
+            paths: vec![path],
+            vars: vec![],
+            var_files: vec![],
         }
     }
 }

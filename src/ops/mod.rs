@@ -228,6 +228,71 @@ pub fn load_locked(ws: &Workspace, lock: &state::LockHandle) -> Result<State, Op
     Ok(st)
 }
 
+/// `state rm`: forgets records under the lock; the real objects are untouched.
+///
+/// # Errors
+/// The lock cannot be taken, an address is not recorded (nothing is removed then), or
+/// the state cannot be read or written.
+pub fn state_rm(
+    backend: &dyn StateBackend,
+    addresses: &[String],
+    lock_timeout: std::time::Duration,
+) -> Result<(), OpsError> {
+    let lock = backend.lock("state rm", lock_timeout)?;
+    let mut st = backend.load()?;
+    for a in addresses {
+        if st.resources.remove(a).is_none() {
+            return Err(OpsError::Usage(format!(
+                "{a}: not in state {}; nothing was removed. See `anvil state list`",
+                backend.describe()
+            )));
+        }
+    }
+    st.serial += 1;
+    backend.write(&st, &lock)?;
+    Ok(())
+}
+
+/// `state mv`: moves a record to another address of the same type, under the lock.
+///
+/// # Errors
+/// The lock cannot be taken, the source is not recorded, the destination is taken or
+/// not an address of the same type, or the state cannot be read or written.
+pub fn state_mv(
+    backend: &dyn StateBackend,
+    source: &str,
+    destination: &str,
+    lock_timeout: std::time::Duration,
+) -> Result<(), OpsError> {
+    let dest = crate::model::Address::parse(destination)
+        .map_err(|e| OpsError::Usage(format!("destination {e}")))?;
+    let lock = backend.lock("state mv", lock_timeout)?;
+    let mut st = backend.load()?;
+    if st.resources.contains_key(destination) {
+        return Err(OpsError::Usage(format!(
+            "{destination}: already in state {}; remove it first with `anvil state rm {destination}`",
+            backend.describe()
+        )));
+    }
+    let Some(mut rec) = st.resources.remove(source) else {
+        return Err(OpsError::Usage(format!(
+            "{source}: not in state {}; see `anvil state list`",
+            backend.describe()
+        )));
+    };
+    if rec.ty != dest.ty {
+        return Err(OpsError::Usage(format!(
+            "cannot move {source} to {destination}: the type differs ({} vs {}); a record keeps its type",
+            rec.ty, dest.ty
+        )));
+    }
+    rec.updated_at = chrono::Utc::now();
+    st.resources.insert(destination.to_string(), rec);
+    st.serial += 1;
+    backend.write(&st, &lock)?;
+    Ok(())
+}
+
 /// Computes the plan for a workspace.
 ///
 /// # Errors

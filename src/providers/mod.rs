@@ -15,6 +15,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A provider setting from the environment: unset and blank are the same.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// Attribute values as resolved for a call, real values (sensitive ones included).
 pub type Attributes = BTreeMap<String, Value>;
 

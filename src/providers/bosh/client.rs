@@ -71,8 +71,7 @@ impl Config {
     /// # Errors
     /// `BOSH_ENVIRONMENT`, `BOSH_CLIENT` or `BOSH_CLIENT_SECRET` is unset.
     pub fn from_env() -> Result<Config, BoshError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        Config::from_vars(var)
+        Config::from_vars(crate::providers::env_var)
     }
 
     /// Builds a configuration from a variable lookup (the environment, or a map in tests).

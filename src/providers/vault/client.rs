@@ -60,8 +60,7 @@ impl Config {
     /// # Errors
     /// `VAULT_ADDR` is unset, or neither `VAULT_TOKEN` nor both AppRole variables are.
     pub fn from_env() -> Result<Config, VaultError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        Config::from_vars(var)
+        Config::from_vars(crate::providers::env_var)
     }
 
     /// Builds a configuration from a variable lookup (the environment, or a map in tests).
