@@ -7,12 +7,15 @@
 //! No IO: it takes a loaded [`Spec`] and schemas, and returns data.
 
 pub mod expr;
+pub mod foundation;
 pub mod schema;
 
 pub use expr::{Expr, Lookup, PValue, Reference};
 pub use schema::{AttrKind, AttrSchema, ResourceSchema, Schemas};
 
-use crate::spec::{DocumentBody, FieldPath, Lifecycle, Location, Spec, SpecError, SpecErrors};
+use crate::spec::{
+    DocumentBody, FieldPath, Lifecycle, Location, ResourceSpec, Spec, SpecError, SpecErrors,
+};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use serde_json::Value;
@@ -75,6 +78,9 @@ pub struct Resource {
 pub struct Model {
     pub graph: DiGraph<Resource, ()>,
     index: HashMap<Address, NodeIndex>,
+    /// Provider settings the spec gives (a Foundation's `director` and `vault`), by the
+    /// environment variable each stands for (`BOSH_ENVIRONMENT`, `VAULT_ADDR`, ...).
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -253,23 +259,36 @@ fn describe_cycle(c: &[Address]) -> String {
     )
 }
 
-/// Where a reference or `depends_on` entry was written: (resource index, what).
+/// Where a resource came from in its document: `resources[i]` written by hand, or
+/// generated from a Foundation's `instances[i]`.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Resource(usize),
+    Instance(usize),
+}
+
+impl Origin {
+    fn path(self) -> FieldPath {
+        match self {
+            Origin::Resource(i) => FieldPath::root().key("resources").index(i),
+            Origin::Instance(i) => FieldPath::root().key("instances").index(i),
+        }
+    }
+}
+
+/// Where a reference or `depends_on` entry was written: (resource, what).
 enum Site {
-    Attr(usize, String),
-    Dep(usize, usize),
+    Attr(Origin, String),
+    Dep(Origin, usize),
 }
 
 impl Site {
     fn path(&self) -> FieldPath {
         match self {
-            Site::Attr(i, name) => resource_path(*i).key("attributes").key(name.as_str()),
-            Site::Dep(i, j) => resource_path(*i).key("depends_on").index(*j),
+            Site::Attr(o, name) => o.path().key("attributes").key(name.as_str()),
+            Site::Dep(o, j) => o.path().key("depends_on").index(*j),
         }
     }
-}
-
-fn resource_path(i: usize) -> FieldPath {
-    FieldPath::root().key("resources").index(i)
 }
 
 /// A field path built only when an error needs it.
@@ -291,7 +310,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     let mut model = Model::default();
     // Where each address was declared: (document index, field path). Locations are
     // computed only for errors, which keeps big specs fast.
-    let mut seen: HashMap<Address, (usize, usize)> = HashMap::new();
+    let mut seen: HashMap<Address, (usize, Origin)> = HashMap::new();
     // Per node: where its depends_on entries and references were written, for errors.
     let mut sites: Vec<Vec<(Address, usize, Site)>> = Vec::new();
 
@@ -303,14 +322,38 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     };
 
     for (di, doc) in spec.documents.iter().enumerate() {
-        let DocumentBody::Resources(body) = &doc.body;
-        for (i, rs) in body.resources.iter().enumerate() {
-            let rpath = resource_path(i);
+        let generated: Vec<(usize, ResourceSpec)>;
+        let list: Box<dyn Iterator<Item = (Origin, &ResourceSpec)>> = match &doc.body {
+            DocumentBody::Resources(body) => Box::new(
+                body.resources
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (Origin::Resource(i), r)),
+            ),
+            DocumentBody::Foundation(f) => {
+                let n = foundation::normalise(doc, f, &mut errors);
+                for (k, v) in n.settings {
+                    match model.settings.get(&k) {
+                        Some(old) if *old != v => errors.push(doc.error_at(
+                            &FieldPath::root(),
+                            format!("{k} is `{v}` here but `{old}` in another Foundation document: one workspace talks to one Director and one Vault"),
+                        )),
+                        _ => {
+                            model.settings.insert(k, v);
+                        }
+                    }
+                }
+                generated = n.resources;
+                Box::new(generated.iter().map(|(i, r)| (Origin::Instance(*i), r)))
+            }
+        };
+        for (i, rs) in list {
+            let rpath = i.path();
             let address = Address::new(&rs.ty, &rs.name);
             if let Some((fd, fp)) = seen.get(&address) {
                 let at = format!(
                     " (first declared at {})",
-                    spec.documents[*fd].locate(&resource_path(*fp))
+                    spec.documents[*fd].locate(&fp.path())
                 );
                 errors.push(err(Some(doc.locate(&rpath.key("name"))), &rpath.key("name"), format!("duplicate address {address}{at}: give each resource of a type a distinct name")));
                 continue;
@@ -475,7 +518,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 .and_then(|a| Address::parse(a).ok());
             let loc = first
                 .and_then(|a| seen.get(&a))
-                .map(|(d, i)| spec.documents[*d].locate(&resource_path(*i)));
+                .map(|(d, i)| spec.documents[*d].locate(&i.path()));
             errors.push(SpecError {
                 file: loc.as_ref().map(|l| l.file.clone()),
                 location: loc,

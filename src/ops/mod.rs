@@ -84,7 +84,7 @@ type Preloaded = Option<Result<State, StateError>>;
 
 fn load(
     inputs: &Inputs,
-    registry: Registry,
+    mut registry: Registry,
     preload_state: bool,
 ) -> Result<(Workspace, Preloaded), OpsError> {
     let mut vars = BTreeMap::new();
@@ -147,6 +147,7 @@ fn load(
         (model, preloaded)
     });
     let model = model?;
+    registry.configure(&model.settings);
     let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());

@@ -46,6 +46,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "default";
 pub struct BoshProvider {
     /// Explicit configuration; `None` reads the environment on first use.
     config: Option<Config>,
+    /// Settings from the spec, by environment variable name, read before the environment.
+    settings: BTreeMap<String, String>,
     client: tokio::sync::OnceCell<Client>,
 }
 
@@ -61,7 +63,18 @@ impl BoshProvider {
     pub fn new() -> BoshProvider {
         BoshProvider {
             config: None,
+            settings: BTreeMap::new(),
             client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// A provider configured on first use from `settings` (environment variable names to
+    /// values, e.g. a Foundation's `director` block), falling back to the environment.
+    #[must_use]
+    pub fn with_settings(settings: BTreeMap<String, String>) -> BoshProvider {
+        BoshProvider {
+            settings,
+            ..BoshProvider::new()
         }
     }
 
@@ -70,7 +83,7 @@ impl BoshProvider {
     pub fn with_config(config: Config) -> BoshProvider {
         BoshProvider {
             config: Some(config),
-            client: tokio::sync::OnceCell::new(),
+            ..BoshProvider::new()
         }
     }
 
@@ -79,7 +92,12 @@ impl BoshProvider {
             .get_or_try_init(|| async {
                 let config = match &self.config {
                     Some(c) => c.clone(),
-                    None => Config::from_env()?,
+                    None => Config::from_vars(|n| {
+                        self.settings
+                            .get(n)
+                            .cloned()
+                            .or_else(|| crate::providers::env_var(n))
+                    })?,
                 };
                 Client::connect(&config).await
             })

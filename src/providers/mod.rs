@@ -115,6 +115,23 @@ impl Registry {
         r
     }
 
+    /// Applies provider settings the spec gives (a Foundation's `director` and `vault`, by
+    /// environment variable name): the built-in `bosh` and `vault` providers are made anew
+    /// to read them before the environment. Without settings nothing changes.
+    pub fn configure(&mut self, settings: &BTreeMap<String, String>) {
+        let has = |prefix: &str| settings.keys().any(|k| k.starts_with(prefix));
+        if has("BOSH_") && self.providers.contains_key("bosh") {
+            self.register(Arc::new(bosh::BoshProvider::with_settings(
+                settings.clone(),
+            )));
+        }
+        if has("VAULT_") && self.providers.contains_key("vault") {
+            self.register(Arc::new(vault::VaultProvider::with_settings(
+                settings.clone(),
+            )));
+        }
+    }
+
     pub fn register(&mut self, p: Arc<dyn Provider>) {
         for s in p.schemas() {
             self.schemas.insert(s.ty.clone(), s);

@@ -37,6 +37,8 @@ const CONCURRENCY: usize = 10;
 pub struct VaultProvider {
     /// Explicit configuration; `None` reads the environment on first use.
     config: Option<Config>,
+    /// Settings from the spec, by environment variable name, read before the environment.
+    settings: BTreeMap<String, String>,
     client: OnceCell<Client>,
     checked_mounts: Mutex<HashSet<String>>,
 }
@@ -53,8 +55,19 @@ impl VaultProvider {
     pub fn new() -> VaultProvider {
         VaultProvider {
             config: None,
+            settings: BTreeMap::new(),
             client: OnceCell::new(),
             checked_mounts: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A provider configured on first use from `settings` (environment variable names to
+    /// values, e.g. a Foundation's `vault` block), falling back to the environment.
+    #[must_use]
+    pub fn with_settings(settings: BTreeMap<String, String>) -> VaultProvider {
+        VaultProvider {
+            settings,
+            ..VaultProvider::new()
         }
     }
 
@@ -74,7 +87,12 @@ impl VaultProvider {
             .get_or_try_init(|| async {
                 let config = match &self.config {
                     Some(c) => c.clone(),
-                    None => Config::from_env()?,
+                    None => Config::from_vars(|n| {
+                        self.settings
+                            .get(n)
+                            .cloned()
+                            .or_else(|| crate::providers::env_var(n))
+                    })?,
                 };
                 Client::connect(&config).await
             })
@@ -275,6 +293,13 @@ fn index_schema() -> ResourceSchema {
         "value".into(),
         AttrSchema::new(AttrKind::Map, "The entry's value (not sensitive).").required(),
     );
+    attributes.insert(
+        "stamp_on_create".into(),
+        AttrSchema::new(
+            AttrKind::Map,
+            "Keys of `value` to fill with the time of the first write: key → `unix` (seconds) or `rfc3339`. Pair with `ignore_changes: [value.KEY]`.",
+        ),
+    );
     let mut outputs = BTreeMap::new();
     outputs.insert(
         "version".into(),
@@ -310,8 +335,16 @@ impl VaultProvider {
             }
             "vault_index_entry" => {
                 let key = str_attr(attrs, "key", req.address)?;
-                let value = Value::Object(map_attr(attrs, "value", req.address)?.clone());
-                self.index_set(mount, path, key, Some(&value)).await?
+                let mut value = map_attr(attrs, "value", req.address)?.clone();
+                stamp(&mut value, attrs, req.address)?;
+                let value = Value::Object(value);
+                let version = self.index_set(mount, path, key, Some(&value)).await?;
+                let mut applied = attrs.clone();
+                applied.insert("value".into(), value);
+                return Ok(Applied {
+                    attributes: applied,
+                    outputs: version_outputs(version),
+                });
             }
             other => return Err(unknown_type(other)),
         };
@@ -320,6 +353,41 @@ impl VaultProvider {
             outputs: version_outputs(version),
         })
     }
+}
+
+/// Fills the keys named by `stamp_on_create` that the value lacks with the current time:
+/// `unix` as seconds, `rfc3339` as text. Keys already present keep their value, so the
+/// times written at creation survive updates (the Foundation kind ignores changes to them).
+fn stamp(
+    value: &mut serde_json::Map<String, Value>,
+    attrs: &BTreeMap<String, Value>,
+    address: &str,
+) -> Result<(), ProviderError> {
+    let Some(stamps) = attrs.get("stamp_on_create") else {
+        return Ok(());
+    };
+    let Some(stamps) = stamps.as_object() else {
+        return Err(ProviderError::new(format!(
+            "{address}: attribute `stamp_on_create` must be a map of key to `unix` or `rfc3339`"
+        )));
+    };
+    let now = chrono::Utc::now();
+    for (key, format) in stamps {
+        if value.contains_key(key) {
+            continue;
+        }
+        let stamped = match format.as_str() {
+            Some("unix") => Value::from(now.timestamp()),
+            Some("rfc3339") => Value::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            _ => {
+                return Err(ProviderError::new(format!(
+                    "{address}: stamp_on_create.{key} is {format}: expected `unix` or `rfc3339`"
+                )))
+            }
+        };
+        value.insert(key.clone(), stamped);
+    }
+    Ok(())
 }
 
 fn unknown_type(ty: &str) -> ProviderError {

@@ -27,8 +27,9 @@ use sha2::{Digest, Sha256};
 
 pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use types::{
-    schema_for_kind, ApiVersion, Lifecycle, Metadata, ResourceSpec, ResourcesDoc, ResourcesKind,
-    API_VERSION, KINDS,
+    schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
+    InstanceSpec, Lifecycle, Metadata, PlanSpec, ResourceSpec, ResourcesDoc, ResourcesKind,
+    ServiceSpec, VaultSpec, API_VERSION, KINDS,
 };
 
 use yaml::{Node, Pos, Value};
@@ -76,8 +77,20 @@ pub struct Document {
     pub index: usize,
     /// The typed content.
     pub body: DocumentBody,
+    /// Files the document refers to (a Foundation's manifest templates), by the path as
+    /// written in the document. Their bytes are part of the spec digest.
+    pub attachments: BTreeMap<String, Attachment>,
     /// The located tree after substitution, so later stages can point at fields.
     root: Node,
+}
+
+/// A file a document refers to, read at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Where it was read from (relative paths resolve against the document's file).
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
 }
 
 /// The typed content of a document, by kind.
@@ -85,6 +98,8 @@ pub struct Document {
 pub enum DocumentBody {
     /// `kind: Resources`.
     Resources(ResourcesDoc),
+    /// `kind: Foundation`.
+    Foundation(Box<FoundationDoc>),
 }
 
 impl Document {
@@ -107,6 +122,7 @@ impl Document {
     pub fn name(&self) -> &str {
         match &self.body {
             DocumentBody::Resources(d) => &d.metadata.name,
+            DocumentBody::Foundation(d) => &d.metadata.name,
         }
     }
 
@@ -115,6 +131,7 @@ impl Document {
     pub fn kind(&self) -> &'static str {
         match &self.body {
             DocumentBody::Resources(_) => "Resources",
+            DocumentBody::Foundation(_) => "Foundation",
         }
     }
 
@@ -250,8 +267,11 @@ impl<'a> Loader<'a> {
                 return;
             }
             if raw.errors.is_empty() {
-                if let Some(doc) = check_document(file, raw.index, raw.root, self.opts, errors) {
-                    self.documents.push(doc);
+                if let Some(mut doc) = check_document(file, raw.index, raw.root, self.opts, errors)
+                {
+                    if read_attachments(&mut doc, &mut self.hasher, errors) {
+                        self.documents.push(doc);
+                    }
                 }
             } else {
                 for e in raw.errors {
@@ -281,6 +301,50 @@ impl<'a> Loader<'a> {
             files,
         })
     }
+}
+
+/// Reads the files a document refers to (a Foundation's manifest templates), relative to
+/// the document's file, into [`Document::attachments`]. Returns whether all were read.
+fn read_attachments(doc: &mut Document, hasher: &mut Sha256, errors: &mut Errors) -> bool {
+    let DocumentBody::Foundation(f) = &doc.body else {
+        return true;
+    };
+    let base = doc.file.parent().unwrap_or_else(|| Path::new(""));
+    let mut ok = true;
+    let mut attachments = BTreeMap::new();
+    for (si, service) in f.catalog.services.iter().enumerate() {
+        for (pi, plan) in service.plans.iter().enumerate() {
+            if attachments.contains_key(&plan.manifest) {
+                continue;
+            }
+            let path = base.join(&plan.manifest);
+            match read_text(&path, hasher) {
+                Ok(text) => {
+                    attachments.insert(plan.manifest.clone(), Attachment { path, text });
+                }
+                Err(e) => {
+                    let field = FieldPath::root()
+                        .key("catalog")
+                        .key("services")
+                        .index(si)
+                        .key("plans")
+                        .index(pi)
+                        .key("manifest");
+                    errors.push(doc.error_at(
+                        &field,
+                        format!(
+                            "manifest template {}: {}: give a path relative to this file",
+                            path.display(),
+                            e.message
+                        ),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+    }
+    doc.attachments = attachments;
+    ok
 }
 
 /// All documents must name the same workspace.
@@ -569,6 +633,9 @@ fn check_document(
     let t = std::time::Instant::now();
     let body = match kind {
         "Resources" => serde_json::from_value(instance).map(DocumentBody::Resources),
+        "Foundation" => {
+            serde_json::from_value(instance).map(|f| DocumentBody::Foundation(Box::new(f)))
+        }
         other => {
             errors.push(here(
                 root.pos,
@@ -584,6 +651,7 @@ fn check_document(
             file: file.to_path_buf(),
             index,
             body,
+            attachments: BTreeMap::new(),
             root,
         }),
         Err(e) => {

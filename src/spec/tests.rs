@@ -59,6 +59,7 @@ fn check_err(text: &str, prefix: &str, needle: &str) {
 fn resources(spec: &Spec, doc: usize) -> &ResourcesDoc {
     match &spec.documents[doc].body {
         DocumentBody::Resources(r) => r,
+        DocumentBody::Foundation(_) => panic!("document {doc} is a Foundation"),
     }
 }
 
@@ -80,21 +81,24 @@ fn loads_the_design_example() {
 }
 
 #[test]
-fn checked_in_schema_is_fresh() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/resources.schema.json");
-    let schema = schema_for_kind("Resources").unwrap();
-    let mut text = serde_json::to_string_pretty(&schema).unwrap();
-    text.push('\n');
-    if std::env::var_os("UPDATE_SCHEMAS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, &text).unwrap();
-        return;
+fn checked_in_schemas_are_fresh() {
+    for kind in KINDS {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("schemas/{}.schema.json", kind.to_ascii_lowercase()));
+        let schema = schema_for_kind(kind).unwrap();
+        let mut text = serde_json::to_string_pretty(&schema).unwrap();
+        text.push('\n');
+        if std::env::var_os("UPDATE_SCHEMAS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "{} is stale: run `UPDATE_SCHEMAS=1 cargo test --lib spec` and commit the result",
+            path.display()
+        );
     }
-    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        on_disk == text,
-        "{} is stale: run `UPDATE_SCHEMAS=1 cargo test --lib spec` and commit the result",
-        path.display()
-    );
 }
 
 #[test]
@@ -711,6 +715,7 @@ fn loads_directories_sorted_and_recursively() {
         .iter()
         .map(|d| match &d.body {
             DocumentBody::Resources(r) => r.resources[0].name.as_str(),
+            DocumentBody::Foundation(_) => "foundation",
         })
         .collect();
     assert_eq!(names, ["a", "m", "z"]);
@@ -853,7 +858,7 @@ fn schema_for_kind_is_case_insensitive() {
     assert_eq!(s["title"], json!("anvil Resources"));
     assert!(s["description"].is_string());
     assert!(schema_for_kind("Nope").is_none());
-    assert_eq!(KINDS, ["Resources"]);
+    assert_eq!(KINDS, ["Resources", "Foundation"]);
 }
 
 #[test]

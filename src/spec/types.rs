@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every kind of document anvil accepts, as written in `kind:`.
-pub const KINDS: &[&str] = &["Resources"];
+pub const KINDS: &[&str] = &["Resources", "Foundation"];
 
 /// The only `apiVersion` anvil accepts.
 pub const API_VERSION: &str = "anvil/v1";
@@ -101,6 +101,163 @@ pub struct Lifecycle {
     pub retain_on_delete: bool,
 }
 
+/// `kind: Foundation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FoundationKind {
+    /// A BOSH Director, a Vault, a service catalog and its instances.
+    Foundation,
+}
+
+/// A `Foundation` document: Blacksmith's world. Normalises into one `bosh_deployment` per
+/// instance (named `{plan_id}-{instance_id}`) and the Vault entries Blacksmith keeps
+/// (the `db` index entry, `{instance_id}/manifest` and `{instance_id}/metadata`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FoundationDoc {
+    /// Always `anvil/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: ApiVersion,
+    /// Always `Foundation`.
+    pub kind: FoundationKind,
+    /// Names the workspace; every document loaded together must share it.
+    pub metadata: Metadata,
+    /// The BOSH Director the instances are deployed to. Unset fields fall back to the
+    /// `BOSH_*` environment variables.
+    #[serde(default)]
+    pub director: DirectorSpec,
+    /// The Vault holding Blacksmith's index and instance secrets. Unset fields fall back to
+    /// the `VAULT_*` environment variables.
+    #[serde(default)]
+    pub vault: VaultSpec,
+    /// The service catalog, as the broker advertises it.
+    pub catalog: Catalog,
+    /// The service instances.
+    #[serde(default)]
+    pub instances: Vec<InstanceSpec>,
+}
+
+/// Where the BOSH Director is and how to log in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorSpec {
+    /// The Director URL, e.g. `https://10.0.0.6:25555` (else `BOSH_ENVIRONMENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The Director's CA certificate: PEM text or a file path (else `BOSH_CA_CERT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// The client name (else `BOSH_CLIENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The client secret (else `BOSH_CLIENT_SECRET`); write `${env:NAME}`, not the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+/// Where Vault is and which KV v2 mount Blacksmith uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSpec {
+    /// The Vault address, e.g. `https://vault.example:8200` (else `VAULT_ADDR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The KV v2 mount holding the `db` index and instance secrets; default `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub mount: Option<String>,
+    /// Vault's CA certificate file (else `VAULT_CACERT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// The Vault Enterprise namespace (else `VAULT_NAMESPACE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The service catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The services offered.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service offering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The service id, unique in the catalog (Blacksmith uses the name, e.g. `redis`).
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub id: String,
+    /// The name shown in the marketplace.
+    pub name: String,
+    /// A one-line description.
+    #[serde(default)]
+    pub description: String,
+    /// Whether instances can be bound.
+    #[serde(default = "yes")]
+    pub bindable: bool,
+    /// Marketplace tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The most instances of this service (all plans together): 0 means unlimited, a
+    /// negative number means always over the limit.
+    #[serde(default)]
+    pub limit: i64,
+    /// The plans of this service.
+    pub plans: Vec<PlanSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One plan of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// The plan id, unique across the catalog (Blacksmith's are `service-plan`, e.g.
+    /// `redis-small`); deployments are named `{plan_id}-{instance_id}`.
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub id: String,
+    /// The plan name within its service, e.g. `small`.
+    pub name: String,
+    /// A one-line description.
+    #[serde(default)]
+    pub description: String,
+    /// The most instances of this plan: 0 means unlimited, a negative number means always
+    /// over the limit.
+    #[serde(default)]
+    pub limit: i64,
+    /// The BOSH manifest template, a path relative to this spec file. Only
+    /// `${instance.…}`, `${plan.…}`, `${service.…}` and `${params.…}` are substituted;
+    /// BOSH `((vars))` and shell `${...}` pass through.
+    pub manifest: String,
+    /// Default parameter values, overridden by each instance's `parameters`.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+}
+
+/// One service instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// The instance id: a UUID, as the platform gives it.
+    pub id: String,
+    /// The service id from the catalog.
+    pub service: String,
+    /// The plan id (or the plan name within the service).
+    pub plan: String,
+    /// Parameters for the manifest template (`${params.NAME}`).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// The Cloud Foundry organization GUID the instance belongs to.
+    #[serde(default)]
+    pub organization_guid: String,
+    /// The Cloud Foundry space GUID the instance belongs to.
+    #[serde(default)]
+    pub space_guid: String,
+}
+
 /// The generated JSON Schema for a kind (`"Resources"`, matched case-insensitively), with
 /// `$id`, `title` and `description` set; `None` for an unknown kind.
 #[must_use]
@@ -110,6 +267,10 @@ pub fn schema_for_kind(kind: &str) -> Option<serde_json::Value> {
         "Resources" => (
             schemars::schema_for!(ResourcesDoc),
             "An anvil `Resources` document: resources written by hand, each addressed as TYPE.NAME.",
+        ),
+        "Foundation" => (
+            schemars::schema_for!(FoundationDoc),
+            "An anvil `Foundation` document: a BOSH Director, a Vault, a service catalog and its instances (Blacksmith's world).",
         ),
         _ => return None,
     };

@@ -28,8 +28,10 @@ struct Compiled {
 
 fn compiled(kind: &str) -> Result<&'static Compiled, String> {
     static RESOURCES: OnceLock<Result<Compiled, String>> = OnceLock::new();
+    static FOUNDATION: OnceLock<Result<Compiled, String>> = OnceLock::new();
     let cell = match kind {
         "Resources" => &RESOURCES,
+        "Foundation" => &FOUNDATION,
         other => return Err(format!("no schema for kind `{other}`")),
     };
     cell.get_or_init(|| {

@@ -1,0 +1,629 @@
+//! Normalisation of a `Foundation` document into resources (design §1).
+//!
+//! Each instance becomes, with `D = {plan_id}-{instance_id}`:
+//! - `bosh_deployment.D`: the plan's manifest template rendered for the instance, with
+//!   `name: D` and `properties.blacksmith.{service_id,plan_id,instance_id}`;
+//! - `vault_index_entry.ID`: the instance's entry in Blacksmith's `db` index;
+//! - `vault_secret.ID-manifest` (`{id}/manifest`) and `vault_secret.ID-metadata`
+//!   (`{id}/metadata`), kept in Vault when the instance goes (`retain_on_delete`).
+//!
+//! Checks, each located: instance ids are UUIDs and unique, services and plans exist,
+//! service and plan ids are unique, plans and services are within their `limit`, and
+//! templates name only parameters the instance or plan sets. No IO: templates were read
+//! by the loader into [`Document::attachments`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Value};
+use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
+
+use crate::spec::{
+    Document, FieldPath, FoundationDoc, InstanceSpec, Lifecycle, Location, PlanSpec, ResourceSpec,
+    ServiceSpec, SpecError,
+};
+
+/// The KV v2 mount Blacksmith uses when the Foundation names none.
+pub const DEFAULT_MOUNT: &str = "secret";
+
+/// The index secret Blacksmith keeps its instances in.
+pub const INDEX_PATH: &str = "db";
+
+/// Keys of an index entry written once and then left alone by plans: creation times
+/// (stamped by the provider) and the marks the reconciler keeps.
+pub const INDEX_MANAGED_ELSEWHERE: &[&str] = &[
+    "created",
+    "created_at",
+    "requested_at",
+    "reconciled",
+    "reconciled_at",
+    "last_synced_at",
+    "orphaned",
+    "orphaned_at",
+    "orphaned_reason",
+];
+
+/// The resources of one Foundation document, each with the index of the instance it
+/// came from (for error locations), and provider settings (environment-variable names to
+/// values) taken from its `director` and `vault` blocks.
+#[derive(Debug, Default)]
+pub struct Normalised {
+    pub resources: Vec<(usize, ResourceSpec)>,
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The deployment name of an instance: `{plan_id}-{instance_id}`.
+#[must_use]
+pub fn deployment_name(plan_id: &str, instance_id: &str) -> String {
+    format!("{plan_id}-{instance_id}")
+}
+
+fn service_path(si: usize) -> FieldPath {
+    FieldPath::root().key("catalog").key("services").index(si)
+}
+
+fn plan_path(si: usize, pi: usize) -> FieldPath {
+    service_path(si).key("plans").index(pi)
+}
+
+fn instance_path(i: usize) -> FieldPath {
+    FieldPath::root().key("instances").index(i)
+}
+
+/// Whether `s` is a UUID in its canonical 8-4-4-4-12 hex form.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Normalises one Foundation document. Problems go to `errors`; resources are only
+/// produced for instances without problems.
+pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>) -> Normalised {
+    let mut out = Normalised {
+        settings: settings(f),
+        ..Normalised::default()
+    };
+    let mount = f.vault.mount.as_deref().unwrap_or(DEFAULT_MOUNT);
+
+    // The catalog: unique service ids, unique plan ids across services.
+    let mut services: HashMap<&str, usize> = HashMap::new();
+    let mut plans: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (si, s) in f.catalog.services.iter().enumerate() {
+        if let Some(first) = services.get(s.id.as_str()) {
+            let p = service_path(si).key("id");
+            errors.push(doc.error_at(
+                &p,
+                format!(
+                    "duplicate service id `{}` (first at {}): service ids must be unique in the catalog",
+                    s.id,
+                    doc.locate(&service_path(*first).key("id"))
+                ),
+            ));
+            continue;
+        }
+        services.insert(&s.id, si);
+        for (pi, p) in s.plans.iter().enumerate() {
+            if let Some((fs, fp)) = plans.get(p.id.as_str()) {
+                let at = plan_path(si, pi).key("id");
+                errors.push(doc.error_at(
+                    &at,
+                    format!(
+                        "duplicate plan id `{}` (first at {}): plan ids must be unique across the catalog",
+                        p.id,
+                        doc.locate(&plan_path(*fs, *fp).key("id"))
+                    ),
+                ));
+                continue;
+            }
+            plans.insert(&p.id, (si, pi));
+        }
+    }
+
+    // Instances: UUIDs, unique, known service and plan.
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut per_plan: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    let mut per_service: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut resolved: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, inst) in f.instances.iter().enumerate() {
+        let ip = instance_path(i);
+        if !is_uuid(&inst.id) {
+            errors.push(doc.error_at(
+                &ip.key("id"),
+                format!(
+                    "instance id `{}` is not a UUID: expected 8-4-4-4-12 hex digits, e.g. 6a1c2b9e-3f0d-4c7a-9b1e-2d5f8a7c4e01",
+                    inst.id
+                ),
+            ));
+            continue;
+        }
+        if let Some(first) = ids.get(inst.id.as_str()) {
+            errors.push(doc.error_at(
+                &ip.key("id"),
+                format!(
+                    "duplicate instance id `{}` (first at {}): each instance needs its own id",
+                    inst.id,
+                    doc.locate(&instance_path(*first).key("id"))
+                ),
+            ));
+            continue;
+        }
+        ids.insert(&inst.id, i);
+        let Some(&si) = services.get(inst.service.as_str()) else {
+            let known: Vec<&str> = f.catalog.services.iter().map(|s| s.id.as_str()).collect();
+            errors.push(doc.error_at(
+                &ip.key("service"),
+                format!(
+                    "unknown service `{}`: expected one of {}",
+                    inst.service,
+                    known.join(", ")
+                ),
+            ));
+            continue;
+        };
+        let service = &f.catalog.services[si];
+        let found = service
+            .plans
+            .iter()
+            .position(|p| p.id == inst.plan)
+            .or_else(|| service.plans.iter().position(|p| p.name == inst.plan));
+        let Some(pi) = found else {
+            let known: Vec<String> = service
+                .plans
+                .iter()
+                .map(|p| format!("{} ({})", p.id, p.name))
+                .collect();
+            errors.push(doc.error_at(
+                &ip.key("plan"),
+                format!(
+                    "unknown plan `{}` for service `{}`: expected one of {}",
+                    inst.plan,
+                    service.id,
+                    known.join(", ")
+                ),
+            ));
+            continue;
+        };
+        per_plan.entry((si, pi)).or_default().push(i);
+        per_service.entry(si).or_default().push(i);
+        resolved.push((i, si, pi));
+    }
+
+    // Limits: 0 is unlimited, negative is always over, else at most `limit`.
+    let over = |limit: i64, count: usize| -> bool {
+        limit < 0 || (limit > 0 && i64::try_from(count).unwrap_or(i64::MAX) > limit)
+    };
+    let mut limited = false;
+    for ((si, pi), members) in &per_plan {
+        let plan = &f.catalog.services[*si].plans[*pi];
+        if over(plan.limit, members.len()) {
+            limited = true;
+            let first_over = usize::try_from(plan.limit.max(0)).unwrap_or(0);
+            let at = instance_path(members[first_over.min(members.len() - 1)]).key("plan");
+            errors.push(doc.error_at(
+                &at,
+                format!(
+                    "plan `{}` has {} instance(s), over its limit of {} (set at {}): remove instances or raise the limit (0 = unlimited)",
+                    plan.id,
+                    members.len(),
+                    plan.limit,
+                    doc.locate(&plan_path(*si, *pi).key("limit"))
+                ),
+            ));
+        }
+    }
+    for (si, members) in &per_service {
+        let service = &f.catalog.services[*si];
+        if over(service.limit, members.len()) {
+            limited = true;
+            let first_over = usize::try_from(service.limit.max(0)).unwrap_or(0);
+            let at = instance_path(members[first_over.min(members.len() - 1)]).key("service");
+            errors.push(doc.error_at(
+                &at,
+                format!(
+                    "service `{}` has {} instance(s), over its limit of {} (set at {}): remove instances or raise the limit (0 = unlimited)",
+                    service.id,
+                    members.len(),
+                    service.limit,
+                    doc.locate(&service_path(*si).key("limit"))
+                ),
+            ));
+        }
+    }
+    if limited {
+        return out;
+    }
+
+    for (i, si, pi) in resolved {
+        let service = &f.catalog.services[si];
+        let plan = &service.plans[pi];
+        let inst = &f.instances[i];
+        match render_instance(doc, i, service, plan, inst) {
+            Ok(manifest) => out
+                .resources
+                .extend(instance_resources(service, plan, inst, mount, manifest).map(|r| (i, r))),
+            Err(e) => errors.push(e),
+        }
+    }
+    out
+}
+
+/// Provider settings named by the environment variables they stand for.
+fn settings(f: &FoundationDoc) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::new();
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v.as_ref().filter(|v| !v.trim().is_empty()) {
+            s.insert(k.to_string(), v.clone());
+        }
+    };
+    put("BOSH_ENVIRONMENT", &f.director.url);
+    put("BOSH_CA_CERT", &f.director.ca_cert);
+    put("BOSH_CLIENT", &f.director.client);
+    put("BOSH_CLIENT_SECRET", &f.director.client_secret);
+    put("VAULT_ADDR", &f.vault.addr);
+    put("VAULT_CACERT", &f.vault.ca_cert);
+    put("VAULT_NAMESPACE", &f.vault.namespace);
+    s
+}
+
+/// A string attribute value that the model reads back literally (`${` escaped).
+fn lit(s: &str) -> Value {
+    Value::String(s.replace("${", "$${"))
+}
+
+fn instance_resources(
+    service: &ServiceSpec,
+    plan: &PlanSpec,
+    inst: &InstanceSpec,
+    mount: &str,
+    manifest: String,
+) -> impl Iterator<Item = ResourceSpec> {
+    let deployment = deployment_name(&plan.id, &inst.id);
+    let id = &inst.id;
+    let bosh = ResourceSpec {
+        ty: "bosh_deployment".into(),
+        name: deployment.clone(),
+        attributes: BTreeMap::from([
+            ("name".to_string(), lit(&deployment)),
+            ("manifest".to_string(), lit(&manifest)),
+        ]),
+        depends_on: Vec::new(),
+        lifecycle: Lifecycle::default(),
+    };
+    let index = ResourceSpec {
+        ty: "vault_index_entry".into(),
+        name: id.clone(),
+        attributes: BTreeMap::from([
+            ("mount".to_string(), lit(mount)),
+            ("path".to_string(), lit(INDEX_PATH)),
+            ("key".to_string(), lit(id)),
+            (
+                "value".to_string(),
+                json!({
+                    "service_id": lit(&service.id),
+                    "plan_id": lit(&plan.id),
+                    "deployment_name": lit(&deployment),
+                    "organization_guid": lit(&inst.organization_guid),
+                    "space_guid": lit(&inst.space_guid),
+                    "status": "succeeded",
+                }),
+            ),
+            (
+                "stamp_on_create".to_string(),
+                json!({"created": "unix", "created_at": "rfc3339", "requested_at": "rfc3339"}),
+            ),
+        ]),
+        depends_on: vec![format!("bosh_deployment.{deployment}")],
+        lifecycle: Lifecycle {
+            ignore_changes: INDEX_MANAGED_ELSEWHERE
+                .iter()
+                .map(|k| format!("value.{k}"))
+                .collect(),
+            ..Lifecycle::default()
+        },
+    };
+    let kept = Lifecycle {
+        retain_on_delete: true,
+        ..Lifecycle::default()
+    };
+    let manifest_secret = ResourceSpec {
+        ty: "vault_secret".into(),
+        name: format!("{id}-manifest"),
+        attributes: BTreeMap::from([
+            ("mount".to_string(), lit(mount)),
+            ("path".to_string(), lit(&format!("{id}/manifest"))),
+            ("data".to_string(), json!({ "manifest": lit(&manifest) })),
+        ]),
+        depends_on: vec![format!("bosh_deployment.{deployment}")],
+        lifecycle: kept.clone(),
+    };
+    let params = escape_value(&Value::Object(
+        merged_params(plan, inst).into_iter().collect(),
+    ));
+    let metadata_secret = ResourceSpec {
+        ty: "vault_secret".into(),
+        name: format!("{id}-metadata"),
+        attributes: BTreeMap::from([
+            ("mount".to_string(), lit(mount)),
+            ("path".to_string(), lit(&format!("{id}/metadata"))),
+            (
+                "data".to_string(),
+                json!({
+                    "instance_id": lit(id),
+                    "service_id": lit(&service.id),
+                    "service_name": lit(&service.name),
+                    "plan_id": lit(&plan.id),
+                    "plan_name": lit(&plan.name),
+                    "deployment_name": lit(&deployment),
+                    "organization_guid": lit(&inst.organization_guid),
+                    "space_guid": lit(&inst.space_guid),
+                    "parameters": params,
+                }),
+            ),
+        ]),
+        depends_on: Vec::new(),
+        lifecycle: kept,
+    };
+    [bosh, index, manifest_secret, metadata_secret].into_iter()
+}
+
+fn escape_value(v: &Value) -> Value {
+    match v {
+        Value::String(s) => lit(s),
+        Value::Array(a) => Value::Array(a.iter().map(escape_value).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), escape_value(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The plan's default parameters overridden by the instance's.
+fn merged_params(plan: &PlanSpec, inst: &InstanceSpec) -> BTreeMap<String, Value> {
+    let mut p = plan.parameters.clone();
+    for (k, v) in &inst.parameters {
+        p.insert(k.clone(), v.clone());
+    }
+    p
+}
+
+/// The namespaces a manifest template substitutes; any other `${...}` passes through.
+const NAMESPACES: &[&str] = &["instance", "plan", "service", "params"];
+
+/// Renders the plan's template for one instance and stamps the deployment name and the
+/// Blacksmith metadata into it.
+fn render_instance(
+    doc: &Document,
+    i: usize,
+    service: &ServiceSpec,
+    plan: &PlanSpec,
+    inst: &InstanceSpec,
+) -> Result<String, SpecError> {
+    let ip = instance_path(i);
+    let Some(template) = doc.attachments.get(&plan.manifest) else {
+        return Err(doc.error_at(
+            &ip,
+            format!("manifest template `{}` was not loaded", plan.manifest),
+        ));
+    };
+    let deployment = deployment_name(&plan.id, &inst.id);
+    let params = merged_params(plan, inst);
+    let lookup = |ns: &str, path: &[&str]| -> Option<Value> {
+        let field = |v: &str| Some(Value::String(v.to_string()));
+        match (ns, path) {
+            ("instance", ["id"]) => field(&inst.id),
+            ("instance", ["name" | "deployment_name"]) => field(&deployment),
+            ("instance", ["organization_guid"]) => field(&inst.organization_guid),
+            ("instance", ["space_guid"]) => field(&inst.space_guid),
+            ("plan", ["id"]) => field(&plan.id),
+            ("plan", ["name"]) => field(&plan.name),
+            ("service", ["id"]) => field(&service.id),
+            ("service", ["name"]) => field(&service.name),
+            ("params", [first, rest @ ..]) => {
+                let mut cur = params.get(*first)?;
+                for seg in rest {
+                    cur = cur.get(*seg)?;
+                }
+                Some(cur.clone())
+            }
+            _ => None,
+        }
+    };
+    let at = |offset: usize| {
+        let (line, column) = line_col(&template.text, offset);
+        Location {
+            file: template.path.clone(),
+            line,
+            column,
+        }
+    };
+    let rendered = render(&template.text, &lookup).map_err(|(offset, expr)| {
+        let hint = if expr.starts_with("params.") {
+            format!(
+                "set it in the instance's parameters ({}) or as a default in plan `{}`",
+                doc.locate(&ip),
+                plan.id
+            )
+        } else {
+            "expected instance.id|name|organization_guid|space_guid, plan.id|name, service.id|name or params.NAME"
+                .to_string()
+        };
+        SpecError::at(
+            at(offset),
+            &ip,
+            format!(
+                "`${{{expr}}}` has no value for instance {}: {hint}",
+                inst.id
+            ),
+        )
+    })?;
+    stamp_manifest(&rendered, &deployment, service, plan, inst).map_err(|m| {
+        SpecError::at(
+            at(0),
+            &ip,
+            format!("manifest template rendered for instance {}: {m}", inst.id),
+        )
+    })
+}
+
+/// Substitutes `${ns.path}` for the namespaces above; leaves everything else as written,
+/// including whole comment lines (the manifest is re-emitted without them anyway).
+/// On a missing value, returns the byte offset of the `${` and the expression.
+fn render(
+    text: &str,
+    lookup: &dyn Fn(&str, &[&str]) -> Option<Value>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            render_line(line, offset, lookup, &mut out)?;
+        }
+        offset += line.len();
+    }
+    Ok(out)
+}
+
+fn render_line(
+    text: &str,
+    mut offset: usize,
+    lookup: &dyn Fn(&str, &[&str]) -> Option<Value>,
+    out: &mut String,
+) -> Result<(), (usize, String)> {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(());
+        };
+        let expr = after[..end].trim();
+        let mut parts = expr.split('.');
+        let ns = parts.next().unwrap_or("");
+        let consumed = start + 2 + end + 1;
+        if NAMESPACES.contains(&ns) {
+            let path: Vec<&str> = parts.collect();
+            match lookup(ns, &path) {
+                Some(Value::String(s)) => out.push_str(&s),
+                Some(v) => out.push_str(&v.to_string()),
+                None => return Err((offset + start, expr.to_string())),
+            }
+        } else {
+            out.push_str(&rest[start..consumed]);
+        }
+        offset += consumed;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// Parses the rendered manifest, sets `name` (first key) and merges
+/// `properties.blacksmith`, and writes it back as YAML.
+fn stamp_manifest(
+    text: &str,
+    deployment: &str,
+    service: &ServiceSpec,
+    plan: &PlanSpec,
+    inst: &InstanceSpec,
+) -> Result<String, String> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
+        return Err("expected a YAML map at the top (a BOSH deployment manifest)".into());
+    };
+    let s = |v: &str| Yaml::String(v.to_string());
+    let mut out = yaml_rust2::yaml::Hash::new();
+    out.insert(s("name"), s(deployment));
+    for (k, v) in h {
+        if k != s("name") {
+            out.insert(k, v);
+        }
+    }
+    let mut blacksmith = yaml_rust2::yaml::Hash::new();
+    blacksmith.insert(s("service_id"), s(&service.id));
+    blacksmith.insert(s("plan_id"), s(&plan.id));
+    blacksmith.insert(s("instance_id"), s(&inst.id));
+    let props = out
+        .entry(s("properties"))
+        .or_insert_with(|| Yaml::Hash(yaml_rust2::yaml::Hash::new()));
+    match props {
+        Yaml::Hash(p) => {
+            p.insert(s("blacksmith"), Yaml::Hash(blacksmith));
+        }
+        _ => return Err("top-level `properties` must be a map".into()),
+    }
+    let mut text = String::new();
+    YamlEmitter::new(&mut text)
+        .dump(&Yaml::Hash(out))
+        .map_err(|e| format!("cannot write it back as YAML: {e}"))?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(ns: &str, path: &[&str]) -> Option<Value> {
+        match (ns, path) {
+            ("instance", ["id"]) => Some(json!("abc")),
+            ("params", ["size"]) => Some(json!(3)),
+            ("params", ["name"]) => Some(json!("x")),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn render_substitutes_only_its_namespaces() {
+        let t = "a: ${instance.id}\nb: ${params.size}\nc: ((password))\nd: ${HOME} ${1}\ne: ${params.name}-${ instance.id }\n";
+        let r = render(t, &lookup).unwrap();
+        assert_eq!(
+            r,
+            "a: abc\nb: 3\nc: ((password))\nd: ${HOME} ${1}\ne: x-abc\n"
+        );
+    }
+
+    #[test]
+    fn render_reports_missing_values_with_offsets() {
+        let t = "a: 1\nb: ${params.nope}\n";
+        let (off, expr) = render(t, &lookup).unwrap_err();
+        assert_eq!(expr, "params.nope");
+        assert_eq!(line_col(t, off), (2, 4));
+        let (_, expr) = render("${plan.bogus}", &lookup).unwrap_err();
+        assert_eq!(expr, "plan.bogus");
+    }
+
+    #[test]
+    fn render_leaves_unterminated_text_and_comments() {
+        assert_eq!(
+            render("x ${instance.id", &lookup).unwrap(),
+            "x ${instance.id"
+        );
+        assert_eq!(
+            render("  # see ${params.nope}\na: ${instance.id}", &lookup).unwrap(),
+            "  # see ${params.nope}\na: abc"
+        );
+    }
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid("6a1c2b9e-3f0d-4c7a-9b1e-2d5f8a7c4e01"));
+        assert!(!is_uuid("6a1c2b9e3f0d4c7a9b1e2d5f8a7c4e01"));
+        assert!(!is_uuid("6a1c2b9e-3f0d-4c7a-9b1e-2d5f8a7c4e0z"));
+        assert!(!is_uuid("not-a-uuid"));
+    }
+}
