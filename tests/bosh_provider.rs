@@ -3,116 +3,14 @@
 //! UAA with an expiring token, and failing tasks followed by convergence.
 
 mod common;
+#[path = "sim_bosh_support/mod.rs"]
+mod sim_bosh_support;
 
-use anvil::providers::bosh::client::{Client, Config};
+use anvil::providers::bosh::client::Client;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use sim_bosh_support::BoshSim;
+use std::process::Output;
 use std::time::Duration;
-
-/// A running simulator; killed when dropped.
-struct BoshSim {
-    child: Child,
-    url: String,
-    ca: Option<String>,
-}
-
-impl BoshSim {
-    /// Starts `anvil sim bosh --listen 127.0.0.1:0 <extra...>`; with `ca_out`, TLS with
-    /// the CA written there.
-    fn start(extra: &[&str], ca_out: Option<&Path>) -> BoshSim {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_anvil"));
-        cmd.args(["sim", "bosh", "--listen", "127.0.0.1:0"])
-            .args(extra);
-        if let Some(p) = ca_out {
-            cmd.arg("--tls").arg("--ca-out").arg(p);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start anvil sim bosh");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next().and_then(Result::ok).unwrap_or_default();
-            let _ = tx.send(first);
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("anvil sim bosh printed no address line within 30s")
-            });
-        let url = line
-            .strip_prefix("anvil sim bosh listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
-        let ca = ca_out.map(|p| p.to_string_lossy().to_string());
-        BoshSim { child, url, ca }
-    }
-
-    fn config(&self) -> Config {
-        Config {
-            url: self.url.clone(),
-            client: "admin".into(),
-            secret: "admin".into(),
-            ca_cert: self.ca.clone(),
-        }
-    }
-
-    fn names(&self) -> Vec<String> {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let c = Client::connect(&self.config()).await.unwrap();
-            let mut n = c.deployment_names().await.unwrap();
-            n.sort();
-            n
-        })
-    }
-
-    fn manifest(&self, name: &str) -> Option<String> {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let c = Client::connect(&self.config()).await.unwrap();
-            c.manifest(name).await.unwrap()
-        })
-    }
-
-    /// `PUT /_sim/faults` (no auth needed there).
-    fn set_faults(&self, body: &str) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let status = rt.block_on(async {
-            let mut b = reqwest::Client::builder();
-            if let Some(ca) = &self.ca {
-                let pem = std::fs::read(ca).unwrap();
-                b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
-            }
-            b.build()
-                .unwrap()
-                .put(format!("{}/_sim/faults", self.url))
-                .header("Content-Type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        });
-        assert!(status.is_success(), "{status}");
-    }
-}
-
-impl Drop for BoshSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run(s: &Scratch, sim: &BoshSim, ca: Option<&str>, args: &[&str]) -> Output {
     let mut c = s.cmd(args);

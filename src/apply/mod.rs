@@ -400,7 +400,12 @@ fn resolve_for_apply(
         .ok_or_else(|| format!("{address} is not in the spec"))?;
     let lookup = |rf: &Reference| lookup_recorded(state, rf);
     let mut vals = plan::resolve_attributes(r, &lookup)?;
-    plan::apply_ignore_changes(r, state.resources.get(address), &mut vals);
+    plan::apply_ignore_changes(
+        r,
+        state.resources.get(address),
+        &mut vals,
+        plan::Recorded::RealValues,
+    );
     let mut out = BTreeMap::new();
     for (k, v) in vals {
         match v {

@@ -295,7 +295,10 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             } else {
                 Default::default()
             };
-            let plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+            let mut plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+            if a.flags.refresh {
+                ops::preview(&ws.registry, &mut plan, a.flags.parallelism).await;
+            }
             // The JSON document costs time on big plans: build it only when asked for.
             let doc = (a.json || a.out.is_some())
                 .then(|| ops::plan_document(&ws, &state, &plan, &observed, &opts, a.flags.refresh));
@@ -495,7 +498,10 @@ async fn plan_and_apply(
     } else {
         Default::default()
     };
-    let plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+    let mut plan = ops::make_plan(&ws, &state, &observed, &opts)?;
+    if flags.refresh {
+        ops::preview(&ws.registry, &mut plan, flags.parallelism).await;
+    }
     print!("{}", render::render_plan(&plan, style));
     if !plan.has_changes() {
         return Ok(0);

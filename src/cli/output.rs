@@ -299,6 +299,7 @@ pub fn plan_from_document(doc: &PlanDocument) -> Plan {
                 outputs,
                 sensitive,
                 forces_replacement: c.forces_replacement.iter().cloned().collect(),
+                provider_diff: c.provider_diff.clone(),
             }
         })
         .collect();

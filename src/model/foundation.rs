@@ -323,9 +323,16 @@ fn instance_resources(
             ..Lifecycle::default()
         },
     };
+    // Kept in Vault when the instance goes. `{id}/manifest` is written at creation and
+    // from then on kept in step with the Director by `anvil reconcile` (as Blacksmith's
+    // reconciler does, adding its `reconciled*` marks), so plans leave its data alone.
     let kept = Lifecycle {
         retain_on_delete: true,
         ..Lifecycle::default()
+    };
+    let kept_synced = Lifecycle {
+        ignore_changes: vec!["data".to_string()],
+        ..kept.clone()
     };
     let manifest_secret = ResourceSpec {
         ty: "vault_secret".into(),
@@ -336,11 +343,8 @@ fn instance_resources(
             ("data".to_string(), json!({ "manifest": lit(&manifest) })),
         ]),
         depends_on: vec![format!("bosh_deployment.{deployment}")],
-        lifecycle: kept.clone(),
+        lifecycle: kept_synced,
     };
-    let params = escape_value(&Value::Object(
-        merged_params(plan, inst).into_iter().collect(),
-    ));
     let metadata_secret = ResourceSpec {
         ty: "vault_secret".into(),
         name: format!("{id}-metadata"),
@@ -358,7 +362,6 @@ fn instance_resources(
                     "deployment_name": lit(&deployment),
                     "organization_guid": lit(&inst.organization_guid),
                     "space_guid": lit(&inst.space_guid),
-                    "parameters": params,
                 }),
             ),
         ]),
@@ -366,19 +369,6 @@ fn instance_resources(
         lifecycle: kept,
     };
     [bosh, index, manifest_secret, metadata_secret].into_iter()
-}
-
-fn escape_value(v: &Value) -> Value {
-    match v {
-        Value::String(s) => lit(s),
-        Value::Array(a) => Value::Array(a.iter().map(escape_value).collect()),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (k.clone(), escape_value(v)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 /// The plan's default parameters overridden by the instance's.

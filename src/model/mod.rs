@@ -11,7 +11,7 @@ pub mod foundation;
 pub mod schema;
 
 pub use expr::{Expr, Lookup, PValue, Reference};
-pub use schema::{AttrKind, AttrSchema, ResourceSchema, Schemas};
+pub use schema::{AttrKind, AttrSchema, DiffLine, ProviderDiff, ResourceSchema, Schemas};
 
 use crate::spec::{
     DocumentBody, FieldPath, Lifecycle, Location, ResourceSpec, Spec, SpecError, SpecErrors,

@@ -105,3 +105,24 @@ impl ResourceSchema {
 
 /// The schemas of every known resource type, by type name.
 pub type Schemas = BTreeMap<String, ResourceSchema>;
+
+/// A provider's own view of a change, shown under it in a plan (the BOSH Director's
+/// `POST /deployments/{name}/diff`). Informational: apply does not depend on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct ProviderDiff {
+    /// Who produced it and how, e.g. `BOSH Director (POST /deployments/x/diff)`.
+    pub source: String,
+    /// The lines, each `added`, `removed` or unchanged context (`null`).
+    pub lines: Vec<DiffLine>,
+    /// Why there is no diff, when the provider said so (e.g. "Unable to diff manifest").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line of a [`ProviderDiff`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct DiffLine {
+    pub text: String,
+    /// `added`, `removed`, or `null` for context.
+    pub change: Option<String>,
+}

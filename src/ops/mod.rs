@@ -215,6 +215,54 @@ pub async fn refresh(
     Ok(observed)
 }
 
+/// Asks each provider for its own diff of the planned updates (the BOSH Director's
+/// `/diff`), at most `parallelism` at once, and attaches it to the change. Only updates
+/// whose planned attributes are all known are asked, without their sensitive values. A
+/// provider that cannot answer does not fail the plan: its change carries the error.
+pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
+    let asks = plan
+        .changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.action == plan::Action::Update)
+        .filter_map(|(i, c)| {
+            let after = c.after.as_ref()?;
+            let mut attrs = crate::providers::Attributes::new();
+            for (k, v) in after {
+                if c.sensitive.contains(k) {
+                    continue;
+                }
+                let model::PValue::Known(v) = v else {
+                    return None;
+                };
+                attrs.insert(k.clone(), v.clone());
+            }
+            let p = registry.for_type(&c.ty)?.clone();
+            Some((i, c.address.clone(), c.ty.clone(), attrs, p))
+        })
+        .collect::<Vec<_>>();
+    if asks.is_empty() {
+        return;
+    }
+    let diffs = futures::stream::iter(asks.into_iter().map(|(i, addr, ty, attrs, p)| async move {
+        let got = p.preview(&addr, &ty, &attrs).await;
+        (i, got)
+    }))
+    .buffer_unordered(parallelism.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    for (i, got) in diffs {
+        plan.changes[i].provider_diff = match got {
+            Ok(d) => d,
+            Err(e) => Some(model::ProviderDiff {
+                source: plan.changes[i].provider.clone(),
+                lines: Vec::new(),
+                error: Some(e.message),
+            }),
+        };
+    }
+}
+
 /// Reads the state under the lock the caller holds and, when an interrupted run left a
 /// journal, folds it into the state file so that the file alone is whole again.
 ///

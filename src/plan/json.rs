@@ -83,6 +83,9 @@ pub struct JsonChange {
     pub after_unknown: Vec<String>,
     pub sensitive_attributes: Vec<String>,
     pub forces_replacement: Vec<String>,
+    /// The provider's own diff of an update (the BOSH Director's), when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub provider_diff: Option<crate::model::ProviderDiff>,
 }
 
 impl JsonChange {
@@ -127,6 +130,7 @@ impl JsonChange {
             after_unknown,
             sensitive_attributes: c.sensitive.iter().cloned().collect(),
             forces_replacement: c.forces_replacement.iter().cloned().collect(),
+            provider_diff: c.provider_diff.clone(),
         }
     }
 }

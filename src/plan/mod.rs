@@ -59,6 +59,8 @@ pub struct ResourceChange {
     pub sensitive: BTreeSet<String>,
     /// Attributes whose change forces the replacement.
     pub forces_replacement: BTreeSet<String>,
+    /// The provider's own diff of an update (added by `ops::preview`, never by `plan`).
+    pub provider_diff: Option<crate::model::ProviderDiff>,
 }
 
 /// A whole plan: one change per resource in scope, sorted by address.
@@ -278,6 +280,7 @@ pub fn plan(
             changes.insert(
                 addr.clone(),
                 ResourceChange {
+                    provider_diff: None,
                     address: addr,
                     ty: r.address.ty.clone(),
                     provider: schema.provider.clone(),
@@ -348,6 +351,7 @@ pub fn plan(
         changes.insert(
             addr.clone(),
             ResourceChange {
+                provider_diff: None,
                 address: addr.clone(),
                 ty: rec.ty.clone(),
                 provider: rec.provider.clone(),
@@ -445,7 +449,6 @@ pub fn desired_attributes(
     lookup: &dyn Fn(&Reference) -> Lookup,
 ) -> Result<BTreeMap<String, PValue>, String> {
     let mut out = resolve_attributes(r, lookup)?;
-    apply_ignore_changes(r, prior, &mut out);
     if let Some(schema) = schemas.get(&r.address.ty) {
         for (k, v) in out.iter_mut() {
             if schema.is_sensitive(k) {
@@ -455,6 +458,8 @@ pub fn desired_attributes(
             }
         }
     }
+    // After fingerprinting: an ignored sensitive attribute takes the recorded fingerprint.
+    apply_ignore_changes(r, prior, &mut out, Recorded::Fingerprints);
     Ok(out)
 }
 
@@ -477,21 +482,35 @@ pub fn resolve_attributes(
     Ok(out)
 }
 
+/// What [`apply_ignore_changes`] does with sensitive attributes, of which state keeps
+/// only fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Planning: the values being compared are fingerprints; take the recorded one.
+    Fingerprints,
+    /// Applying: real values are sent, and the recorded real value is not known, so the
+    /// spec's value is kept.
+    RealValues,
+}
+
 /// Overlays the recorded values of attributes listed in `lifecycle.ignore_changes`.
 pub fn apply_ignore_changes(
     r: &Resource,
     prior: Option<&ResourceState>,
     out: &mut BTreeMap<String, PValue>,
+    sensitive: Recorded,
 ) {
     let Some(prior) = prior else { return };
     for ic in &r.lifecycle.ignore_changes {
         if ic == "all" {
-            out.clear();
+            out.retain(|k, _| sensitive == Recorded::RealValues && prior.sensitive.contains_key(k));
             for (k, v) in &prior.attributes {
                 out.insert(k.clone(), PValue::Known(v.clone()));
             }
-            for (k, fp) in &prior.sensitive {
-                out.insert(k.clone(), PValue::Known(Value::String(fp.clone())));
+            if sensitive == Recorded::Fingerprints {
+                for (k, fp) in &prior.sensitive {
+                    out.insert(k.clone(), PValue::Known(Value::String(fp.clone())));
+                }
             }
             return;
         }
@@ -499,7 +518,9 @@ pub fn apply_ignore_changes(
         let top = segs.next().unwrap_or(ic);
         let rest: Vec<&str> = segs.collect();
         if let Some(fp) = prior.sensitive.get(top) {
-            out.insert(top.to_string(), PValue::Known(Value::String(fp.clone())));
+            if sensitive == Recorded::Fingerprints {
+                out.insert(top.to_string(), PValue::Known(Value::String(fp.clone())));
+            }
             continue;
         }
         let recorded = prior.attributes.get(top);

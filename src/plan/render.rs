@@ -173,6 +173,64 @@ fn render_change(out: &mut String, c: &ResourceChange, style: Style) {
         );
     }
     let _ = writeln!(out, "    }}");
+    if let Some(d) = &c.provider_diff {
+        render_provider_diff(out, d, style);
+    }
+}
+
+/// The provider's own diff under a change, the way `bosh deploy` shows it: changed lines
+/// with two lines of context, `...` between hunks.
+fn render_provider_diff(out: &mut String, d: &crate::model::ProviderDiff, style: Style) {
+    const CONTEXT: usize = 2;
+    let _ = writeln!(out, "    # {}:", d.source);
+    if let Some(e) = &d.error {
+        let _ = writeln!(out, "    #   (no diff: {e})");
+    }
+    let changed: Vec<usize> = d
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.change.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    if changed.is_empty() && d.error.is_none() {
+        let _ = writeln!(
+            out,
+            "    #   (no differences the provider shows; values it redacts are not compared)"
+        );
+        return;
+    }
+    let shown = |i: usize| {
+        changed
+            .iter()
+            .any(|c| i + CONTEXT >= *c && i <= c + CONTEXT)
+    };
+    let mut last: Option<usize> = None;
+    for (i, l) in d.lines.iter().enumerate() {
+        if !shown(i) {
+            continue;
+        }
+        if last.is_some_and(|p| p + 1 != i) {
+            let _ = writeln!(out, "        ...");
+        }
+        last = Some(i);
+        let (m, code) = match l.change.as_deref() {
+            Some("added") => ("+", GREEN),
+            Some("removed") => ("-", RED),
+            _ => (" ", ""),
+        };
+        let line = format!("      {m} {}", l.text);
+        let line = line.trim_end();
+        let _ = writeln!(
+            out,
+            "{}",
+            if code.is_empty() {
+                line.to_string()
+            } else {
+                style.paint(code, line)
+            }
+        );
+    }
 }
 
 /// One rendered attribute: a marker, a key, and either a value or nested lines.

@@ -336,6 +336,37 @@ fn ignore_changes_keeps_the_recorded_value() {
 }
 
 #[test]
+fn ignore_changes_on_a_sensitive_attribute_compares_fingerprints_once() {
+    let lc = Lifecycle {
+        ignore_changes: vec!["sensitive_inputs".into()],
+        ..Default::default()
+    };
+    let m = vec![res_lc(
+        "s",
+        json!({"sensitive_inputs": {"password": "new"}}),
+        &[],
+        lc,
+    )];
+    let mut r = rec(json!({}), "1", &[]);
+    r.sensitive.insert(
+        "sensitive_inputs".into(),
+        crate::state::fingerprint(&json!({"password": "old"})),
+    );
+    let st = state(vec![("s", r.clone())]);
+    let p = run(m.clone(), &st, &PlanOptions::default());
+    assert_eq!(p.get("null_resource.s").unwrap().action, Action::NoOp);
+    // Applying sends real values: the spec's, never the recorded fingerprint.
+    let model = Model::from_resources(m).unwrap();
+    let res = model.resources()[0];
+    let mut vals = resolve_attributes(res, &|_| Lookup::Missing(String::new())).unwrap();
+    apply_ignore_changes(res, Some(&r), &mut vals, Recorded::RealValues);
+    assert_eq!(
+        vals["sensitive_inputs"],
+        PValue::Known(json!({"password": "new"}))
+    );
+}
+
+#[test]
 fn sensitive_values_become_fingerprints() {
     let m = vec![res(
         "s",
@@ -498,6 +529,48 @@ mod render_snapshots {
             &PlanOptions::default(),
         );
         insta::assert_snapshot!("update_multiline", text(&p));
+    }
+
+    #[test]
+    fn update_with_the_providers_own_diff() {
+        let st = state(vec![("m", rec(json!({"inputs": {"n": 1}}), "m1", &[]))]);
+        let mut p = run(
+            vec![res("m", json!({"inputs": {"n": 3}}), &[])],
+            &st,
+            &PlanOptions::default(),
+        );
+        let line = |t: &str, c: Option<&str>| crate::model::DiffLine {
+            text: t.into(),
+            change: c.map(String::from),
+        };
+        p.changes[0].provider_diff = Some(crate::model::ProviderDiff {
+            source: "BOSH Director (POST /deployments/m/diff?redact=true)".into(),
+            lines: vec![
+                line("name: m", None),
+                line("releases: []", None),
+                line("stemcells: []", None),
+                line("update: {}", None),
+                line("instance_groups:", None),
+                line("- name: redis", None),
+                line("  instances: 1", Some("removed")),
+                line("  instances: 3", Some("added")),
+                line("  azs: [z1]", None),
+                line("  vm_type: small", None),
+                line("  stemcell: default", None),
+                line("  networks: []", None),
+                line("  jobs: []", None),
+                line("variables:", None),
+                line("- name: pw", Some("added")),
+            ],
+            error: None,
+        });
+        insta::assert_snapshot!("update_provider_diff", text(&p));
+        // Nothing the provider shows differs: said so, not printed whole.
+        for l in &mut p.changes[0].provider_diff.as_mut().unwrap().lines {
+            l.change = None;
+        }
+        assert!(text(&p)
+            .contains("(no differences the provider shows; values it redacts are not compared)"));
     }
 
     #[test]

@@ -27,8 +27,8 @@
 
 pub mod client;
 
-use super::{Applied, ChangeRequest, Provider, ProviderError};
-use crate::model::{AttrKind, AttrSchema, ResourceSchema};
+use super::{Applied, Attributes, ChangeRequest, Provider, ProviderError};
+use crate::model::{AttrKind, AttrSchema, DiffLine, ProviderDiff, ResourceSchema};
 use crate::state::ResourceState;
 use async_trait::async_trait;
 use client::{BoshError, Client, Config};
@@ -440,6 +440,40 @@ impl Provider for BoshProvider {
         self.delete_inner(address, recorded)
             .await
             .map_err(prefix(address))
+    }
+
+    async fn preview(
+        &self,
+        address: &str,
+        ty: &str,
+        attributes: &Attributes,
+    ) -> Result<Option<ProviderDiff>, ProviderError> {
+        if ty != "bosh_deployment" {
+            return Ok(None);
+        }
+        let (Some(name), Some(manifest)) = (
+            attributes.get("name").and_then(Value::as_str),
+            attributes.get("manifest").and_then(Value::as_str),
+        ) else {
+            return Ok(None);
+        };
+        let manifest = with_name(manifest, name).map_err(|m| {
+            ProviderError::new(format!("{address}: {m}: fix the manifest in the spec"))
+        })?;
+        let client = self.client().await.map_err(prefix(address))?;
+        let (lines, error) = client
+            .diff(name, &manifest)
+            .await
+            .map_err(to_provider)
+            .map_err(prefix(address))?;
+        Ok(Some(ProviderDiff {
+            source: format!("BOSH Director (POST /deployments/{name}/diff?redact=true)"),
+            lines: lines
+                .into_iter()
+                .map(|(text, change)| DiffLine { text, change })
+                .collect(),
+            error,
+        }))
     }
 }
 

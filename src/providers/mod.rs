@@ -96,6 +96,20 @@ pub trait Provider: Send + Sync {
     /// # Errors
     /// The object could not be deleted; the message says why.
     async fn delete(&self, address: &str, recorded: &ResourceState) -> Result<(), ProviderError>;
+    /// The provider's own diff of a planned update, shown under it in the plan (the BOSH
+    /// Director's `/diff`). `attributes` are the planned ones without sensitive values.
+    /// Default: none.
+    ///
+    /// # Errors
+    /// The real world could not be asked.
+    async fn preview(
+        &self,
+        _address: &str,
+        _ty: &str,
+        _attributes: &Attributes,
+    ) -> Result<Option<crate::model::ProviderDiff>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The providers known to a run, by name, and which provider owns each type.

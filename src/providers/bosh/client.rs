@@ -499,6 +499,40 @@ impl Client {
         ))
     }
 
+    /// The Director's own diff of `manifest` against deployment `name` (against nothing
+    /// for a new deployment), with property values redacted: the lines with `added`,
+    /// `removed` or `None` (context), and the Director's error text when it could not
+    /// diff (it answers 200 with `error` then).
+    ///
+    /// # Errors
+    /// The Director cannot be asked or refuses.
+    pub async fn diff(
+        &self,
+        name: &str,
+        manifest: &str,
+    ) -> Result<(Vec<(String, Option<String>)>, Option<String>), BoshError> {
+        let path = format!("/deployments/{name}/diff?redact=true");
+        let a = self
+            .request(Method::POST, &path, Body::Yaml(manifest), None)
+            .await?;
+        let j = a.json().unwrap_or_default();
+        let lines = j
+            .get("diff")
+            .and_then(Value::as_array)
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        let text = r.get(0)?.as_str()?.to_string();
+                        let change = r.get(1).and_then(Value::as_str).map(String::from);
+                        Some((text, change))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let error = j.get("error").and_then(Value::as_str).map(String::from);
+        Ok((lines, error))
+    }
+
     /// The names of all deployments.
     ///
     /// # Errors

@@ -206,6 +206,9 @@ pub struct Inner {
     pub tokens: HashMap<String, (String, tokio::time::Instant)>,
     pub faults: Faults,
     pub rng: Rng,
+    /// The seed, for dice that depend only on what they decide (a task's id), so that
+    /// which tasks fail does not depend on how requests interleave.
+    pub seed: u64,
 }
 
 /// The shared state of one simulated Director.
@@ -236,6 +239,7 @@ impl Store {
                 tokens: HashMap::new(),
                 faults,
                 rng: Rng::new(seed),
+                seed,
             }),
             released: Notify::new(),
         }
@@ -251,6 +255,7 @@ impl Store {
         let mut g = self.lock();
         let faults = g.faults;
         let rng = g.rng.clone();
+        let seed = g.seed;
         let next_task = g.next_task;
         for t in g.tasks.values() {
             t.cancel.notify_one();
@@ -260,6 +265,7 @@ impl Store {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
         g.rng = rng;
+        g.seed = seed;
         g.next_task = next_task;
         drop(g);
         self.released.notify_waiters();
@@ -534,7 +540,9 @@ fn finish(g: &mut Inner, id: u64) {
     }
     let action = t.action.clone();
     let dep = t.deployment.clone();
-    let failing = !matches!(action, Action::Vms) && g.rng.chance(fail_tasks);
+    // Task `n` fails by its own die: the same tasks fail on every run with one seed.
+    let failing = !matches!(action, Action::Vms)
+        && Rng::new(g.seed ^ id.wrapping_mul(0xD6E8_FEB8_6659_FD93)).chance(fail_tasks);
     let action_label = action_name(g, id);
     let old_groups = g
         .deployments
