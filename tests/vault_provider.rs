@@ -236,6 +236,53 @@ async fn fifty_concurrent_index_writers_lose_nothing() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_in_one_run_commit_as_a_group() {
+    let sim = VaultSim::start(TOKEN, &[]);
+    let config = Config {
+        addr: sim.url(),
+        token: Some(TOKEN.to_string()),
+        ..Config::default()
+    };
+    // One provider, as in one anvil run: 200 entries written at once.
+    let provider = Arc::new(VaultProvider::with_config(config));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let provider = provider.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = json!({ "n": i });
+            provider
+                .index_set("secret", "db", &format!("k{i:03}"), Some(&value))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("index write");
+    }
+    let (db, meta) = tokio::task::spawn_blocking(move || {
+        let db = sim_read(&sim, "db").expect("index written");
+        let meta = sim
+            .req("GET", "/v1/secret/metadata/db", Some(TOKEN), None)
+            .json();
+        drop(sim);
+        (db, meta)
+    })
+    .await
+    .unwrap();
+    let index = db.as_object().unwrap();
+    assert_eq!(index.len(), 200);
+    for i in 0..200 {
+        assert_eq!(index[&format!("k{i:03}")]["n"], i);
+    }
+    // Far fewer writes than entries: the queued changes were applied together.
+    let versions = meta["data"]["current_version"].as_u64().unwrap();
+    assert!(
+        versions < 200,
+        "{versions} versions for 200 entries: no group commit"
+    );
+    eprintln!("200 entries in {versions} index versions");
+}
+
 #[test]
 fn missing_vault_addr_is_reported_only_when_vault_is_used() {
     let s = Scratch::new();

@@ -18,9 +18,11 @@ use super::{Applied, ChangeRequest, Provider, ProviderError};
 use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::state::{fingerprint, ResourceState};
 use async_trait::async_trait;
-use client::{Client, Config, VaultError};
+use client::{Client, Config, Secret, VaultError};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
 
@@ -41,6 +43,8 @@ pub struct VaultProvider {
     settings: BTreeMap<String, String>,
     client: OnceCell<Client>,
     checked_mounts: Mutex<HashSet<String>>,
+    /// Group commit and shared reads per index secret (mount, path).
+    indexes: std::sync::Mutex<HashMap<(String, String), Arc<IndexQueue>>>,
 }
 
 impl Default for VaultProvider {
@@ -58,6 +62,7 @@ impl VaultProvider {
             settings: BTreeMap::new(),
             client: OnceCell::new(),
             checked_mounts: Mutex::new(HashSet::new()),
+            indexes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,6 +115,11 @@ impl VaultProvider {
     /// `value` None removes the key. Returns the index version written (or read, when
     /// nothing had to change).
     ///
+    /// Writers of one index in this process commit as a group: each queues its change,
+    /// and whoever holds the index's write turn applies every queued change in one
+    /// read-modify-write. So a thousand entries cost a few writes, not a thousand CAS
+    /// races. Other processes are still kept honest by check-and-set.
+    ///
     /// # Errors
     /// Vault refuses, or CAS kept failing [`MAX_CAS_ATTEMPTS`] times.
     pub async fn index_set(
@@ -119,12 +129,50 @@ impl VaultProvider {
         key: &str,
         value: Option<&Value>,
     ) -> Result<u64, ProviderError> {
+        let q = self.index_queue(mount, path);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock_plain(&q.pending).push((key.to_string(), value.cloned(), tx));
+        {
+            let _turn = q.writer.lock().await;
+            let batch = std::mem::take(&mut *lock_plain(&q.pending));
+            if !batch.is_empty() {
+                let ops: Vec<(&str, Option<&Value>)> = batch
+                    .iter()
+                    .map(|(k, v, _)| (k.as_str(), v.as_ref()))
+                    .collect();
+                let result = self.index_apply(mount, path, &ops).await;
+                for (_, _, tx) in batch {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(ProviderError::new(format!(
+                "the write of key `{key}` to {mount}/{path} was lost inside anvil: run again"
+            )))
+        })
+    }
+
+    /// One read-modify-write applying `ops` in order, retried on CAS mismatches.
+    async fn index_apply(
+        &self,
+        mount: &str,
+        path: &str,
+        ops: &[(&str, Option<&Value>)],
+    ) -> Result<u64, ProviderError> {
         let client = self.client_for(mount).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let current = client.read(mount, path).await.map_err(to_provider)?;
-            let Some(merged) = merge_index(current.data.as_ref(), key, value) else {
+            let mut merged: Option<Map<String, Value>> = None;
+            for (key, value) in ops {
+                let base = merged.as_ref().or(current.data.as_ref());
+                if let Some(m) = merge_index(base, key, *value) {
+                    merged = Some(m);
+                }
+            }
+            let Some(merged) = merged else {
                 return Ok(current.version);
             };
             match client
@@ -146,6 +194,57 @@ impl VaultProvider {
             }
         }
     }
+
+    /// Reads an index secret for an entry's refresh. Readers that arrive while a read
+    /// is under way wait for the next one to start and share it, so refreshing a
+    /// thousand entries of one index reads it a handful of times; every reader still
+    /// gets a read that started after it asked.
+    async fn index_read(&self, mount: &str, path: &str) -> Result<Arc<Secret>, ProviderError> {
+        let q = self.index_queue(mount, path);
+        let arrived = q.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = q.last_read.lock().await;
+        if let Some((started, secret)) = last.as_ref() {
+            if *started > arrived {
+                return Ok(secret.clone());
+            }
+        }
+        let started = q.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let client = self.client_for(mount).await?;
+        let secret = Arc::new(client.read(mount, path).await.map_err(to_provider)?);
+        *last = Some((started, secret.clone()));
+        Ok(secret)
+    }
+
+    fn index_queue(&self, mount: &str, path: &str) -> Arc<IndexQueue> {
+        lock_plain(&self.indexes)
+            .entry((mount.to_string(), path.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Locks a std mutex, going on with the data if a holder panicked.
+fn lock_plain<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A queued index change and where its result goes.
+type IndexOp = (
+    String,
+    Option<Value>,
+    tokio::sync::oneshot::Sender<Result<u64, ProviderError>>,
+);
+
+/// Per index secret: the changes waiting to be written, the write turn, and the last
+/// shared read.
+#[derive(Default)]
+struct IndexQueue {
+    pending: std::sync::Mutex<Vec<IndexOp>>,
+    writer: Mutex<()>,
+    /// Counts readers arriving and reads starting, to know which reads are fresh enough.
+    arrivals: AtomicU64,
+    /// The last read: the count when it started, and what it got.
+    last_read: Mutex<Option<(u64, Arc<Secret>)>>,
 }
 
 fn to_provider(e: VaultError) -> ProviderError {
@@ -416,21 +515,30 @@ impl Provider for VaultProvider {
         let attrs = &recorded.attributes;
         let mount = mount_attr(attrs);
         let path = clean_path(str_attr(attrs, "path", address)?);
-        let client = self.client_for(mount).await.map_err(prefix(address))?;
-        let secret = client
-            .read(mount, path)
-            .await
-            .map_err(to_provider)
-            .map_err(prefix(address))?;
-        let Some(data) = secret.data else {
+        let secret = if recorded.ty == "vault_index_entry" {
+            self.index_read(mount, path)
+                .await
+                .map_err(prefix(address))?
+        } else {
+            let client = self.client_for(mount).await.map_err(prefix(address))?;
+            Arc::new(
+                client
+                    .read(mount, path)
+                    .await
+                    .map_err(to_provider)
+                    .map_err(prefix(address))?,
+            )
+        };
+        let Some(data) = secret.data.as_ref() else {
             return Ok(None);
         };
         let mut observed = recorded.clone();
         match recorded.ty.as_str() {
             "vault_secret" => {
-                observed
-                    .sensitive
-                    .insert("data".to_string(), fingerprint(&Value::Object(data)));
+                observed.sensitive.insert(
+                    "data".to_string(),
+                    fingerprint(&Value::Object(data.clone())),
+                );
                 observed.outputs = version_outputs(secret.version);
             }
             "vault_index_entry" => {

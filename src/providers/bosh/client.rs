@@ -27,8 +27,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a retryable request is tried.
 pub const MAX_ATTEMPTS: u32 = 5;
 
-/// How often a task is polled.
+/// How often a running task is polled: the first polls come quickly (short tasks end
+/// within milliseconds), then every [`POLL_INTERVAL`].
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const FIRST_POLL: Duration = Duration::from_millis(5);
 
 /// A failed Director call or bad client configuration.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -703,6 +705,7 @@ impl Client {
     ) -> Result<(), BoshError> {
         let mut offset = 0u64;
         let mut pending = String::new();
+        let mut wait = FIRST_POLL;
         loop {
             let task = self.task(id).await?;
             let new = self.events_from(id, offset).await?;
@@ -727,7 +730,10 @@ impl Client {
                         retryable: false,
                     })
                 }
-                _ => tokio::time::sleep(POLL_INTERVAL).await,
+                _ => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(POLL_INTERVAL);
+                }
             }
         }
     }
