@@ -171,6 +171,20 @@ fn uaa_token_is_refreshed_after_expiry() {
     s.write("spec.yaml", &spec(&[("redis-a", 2)]));
     let o = run(&s, &sim, None, &["apply", "--auto-approve", "spec.yaml"]);
     assert_code(&o, 0);
+    // The expiry was met by a 401 and exactly one new token for it, per refusal: each
+    // run logs in once, and every refused request led to one refresh. (Read before the
+    // test's own client below logs in.)
+    let stats = sim.stats();
+    let refused = stats["unauthorized"].as_u64().unwrap();
+    assert!(
+        refused >= 1,
+        "the token never expired under the client: {stats}"
+    );
+    assert_eq!(
+        stats["tokens_issued"].as_u64().unwrap(),
+        2 + refused,
+        "{stats}"
+    );
     assert!(sim.manifest("redis-a").unwrap().contains("instances: 2"));
 }
 

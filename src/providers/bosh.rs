@@ -288,7 +288,7 @@ impl BoshProvider {
                 let name = str_attr(attrs, "name", address)?;
                 let manifest = str_attr(attrs, "manifest", address)?;
                 let named = with_name(manifest, name)
-                    .map_err(|e| ProviderError::new(format!("{address}: {e}")))?;
+                    .map_err(|e| ProviderError::new(format!("{e}: fix `manifest` in the spec")))?;
                 let client = self.client().await?;
                 let task = client
                     .deploy(name, &named, |current| same_yaml(current, &named))
@@ -457,9 +457,8 @@ impl Provider for BoshProvider {
         ) else {
             return Ok(None);
         };
-        let manifest = with_name(manifest, name).map_err(|m| {
-            ProviderError::new(format!("{address}: {m}: fix the manifest in the spec"))
-        })?;
+        let manifest = with_name(manifest, name)
+            .map_err(|m| ProviderError::new(format!("{m}: fix `manifest` in the spec")))?;
         let client = self.client().await.map_err(prefix(address))?;
         let (lines, error) = client
             .diff(name, &manifest)

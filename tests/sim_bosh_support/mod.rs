@@ -104,6 +104,29 @@ impl BoshSim {
     }
 }
 
+impl BoshSim {
+    /// `GET /_sim/stats`: `{"tokens_issued": N, "unauthorized": N}`.
+    pub fn stats(&self) -> serde_json::Value {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut b = reqwest::Client::builder();
+            if let Some(ca) = &self.ca {
+                let pem = std::fs::read(ca).unwrap();
+                b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            }
+            b.build()
+                .unwrap()
+                .get(format!("{}/_sim/stats", self.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    }
+}
+
 impl Drop for BoshSim {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -103,7 +103,10 @@ macro_rules! auth {
     ($sim:expr, $headers:expr, $uri:expr) => {
         match user_of(&$sim, &$headers) {
             Some(u) => u,
-            None => return unauthorized($uri.path()),
+            None => {
+                $sim.store.lock().unauthorized += 1;
+                return unauthorized($uri.path());
+            }
         }
     };
 }
@@ -142,6 +145,7 @@ pub fn router(sim: BoshSim) -> Router {
         .route("/locks", get(locks))
         .route("/events", get(events))
         .route("/_sim/faults", get(get_faults).put(put_faults))
+        .route("/_sim/stats", get(get_stats))
         .route("/_sim/reset", post(reset))
         .fallback(|uri: Uri| async move { not_found(uri.path()) })
         .method_not_allowed_fallback(|uri: Uri| async move { not_found(uri.path()) })
@@ -230,6 +234,7 @@ async fn token(State(sim): State<BoshSim>, headers: HeaderMap, body: Bytes) -> R
     let token = {
         let mut g = sim.store.lock();
         let t = format!("{:016x}{:016x}", g.rng.next_u64(), g.rng.next_u64());
+        g.tokens_issued += 1;
         g.tokens.insert(
             t.clone(),
             (client.clone(), tokio::time::Instant::now() + ttl),
@@ -749,6 +754,12 @@ async fn events(State(sim): State<BoshSim>, headers: HeaderMap, uri: Uri, Query(
         })
         .collect();
     Json(list).into_response()
+}
+
+/// Counters tests use to see what clients did: UAA tokens issued, 401s answered.
+async fn get_stats(State(sim): State<BoshSim>) -> Response {
+    let g = sim.store.lock();
+    Json(json!({"tokens_issued": g.tokens_issued, "unauthorized": g.unauthorized})).into_response()
 }
 
 async fn get_faults(State(sim): State<BoshSim>) -> Response {

@@ -206,6 +206,9 @@ pub struct Inner {
     pub tokens: HashMap<String, (String, tokio::time::Instant)>,
     pub faults: Faults,
     pub rng: Rng,
+    /// UAA tokens handed out and requests refused with 401, for `/_sim/stats`.
+    pub tokens_issued: u64,
+    pub unauthorized: u64,
     /// The seed, for dice that depend only on what they decide (a task's id), so that
     /// which tasks fail does not depend on how requests interleave.
     pub seed: u64,
@@ -239,6 +242,8 @@ impl Store {
                 tokens: HashMap::new(),
                 faults,
                 rng: Rng::new(seed),
+                tokens_issued: 0,
+                unauthorized: 0,
                 seed,
             }),
             released: Notify::new(),
