@@ -586,3 +586,128 @@ resources:
         stdout(&o)
     );
 }
+
+const NULL_SPEC: &str = "apiVersion: anvil/v1
+kind: Resources
+metadata:
+  name: nullws
+resources:
+  - type: null_resource
+    name: a
+    attributes: {inputs: {x: \"1\"}}
+  - type: null_resource
+    name: b
+    attributes: {inputs: {x: \"1\"}}
+";
+
+/// Flags and refusals that need no simulator: the spec side alone, `--target`,
+/// `--refresh=false`, usage errors exit 1 (never 2, which means drift), refresh-only
+/// refusals, bad specs, and `anvil schema drift` matching the checked-in schema.
+#[test]
+fn drift_flags_and_refusals() {
+    let s = Scratch::new();
+    s.write("spec.yaml", NULL_SPEC);
+    let o = s.run(&["drift", "--json", "spec.yaml"]);
+    assert_code(&o, 2);
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    validate(&doc);
+    assert_eq!(
+        entries(&doc),
+        vec![
+            ("null_resource.a".into(), Value::Null, json!("create")),
+            ("null_resource.b".into(), Value::Null, json!("create")),
+        ]
+    );
+    // Read-only: no state, no lock.
+    assert!(!s.path().join("state").exists());
+
+    let o = s.run(&[
+        "drift",
+        "--json",
+        "--target",
+        "null_resource.b",
+        "spec.yaml",
+    ]);
+    assert_code(&o, 2);
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(entries(&doc).len(), 1, "{doc}");
+    assert_eq!(doc["resources"][0]["address"], "null_resource.b");
+
+    assert_code(&s.run(&["apply", "--auto-approve", "spec.yaml"]), 0);
+    for args in [
+        vec!["drift", "spec.yaml"],
+        vec!["drift", "--refresh=false", "spec.yaml"],
+        vec!["drift", "--markdown", "spec.yaml"],
+    ] {
+        let o = s.run(&args);
+        assert_code(&o, 0);
+    }
+    s.write(
+        "spec.yaml",
+        &NULL_SPEC.replace("{x: \"1\"}}\n  - type", "{x: \"2\"}}\n  - type"),
+    );
+    let o = s.run(&["drift", "spec.yaml"]);
+    assert_code(&o, 2);
+    assert!(
+        stdout(&o).contains("# null_resource.a would be updated in place")
+            && stdout(&o).contains(r#"~ inputs: {"x":"1"} -> {"x":"2"}"#),
+        "{}",
+        stdout(&o)
+    );
+
+    // Usage errors are errors (1), not drift (2).
+    for args in [
+        vec!["drift", "--json", "--markdown", "spec.yaml"],
+        vec!["drift", "--no-such-flag", "spec.yaml"],
+        vec!["import", "null_resource.a"],
+    ] {
+        let o = s.run(&args);
+        assert_code(&o, 1);
+    }
+    let o = s.run(&["apply", "--refresh-only", "--refresh=false", "spec.yaml"]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("drop --refresh=false"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.run(&["plan", "--out", "p.json", "spec.yaml"]);
+    assert_code(&o, 0);
+    let o = s.run(&["apply", "--refresh-only", "p.json"]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("cannot apply a saved plan"),
+        "{}",
+        stderr(&o)
+    );
+    // null resources have no real world: nothing to record.
+    let o = s.run(&["apply", "--refresh-only", "--auto-approve", "spec.yaml"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("Nothing to record"), "{}", stdout(&o));
+
+    // A bad spec: located error, exit 1, state untouched.
+    let before = std::fs::read_to_string(s.state_file("nullws")).unwrap();
+    s.write("bad.yaml", "apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: nullws}\nresources:\n  - type: null_resource\n    name: a\n    attributes: {nope: 1}\n");
+    let o = s.run(&["drift", "bad.yaml"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("bad.yaml:7:"), "{}", stderr(&o));
+    let o = s.run(&["import", "null_resource.a", "x", "bad.yaml"]);
+    assert_code(&o, 1);
+    assert_eq!(
+        std::fs::read_to_string(s.state_file("nullws")).unwrap(),
+        before
+    );
+
+    let o = s.run(&["schema", "drift"]);
+    assert_code(&o, 0);
+    let printed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let checked_in: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/drift.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, checked_in);
+}

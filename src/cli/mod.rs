@@ -1,8 +1,8 @@
 //! The command line: argument parsing, terminal output and exit codes. Each command
 //! parses its flags and calls into `ops`; the only logic here is presentation.
 //!
-//! Exit codes, as Terraform: 0 success (no changes), 1 error, 2 changes present (with
-//! `--detailed-exitcode`, or drift found by `anvil drift`).
+//! Exit codes, as Terraform: 0 success (no changes), 1 error (usage errors included),
+//! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod output;
 mod sim_bosh;
@@ -279,7 +279,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// # Errors
 /// Any failure, for `main` to print; exit code 1.
 pub fn run() -> Result<i32> {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error: exit 2 means "changes present" or
+    // "drift found", and a CI job must not read a mistyped flag as drift.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 1,
+            });
+        }
+    };
     // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
