@@ -311,7 +311,7 @@ fn drift_reports_three_changes_and_apply_restores_them() {
         "{out}"
     );
     assert!(
-        out.contains("-  instances: 1") && out.contains("+  instances: 3"),
+        out.contains("-    instances: 1") && out.contains("+    instances: 3"),
         "{out}"
     );
     assert!(
@@ -351,7 +351,7 @@ fn drift_reports_three_changes_and_apply_restores_them() {
     let diff = doc["resources"][1]["outside"]["attributes"][0]["diff"]
         .as_str()
         .unwrap();
-    assert!(diff.contains("+  instances: 3"), "{diff}");
+    assert!(diff.contains("+    instances: 3"), "{diff}");
 
     let o = w.run(&["drift", "--markdown", "spec.yaml"]);
     assert_code(&o, 2);

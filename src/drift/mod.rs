@@ -13,7 +13,8 @@
 //!   the resource's `lifecycle.ignore_changes` do not count (`all` ignores the resource);
 //!   a change of computed outputs alone (e.g. a secret's version) is not drift.
 //! - Sensitive values never enter a report: only that they changed.
-//! - Multi-line strings (BOSH manifests) carry a unified diff made with `similar`.
+//! - Multi-line strings (BOSH manifests) carry a unified diff made with `similar`; two
+//!   YAML maps are diffed in one canonical YAML style, so formatting never shows.
 //!
 //! [`DriftReport`] is the stable JSON form (`anvil drift --json`), described by
 //! `schemas/drift.schema.json`; [`render`] makes the text and Markdown forms.
@@ -346,8 +347,32 @@ fn diffs(
     out
 }
 
-/// A unified diff (3 lines of context) between two texts, without file headers.
+/// A unified diff (3 lines of context) between two texts, without file headers. When
+/// both are YAML maps (BOSH manifests, configs) that differ as values, both are first
+/// re-emitted in one canonical style, so the diff shows what changed and not how each
+/// side happens to be formatted (flow or block style, quoting, indentation).
 fn unified_diff(before: &str, after: &str) -> String {
+    match (canonical_yaml(before), canonical_yaml(after)) {
+        (Some(b), Some(a)) if a != b => text_diff(&b, &a),
+        _ => text_diff(before, after),
+    }
+}
+
+/// A YAML text holding one map, re-emitted by yaml-rust2 (key order kept); `None` for
+/// anything else.
+fn canonical_yaml(text: &str) -> Option<String> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).ok()?;
+    let [doc @ yaml_rust2::Yaml::Hash(_)] = docs.as_slice() else {
+        return None;
+    };
+    let mut out = String::new();
+    yaml_rust2::YamlEmitter::new(&mut out).dump(doc).ok()?;
+    let mut out = out.strip_prefix("---\n").unwrap_or(&out).to_string();
+    out.push('\n');
+    Some(out)
+}
+
+fn text_diff(before: &str, after: &str) -> String {
     let diff = similar::TextDiff::from_lines(before, after);
     let mut out = String::new();
     for hunk in diff.unified_diff().context_radius(3).iter_hunks() {

@@ -226,7 +226,7 @@ fn reports_each_kind_on_its_axis() {
     let b = r.resources[1].outside.as_ref().unwrap();
     let diff = b.attributes[0].diff.as_deref().unwrap();
     assert!(
-        diff.contains("-  instances: 1\n+  instances: 3\n"),
+        diff.contains("-    instances: 1\n+    instances: 3\n"),
         "{diff}"
     );
 }
@@ -311,6 +311,25 @@ fn spec_axis_lists_creates_deletes_and_replacements() {
         r.resources[2].spec.as_ref().unwrap().attributes[0].name,
         "path"
     );
+}
+
+#[test]
+fn yaml_manifests_are_diffed_without_formatting_noise() {
+    let before = "releases: [{name: redis, version: '15.1'}]\ninstance_groups:\n- {name: redis, instances: 1}\n";
+    let after = "name: b\nreleases:\n- name: redis\n  version: \"15.1\"\ninstance_groups:\n- name: redis\n  instances: 3\n";
+    let d = unified_diff(before, after);
+    let changed: Vec<&str> = d.lines().filter(|l| l.starts_with(['+', '-'])).collect();
+    assert_eq!(
+        changed,
+        vec!["+name: b", "-    instances: 1", "+    instances: 3"],
+        "{d}"
+    );
+    // Equal as YAML but formatted apart (a spec reformatted): the text diff shows it.
+    let d = unified_diff("a: [1]\nb: 2\n", "a:\n- 1\nb: 2\n");
+    assert!(d.contains("-a: [1]"), "{d}");
+    // Not YAML maps: plain text.
+    let d = unified_diff("line one\nline two\n", "line one\nline 2\n");
+    assert!(d.contains("-line two\n+line 2"), "{d}");
 }
 
 #[test]
