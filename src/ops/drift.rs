@@ -134,7 +134,7 @@ pub async fn import(
     id: &str,
     lock_timeout: std::time::Duration,
 ) -> Result<Imported, OpsError> {
-    let addr = Address::parse(address).map_err(|e| OpsError::Usage(format!("{e}")))?;
+    let addr = Address::parse(address).map_err(|e| OpsError::Usage(e.to_string()))?;
     let Some(resource) = ws.model.get(&addr) else {
         let files: Vec<String> = ws.files.iter().map(|f| f.display().to_string()).collect();
         return Err(OpsError::Usage(format!(
