@@ -112,6 +112,25 @@ impl BoshSim {
         self.wait_task(&location.unwrap());
     }
 
+    /// `POST PATH` with a JSON body (e.g. `/configs`), behind anvil's back.
+    fn post_json(&self, path: &str, body: &Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .basic_auth("admin", Some("admin"))
+                .json(body)
+                .send()
+                .await
+                .expect("Director request")
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    }
+
     fn manifest(&self, name: &str) -> Option<String> {
         let (status, _, body) = self.http("GET", &format!("/deployments/{name}"), None);
         if status == 404 {
@@ -464,6 +483,10 @@ fn import_adopts_hand_made_objects() {
     w.bosh.deploy(
         "name: hand\nreleases: [{name: redis, version: '15.1'}]\nstemcells: [{alias: default, os: ubuntu-jammy, version: '1.406'}]\ninstance_groups: [{name: redis, instances: 1, vm_type: small, azs: [z1], jobs: [{name: redis-server, release: redis}]}]\n",
     );
+    w.bosh.post_json(
+        "/configs",
+        &json!({"type": "cloud", "name": "default", "content": "azs: [{name: z1}]\n"}),
+    );
     w.vault_write("app/creds", &json!({"password": "plaintext-drift-pw"}));
     w.vault_write("db", &json!({"i1": {"plan": "small", "service": "redis"}}));
     let m = indent(&manifest(1));
@@ -480,7 +503,14 @@ resources:
     attributes:
       name: hand
       manifest: |
-{m}  - type: vault_secret
+{m}  - type: bosh_config
+    name: cloud
+    attributes:
+      type: cloud
+      content: |
+        azs:
+        - name: z1
+  - type: vault_secret
     name: creds
     attributes:
       path: app/creds
@@ -521,6 +551,11 @@ resources:
             vec!["vault_secret.creds", "app/missing"],
             &format!("no secret at {}/v1/secret/data/app/missing", w.vault.url()),
         ),
+        (vec!["bosh_config.cloud", "nope"], "is not a config"),
+        (
+            vec!["bosh_config.cloud", "runtime/dns"],
+            "no runtime config named `dns` on the BOSH Director",
+        ),
         (vec!["vault_index_entry.i1", "db"], "`#KEY` is missing"),
         (vec!["vault_index_entry.i1", "db#i9"], "has no key `i9`"),
         (vec!["null_resource.glue", ""], "must not be empty"),
@@ -537,6 +572,7 @@ resources:
 
     for (addr, id) in [
         ("bosh_deployment.hand", "hand"),
+        ("bosh_config.cloud", "cloud"),
         ("vault_secret.creds", "app/creds"),
         ("vault_index_entry.i1", "secret:db#i1"),
         ("null_resource.glue", "glue-1"),
