@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod drift;
 pub mod model;
 pub mod ops;
 pub mod plan;

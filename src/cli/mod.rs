@@ -1,8 +1,8 @@
 //! The command line: argument parsing, terminal output and exit codes. Each command
 //! parses its flags and calls into `ops`; the only logic here is presentation.
 //!
-//! Exit codes, as Terraform: 0 success (no changes), 1 error, 2 changes present (with
-//! `--detailed-exitcode`).
+//! Exit codes, as Terraform: 0 success (no changes), 1 error (usage errors included),
+//! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod output;
 mod sim_bosh;
@@ -44,7 +44,11 @@ enum Command {
     /// Show what apply would change.
     Plan(PlanArgs),
     /// Make the real world match the spec (PATH), or apply a saved plan (PLANFILE).
-    Apply(ApplyArgs),
+    Apply(ApplyCmdArgs),
+    /// Report what changed outside anvil and what differs from the spec (exit 2 on drift).
+    Drift(DriftArgs),
+    /// Adopt an existing object into state: anvil import ADDR ID [PATH].
+    Import(ImportArgs),
     /// Destroy everything the workspace manages.
     Destroy(ApplyArgs),
     /// Show the state, or a saved plan.
@@ -54,7 +58,7 @@ enum Command {
     State(StateCmd),
     /// Print the resource graph.
     Graph(GraphArgs),
-    /// Print the JSON Schema of a spec kind (`resources`) or of the plan (`plan`).
+    /// Print the JSON Schema of a spec kind (`resources`), the plan (`plan`) or the drift report (`drift`).
     Schema { kind: String },
     /// Remove a stuck lock (see the lock's id in the error that names its holder).
     ForceUnlock {
@@ -128,6 +132,44 @@ struct ApplyArgs {
     /// Apply without asking (required without a terminal).
     #[arg(long)]
     auto_approve: bool,
+    /// Wait this long for the state lock (e.g. 30s, 5m).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ApplyCmdArgs {
+    #[command(flatten)]
+    common: ApplyArgs,
+    /// Accept the real world into state (record changes made outside anvil) without
+    /// changing anything in it.
+    #[arg(long)]
+    refresh_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct DriftArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    flags: PlanFlags,
+    /// Print the report as JSON (schemas/drift.schema.json).
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// Print the report as Markdown (for a CI job summary or a pull-request comment).
+    #[arg(long)]
+    markdown: bool,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The address in the spec to adopt the object as, e.g. bosh_deployment.redis.
+    address: String,
+    /// The object's ID: bosh_deployment NAME; bosh_config TYPE[/NAME]; vault_secret
+    /// [MOUNT:]PATH; vault_index_entry [MOUNT:]PATH#KEY; null_resource any id.
+    id: String,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Wait this long for the state lock (e.g. 30s, 5m).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     lock_timeout: Duration,
@@ -237,7 +279,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// # Errors
 /// Any failure, for `main` to print; exit code 1.
 pub fn run() -> Result<i32> {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error: exit 2 means "changes present" or
+    // "drift found", and a CI job must not read a mistyped flag as drift.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 1,
+            });
+        }
+    };
     // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -325,7 +378,23 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                 0
             })
         }
-        Command::Apply(a) => {
+        Command::Apply(ApplyCmdArgs {
+            common: a,
+            refresh_only,
+        }) => {
+            if refresh_only {
+                if planfile_arg(&a.spec.paths).is_some() {
+                    bail!("--refresh-only reads the real world itself and cannot apply a saved plan; run `anvil apply --refresh-only PATH` with the spec path");
+                }
+                return apply_refresh_only(
+                    inputs(&a.spec, &cli.state),
+                    plan_options(&a.flags, false),
+                    &a.flags,
+                    a.auto_approve,
+                    a.lock_timeout,
+                )
+                .await;
+            }
             if let Some(planfile) = planfile_arg(&a.spec.paths) {
                 return apply_planfile(&planfile, &a, &cli.state, style).await;
             }
@@ -340,6 +409,37 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                 "apply",
             )
             .await
+        }
+        Command::Drift(a) => {
+            let (ws, state) =
+                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            let opts = plan_options(&a.flags, false);
+            let (report, _) =
+                ops::drift(&ws, &state, &opts, a.flags.refresh, a.flags.parallelism).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if a.markdown {
+                print!("{}", crate::drift::render::render_markdown(&report));
+            } else {
+                print!("{}", crate::drift::render::render_text(&report));
+            }
+            Ok(if report.clean { 0 } else { 2 })
+        }
+        Command::Import(a) => {
+            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            let imp = ops::import(&ws, &a.address, &a.id, a.lock_timeout).await?;
+            println!(
+                "Imported {} (ID `{}`) into state {}.",
+                imp.address,
+                a.id,
+                ws.backend.describe()
+            );
+            if imp.shaped_by_spec {
+                println!("Run `anvil plan` to see whether the object differs from the spec.");
+            } else {
+                println!("The spec's attributes name another object or are not known yet; run `anvil plan` to see what apply would change.");
+            }
+            Ok(0)
         }
         Command::Destroy(a) => {
             let opts = plan_options(&a.flags, true);
@@ -393,9 +493,10 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         Command::Schema { kind } => {
             let schema = match kind.to_ascii_lowercase().as_str() {
                 "plan" => crate::plan::json::schema(),
+                "drift" => crate::drift::schema(),
                 k => crate::spec::schema_for_kind(k).ok_or_else(|| {
                     anyhow!(
-                        "unknown kind `{kind}`: expected one of {}, plan",
+                        "unknown kind `{kind}`: expected one of {}, plan, drift",
                         crate::spec::KINDS.join(", ").to_lowercase()
                     )
                 })?,
@@ -511,6 +612,63 @@ async fn plan_and_apply(
         return Ok(1);
     }
     execute(&ws, state, &lock, &plan, flags.parallelism, what).await
+}
+
+/// `apply --refresh-only`: under the lock, read the real world, show what will be
+/// recorded, ask, and record it. No provider changes anything.
+async fn apply_refresh_only(
+    inp: Inputs,
+    opts: PlanOptions,
+    flags: &PlanFlags,
+    auto_approve: bool,
+    lock_timeout: Duration,
+) -> Result<i32> {
+    if !flags.refresh {
+        bail!("--refresh-only records what the real world has, so it must read it: drop --refresh=false");
+    }
+    let ws = ops::load_workspace(&inp, Registry::builtin())?;
+    let lock = ws.backend.lock("apply --refresh-only", lock_timeout)?;
+    let state = ops::load_locked(&ws, &lock)?;
+    let (report, observed) = ops::drift(&ws, &state, &opts, true, flags.parallelism).await?;
+    if observed.is_empty() {
+        println!("No changes outside anvil: the state already matches the real world. Nothing to record.");
+        return Ok(0);
+    }
+    let removed = observed.values().filter(|o| o.is_none()).count();
+    let shown = report
+        .resources
+        .iter()
+        .filter(|e| e.outside.is_some())
+        .count();
+    println!("anvil will record the real world in state; nothing in the real world is changed:");
+    print!("{}", crate::drift::render::render_outside(&report));
+    if observed.len() > shown {
+        println!(
+            "
+  ({} more record(s) only get their computed outputs updated, e.g. versions)",
+            observed.len() - shown
+        );
+    }
+    println!(
+        "
+Refresh-only: {} to record, {} to remove from state.",
+        observed.len() - removed,
+        removed
+    );
+    if !confirm("apply --refresh-only", auto_approve)? {
+        println!(
+            "
+apply --refresh-only cancelled."
+        );
+        return Ok(1);
+    }
+    let (_, done) = ops::record_observed(&ws, state, &lock, &observed)?;
+    println!(
+        "
+Refresh-only apply complete! {} recorded, {} removed from state; the real world was not changed.",
+        done.updated, done.removed
+    );
+    Ok(0)
 }
 
 async fn apply_planfile(

@@ -2,6 +2,10 @@
 //! plan, apply, state surgery). Commands in `cli` parse arguments and call one of these;
 //! these own the order of steps (lock, read state, refresh, plan, journal, apply).
 
+mod drift;
+
+pub use self::drift::{drift, import, record_observed, Imported, Recorded};
+
 use crate::apply::{self, ApplyConfig, Channels, Report};
 use crate::model::{self, Model};
 use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
@@ -27,6 +31,9 @@ pub enum OpsError {
     Apply(#[from] apply::ApplyError),
     #[error("refresh of {address} failed: {message}; retry, or skip reading the real world with --refresh=false")]
     Refresh { address: String, message: String },
+    /// The provider's message names the address, the ID and where anvil looked.
+    #[error("{message}")]
+    Import { address: String, message: String },
     #[error("{0}")]
     StalePlan(String),
     #[error("{path}: {message}")]
@@ -181,11 +188,25 @@ pub async fn refresh(
     state: &State,
     parallelism: usize,
 ) -> Result<Observed, OpsError> {
-    let to_read = state.resources.iter().filter(|(_, rec)| {
+    refresh_scoped(registry, state, None, parallelism).await
+}
+
+/// [`refresh`] of the recorded addresses in `only` (all when `None`).
+///
+/// # Errors
+/// A provider could not be asked.
+pub async fn refresh_scoped(
+    registry: &Registry,
+    state: &State,
+    only: Option<&std::collections::BTreeSet<String>>,
+    parallelism: usize,
+) -> Result<Observed, OpsError> {
+    let to_read = state.resources.iter().filter(|(addr, rec)| {
         // Providers without a real world would only hand back the record.
-        registry
-            .get(&rec.provider)
-            .is_none_or(|p| p.reads_real_world())
+        only.is_none_or(|o| o.contains(*addr))
+            && registry
+                .get(&rec.provider)
+                .is_none_or(|p| p.reads_real_world())
     });
     let reads = futures::stream::iter(to_read.map(|(addr, rec)| async move {
         let Some(p) = registry.get(&rec.provider) else {

@@ -415,6 +415,62 @@ fn deleted_outside_anvil_plans_a_create_with_the_reason() {
     assert_eq!(c.reasons, vec!["deleted outside anvil".to_string()]);
 }
 
+/// Refresh: a record changed outside anvil plans an update back to the spec, except for
+/// attributes under `ignore_changes`, which keep what the real world has now.
+#[test]
+fn changed_outside_anvil_plans_an_update_back_unless_ignored() {
+    let spec = |ignore: Vec<String>| {
+        vec![res_lc(
+            "n",
+            json!({"inputs": {"size": "small"}, "triggers": {"k": "1"}}),
+            &[],
+            Lifecycle {
+                ignore_changes: ignore,
+                ..Default::default()
+            },
+        )]
+    };
+    let st = state(vec![(
+        "n",
+        rec(
+            json!({"inputs": {"size": "small"}, "triggers": {"k": "1"}}),
+            "i",
+            &[],
+        ),
+    )]);
+    let mut real = st.resources["null_resource.n"].clone();
+    real.attributes
+        .insert("inputs".into(), json!({"size": "huge"}));
+    let mut observed = Observed::new();
+    observed.insert("null_resource.n".into(), Some(real));
+    let run_obs = |m: Vec<Resource>| {
+        let m = Model::from_resources(m).unwrap();
+        plan(&m, &st, &observed, &schemas(), &PlanOptions::default()).unwrap()
+    };
+    let p = run_obs(spec(vec![]));
+    let c = p.get("null_resource.n").unwrap();
+    assert_eq!(c.action, Action::Update);
+    assert_eq!(
+        c.before.as_ref().unwrap()["inputs"],
+        json!({"size": "huge"})
+    );
+    assert_eq!(
+        c.after.as_ref().unwrap()["inputs"],
+        PValue::Known(json!({"size": "small"}))
+    );
+    for ignore in ["inputs", "inputs.size", "all"] {
+        let p = run_obs(spec(vec![ignore.into()]));
+        assert_eq!(
+            p.get("null_resource.n").unwrap().action,
+            Action::NoOp,
+            "ignore_changes: [{ignore}]"
+        );
+    }
+    // Ignoring another attribute does not hide this change.
+    let p = run_obs(spec(vec!["triggers".into()]));
+    assert_eq!(p.get("null_resource.n").unwrap().action, Action::Update);
+}
+
 #[test]
 fn target_exclude_and_replace() {
     let opts = PlanOptions {

@@ -369,6 +369,56 @@ impl BoshProvider {
         Ok(Some(observed))
     }
 
+    async fn import_inner(&self, ty: &str, id: &str) -> Result<ResourceState, ProviderError> {
+        let mut attributes = BTreeMap::new();
+        match ty {
+            "bosh_deployment" => {
+                if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+                    return Err(ProviderError::new(format!(
+                        "import ID `{id}` is not a deployment name; a bosh_deployment is imported by its name as `bosh deployments` lists it"
+                    )));
+                }
+                let client = self.client().await?;
+                let Some(manifest) = client.manifest(id).await.map_err(to_provider)? else {
+                    return Err(ProviderError::new(format!(
+                        "no deployment `{id}` on the BOSH Director at {}; check the name with `bosh deployments`",
+                        client.url()
+                    )));
+                };
+                attributes.insert("name".to_string(), Value::String(id.to_string()));
+                attributes.insert("manifest".to_string(), Value::String(manifest));
+            }
+            "bosh_config" => {
+                let (t, n) = id.split_once('/').unwrap_or((id, DEFAULT_CONFIG_NAME));
+                if !["cloud", "runtime", "cpi"].contains(&t) || n.is_empty() {
+                    return Err(ProviderError::new(format!(
+                        "import ID `{id}` is not a config; a bosh_config is imported by TYPE or TYPE/NAME with TYPE cloud, runtime or cpi (e.g. `cloud`, `runtime/dns`)"
+                    )));
+                }
+                let client = self.client().await?;
+                let Some((_, content)) = client.latest_config(t, n).await.map_err(to_provider)?
+                else {
+                    return Err(ProviderError::new(format!(
+                        "no {t} config named `{n}` on the BOSH Director at {}; check with `bosh configs`",
+                        client.url()
+                    )));
+                };
+                attributes.insert("type".to_string(), Value::String(t.to_string()));
+                if n != DEFAULT_CONFIG_NAME {
+                    attributes.insert("name".to_string(), Value::String(n.to_string()));
+                }
+                attributes.insert("content".to_string(), Value::String(content));
+            }
+            other => return Err(unknown_type(other)),
+        }
+        Ok(super::imported_record(
+            ty,
+            "bosh",
+            attributes,
+            BTreeMap::new(),
+        ))
+    }
+
     async fn delete_inner(
         &self,
         address: &str,
@@ -424,6 +474,32 @@ impl Provider for BoshProvider {
         self.read_inner(address, recorded)
             .await
             .map_err(prefix(address))
+    }
+
+    /// `bosh_deployment` by deployment name; `bosh_config` by `TYPE` or `TYPE/NAME`
+    /// (e.g. `cloud`, `runtime/dns`).
+    async fn import(
+        &self,
+        address: &str,
+        ty: &str,
+        id: &str,
+    ) -> Result<ResourceState, ProviderError> {
+        self.import_inner(ty, id).await.map_err(prefix(address))
+    }
+
+    fn import_id(&self, ty: &str, attributes: &BTreeMap<String, Value>) -> Option<String> {
+        match ty {
+            "bosh_deployment" => attributes.get("name")?.as_str().map(str::to_string),
+            "bosh_config" => {
+                let t = attributes.get("type")?.as_str()?;
+                let n = attributes
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(DEFAULT_CONFIG_NAME);
+                Some(format!("{t}/{n}"))
+            }
+            _ => None,
+        }
     }
 
     async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {

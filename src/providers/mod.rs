@@ -87,6 +87,34 @@ pub trait Provider: Send + Sync {
         address: &str,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError>;
+    /// Finds an existing object by its import ID (`anvil import ADDR ID`) and returns the
+    /// record anvil would keep for it: the attributes that name it and its real content
+    /// (sensitive values as fingerprints), and its outputs. `ops::import` then reads the
+    /// object again in the shape the spec gives it, so an object that matches the spec
+    /// plans as a no-op.
+    ///
+    /// # Errors
+    /// The type cannot be imported, the ID is malformed (the message says what an ID
+    /// looks like), the object does not exist (the message names where anvil looked), or
+    /// the real world could not be asked.
+    async fn import(
+        &self,
+        address: &str,
+        ty: &str,
+        id: &str,
+    ) -> Result<ResourceState, ProviderError> {
+        let _ = id;
+        Err(ProviderError::new(format!(
+            "{address}: import is not supported for `{ty}`"
+        )))
+    }
+    /// The import ID of the object that recorded `attributes` name, in its canonical
+    /// form (defaults filled in), or `None` when the type has no such identity. Import
+    /// uses it to tell whether the spec names the object being imported.
+    fn import_id(&self, ty: &str, attributes: &Attributes) -> Option<String> {
+        let _ = (ty, attributes);
+        None
+    }
     /// # Errors
     /// The object could not be created; the message says why.
     async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError>;
@@ -109,6 +137,28 @@ pub trait Provider: Send + Sync {
         _attributes: &Attributes,
     ) -> Result<Option<crate::model::ProviderDiff>, ProviderError> {
         Ok(None)
+    }
+}
+
+/// A fresh record of an imported object: no dependencies or lifecycle yet (the caller
+/// adds those from the spec), created and updated now.
+pub fn imported_record(
+    ty: &str,
+    provider: &str,
+    attributes: Attributes,
+    outputs: BTreeMap<String, Value>,
+) -> ResourceState {
+    let now = chrono::Utc::now();
+    ResourceState {
+        ty: ty.to_string(),
+        provider: provider.to_string(),
+        attributes,
+        sensitive: BTreeMap::new(),
+        outputs,
+        dependencies: Vec::new(),
+        lifecycle: Default::default(),
+        created_at: now,
+        updated_at: now,
     }
 }
 

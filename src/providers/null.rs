@@ -102,6 +102,29 @@ impl Provider for NullProvider {
         Ok(Some(recorded.clone()))
     }
 
+    /// Any non-empty ID becomes the `id` output; the attributes are taken from the spec
+    /// when the import is recorded (there is no real object to read them from).
+    async fn import(
+        &self,
+        address: &str,
+        ty: &str,
+        id: &str,
+    ) -> Result<ResourceState, ProviderError> {
+        if ty != "null_resource" {
+            return Err(ProviderError::new(format!(
+                "{address}: the null provider has no resource type `{ty}`"
+            )));
+        }
+        if id.trim().is_empty() {
+            return Err(ProviderError::new(format!(
+                "{address}: the import ID of a null_resource becomes its `id` and must not be empty"
+            )));
+        }
+        let mut outputs = BTreeMap::new();
+        outputs.insert("id".to_string(), Value::String(id.to_string()));
+        Ok(super::imported_record(ty, "null", BTreeMap::new(), outputs))
+    }
+
     async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         behave(req.attributes, "create", req.address).await?;
         let mut outputs = BTreeMap::new();

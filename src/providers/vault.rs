@@ -489,6 +489,39 @@ fn stamp(
     Ok(())
 }
 
+/// An import ID: `[MOUNT:]PATH` for `vault_secret`, `[MOUNT:]PATH#KEY` for
+/// `vault_index_entry`. Returns (mount given, path, key).
+fn parse_import_id<'a>(
+    address: &str,
+    ty: &str,
+    id: &'a str,
+) -> Result<(Option<&'a str>, &'a str, Option<&'a str>), ProviderError> {
+    let form = match ty {
+        "vault_secret" => "[MOUNT:]PATH, e.g. `app/creds` or `secret:app/creds`",
+        _ => "[MOUNT:]PATH#KEY, e.g. `db#6f0c1e2a` or `secret:db#6f0c1e2a`",
+    };
+    let bad = |why: &str| {
+        ProviderError::new(format!(
+            "{address}: import ID `{id}` {why}; a {ty} is imported by {form}"
+        ))
+    };
+    let (rest, key) = match (ty, id.rsplit_once('#')) {
+        ("vault_index_entry", Some((rest, key))) if !key.is_empty() => (rest, Some(key)),
+        ("vault_index_entry", _) => return Err(bad("names no key (`#KEY` is missing)")),
+        (_, Some(_)) => return Err(bad("contains `#`, which only index entries use")),
+        _ => (id, None),
+    };
+    let (mount, path) = match rest.split_once(':') {
+        Some((m, p)) => (Some(m.trim_matches('/')), p),
+        None => (None, rest),
+    };
+    let path = clean_path(path);
+    if path.is_empty() || mount.is_some_and(str::is_empty) {
+        return Err(bad("has an empty mount or path"));
+    }
+    Ok((mount, path, key))
+}
+
 fn unknown_type(ty: &str) -> ProviderError {
     ProviderError::new(format!("the vault provider has no resource type `{ty}`"))
 }
@@ -553,6 +586,77 @@ impl Provider for VaultProvider {
             other => return Err(unknown_type(other)),
         }
         Ok(Some(observed))
+    }
+
+    /// `vault_secret` by `[MOUNT:]PATH`, `vault_index_entry` by `[MOUNT:]PATH#KEY`.
+    async fn import(
+        &self,
+        address: &str,
+        ty: &str,
+        id: &str,
+    ) -> Result<ResourceState, ProviderError> {
+        if !matches!(ty, "vault_secret" | "vault_index_entry") {
+            return Err(prefix(address)(unknown_type(ty)));
+        }
+        let (given_mount, path, key) = parse_import_id(address, ty, id)?;
+        let mount = given_mount.unwrap_or(DEFAULT_MOUNT);
+        let client = self.client_for(mount).await.map_err(prefix(address))?;
+        let secret = client
+            .read(mount, path)
+            .await
+            .map_err(to_provider)
+            .map_err(prefix(address))?;
+        let where_ = format!(
+            "{}/v1/{mount}/data/{path}",
+            client.addr().trim_end_matches('/')
+        );
+        let Some(data) = secret.data else {
+            return Err(ProviderError::new(format!(
+                "{address}: no secret at {where_} (import ID `{id}`); check the path with `vault kv get -mount={mount} {path}`"
+            )));
+        };
+        let mut attributes = BTreeMap::new();
+        attributes.insert("path".to_string(), Value::String(path.to_string()));
+        if let Some(m) = given_mount {
+            attributes.insert("mount".to_string(), Value::String(m.to_string()));
+        }
+        let rec = match key {
+            Some(key) => {
+                let Some(value) = data.get(key) else {
+                    return Err(ProviderError::new(format!(
+                        "{address}: the index at {where_} has no key `{key}` (import ID `{id}`); check it with `vault kv get -mount={mount} {path}`"
+                    )));
+                };
+                attributes.insert("key".to_string(), Value::String(key.to_string()));
+                attributes.insert("value".to_string(), value.clone());
+                super::imported_record(ty, "vault", attributes, version_outputs(secret.version))
+            }
+            None => {
+                let mut rec = super::imported_record(
+                    ty,
+                    "vault",
+                    attributes,
+                    version_outputs(secret.version),
+                );
+                rec.sensitive
+                    .insert("data".to_string(), fingerprint(&Value::Object(data)));
+                rec
+            }
+        };
+        Ok(rec)
+    }
+
+    fn import_id(&self, ty: &str, attributes: &BTreeMap<String, Value>) -> Option<String> {
+        let path = clean_path(attributes.get("path")?.as_str()?);
+        let mount = mount_attr(attributes);
+        match ty {
+            "vault_secret" => Some(format!("{mount}:{path}")),
+            "vault_index_entry" => {
+                let key = attributes.get("key")?.as_str()?;
+                Some(format!("{mount}:{path}#{key}"))
+            }
+            _ => None,
+        }
     }
 
     async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
@@ -641,6 +745,46 @@ mod tests {
             let d = backoff(a);
             assert!(d >= Duration::from_millis(5) && d < Duration::from_millis(641));
         }
+    }
+
+    #[test]
+    fn import_ids_parse_or_say_what_they_should_be() {
+        let p = |ty, id| parse_import_id("a.b", ty, id);
+        assert_eq!(
+            p("vault_secret", "app/creds").unwrap(),
+            (None, "app/creds", None)
+        );
+        assert_eq!(
+            p("vault_secret", "kv:/app/creds/").unwrap(),
+            (Some("kv"), "app/creds", None)
+        );
+        assert_eq!(
+            p("vault_index_entry", "secret:db#i1").unwrap(),
+            (Some("secret"), "db", Some("i1"))
+        );
+        for (ty, id, want) in [
+            ("vault_index_entry", "db", "`#KEY` is missing"),
+            ("vault_index_entry", "db#", "`#KEY` is missing"),
+            ("vault_secret", "db#i1", "only index entries"),
+            ("vault_secret", "", "empty mount or path"),
+            ("vault_secret", ":x", "empty mount or path"),
+        ] {
+            let e = p(ty, id).unwrap_err().message;
+            assert!(e.contains(want) && e.contains("[MOUNT:]PATH"), "{id}: {e}");
+        }
+        let v = VaultProvider::new();
+        let attrs = |j: Value| j.as_object().unwrap().clone().into_iter().collect();
+        assert_eq!(
+            v.import_id("vault_secret", &attrs(json!({"path": "/app/creds"}))),
+            Some("secret:app/creds".into())
+        );
+        assert_eq!(
+            v.import_id(
+                "vault_index_entry",
+                &attrs(json!({"path": "db", "mount": "kv", "key": "i1"}))
+            ),
+            Some("kv:db#i1".into())
+        );
     }
 
     #[test]
