@@ -7,6 +7,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Like other Unix tools (and Terraform), end quietly when the reader of stdout goes
+    // away (`anvil plan | head`) instead of failing on every later write.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match anvil::cli::run() {
         Ok(code) => std::process::exit(code),
         Err(e) => {

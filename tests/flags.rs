@@ -155,3 +155,28 @@ fn vars_targets_replace_and_refresh() {
     let o = cmd(&s, &["schema", "nope"]);
     assert_code(&o, 1);
 }
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    use std::io::Read;
+    let s = Scratch::new();
+    s.write("spec.yaml", &tree_spec("pipe", 3000, ""));
+    // The graph is far bigger than a pipe buffer, so writes hit the closed pipe.
+    let mut child = s
+        .cmd(&["graph", "--format", "dot", "spec.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}
