@@ -5,6 +5,7 @@
 //! `--detailed-exitcode`).
 
 mod output;
+mod reconcile;
 mod sim_bosh;
 
 use crate::apply::{ApplyConfig, Event};
@@ -65,6 +66,8 @@ enum Command {
     /// Run a simulator of a service anvil manages (for tests, demos and CI).
     #[command(subcommand)]
     Sim(SimCmd),
+    /// Bring Blacksmith's Vault index back into agreement with the Director's deployments.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -411,6 +414,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             Ok(0)
         }
         Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
+        Command::Reconcile(a) => reconcile::run(a).await,
     }
 }
 
