@@ -311,8 +311,11 @@ mod reconcile {
         println!("| N | step | wall time (s) | peak RSS (MiB) |");
         println!("|---:|---|---:|---:|");
         for step in ["reconcile, empty index", "reconcile, index in place"] {
-            let (t, rss, code) =
-                measure_with(dir.path(), &["reconcile", "--foundation", "foundation"], &envs);
+            let (t, rss, code) = measure_with(
+                dir.path(),
+                &["reconcile", "--foundation", "foundation"],
+                &envs,
+            );
             assert_eq!(code, 0, "{step} exited {code}");
             println!("| {n} | {step} | {:.2} | {rss:.0} |", t.as_secs_f64());
         }

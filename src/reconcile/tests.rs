@@ -48,9 +48,12 @@ impl Director for FakeDirector {
     }
 }
 
+/// Secrets by path: (version, data).
+type Secrets = BTreeMap<String, (u64, Map<String, Value>)>;
+
 #[derive(Default)]
 struct MemStore {
-    secrets: Mutex<BTreeMap<String, (u64, Map<String, Value>)>>,
+    secrets: Mutex<Secrets>,
     /// Paths whose writes fail for good.
     broken: Mutex<Vec<String>>,
 }
