@@ -123,8 +123,15 @@ pub(super) async fn run(a: ReconcileArgs) -> Result<i32> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
         interrupts.next().await;
-        eprintln!("Stop requested: finishing the current run, then exiting.");
+        eprintln!(
+            "Stop requested: finishing the current run, then exiting. Signal again to stop at once."
+        );
         let _ = stop_tx.send(true);
+        interrupts.next().await;
+        eprintln!(
+            "Second stop signal: exiting now. Each step is idempotent; the next run redoes what this one did not finish."
+        );
+        std::process::exit(130);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
