@@ -232,6 +232,7 @@ impl Reconciler {
         names.sort();
         names.dedup();
         report.deployments_scanned = names.len();
+        let phase = Instant::now();
 
         // 2. Their manifests, and matches.
         let details = self.details(&names, report).await;
@@ -273,6 +274,8 @@ impl Reconciler {
             }
         }
         report.matches = claimed.values().map(|(m, _)| m.clone()).collect();
+        tracing::debug!(elapsed = ?phase.elapsed(), deployments = names.len(), matched = report.matches.len(), "deployments scanned and matched");
+        let phase = Instant::now();
 
         // 3. The index, read once.
         let index = match self.retry(|| self.store.read(INDEX_PATH)).await {
@@ -350,7 +353,9 @@ impl Reconciler {
             }
         }
 
+        tracing::debug!(elapsed = ?phase.elapsed(), instances = items.len(), "instances backed up and written back");
         // 5. One index write for the whole run.
+        let phase = Instant::now();
         if !patches.is_empty() {
             if let Err(e) = self.write_index(&patches).await {
                 report.errors.push(RunError {
@@ -366,6 +371,7 @@ impl Reconciler {
                 report.rebuilt.clear();
             }
         }
+        tracing::debug!(elapsed = ?phase.elapsed(), changes = patches.len(), "index written");
     }
 
     /// Manifests of `names`, from the cache or the Director.
