@@ -10,6 +10,11 @@
 //! after the core sizes when no word is given) starts `anvil sim vault` on loopback,
 //! applies N `vault_secret`s, and times `anvil drift` with nothing changed and again
 //! after 1 % of the secrets were rewritten behind anvil's back.
+//!
+//! `cargo bench --bench scale -- reconcile [N]` runs only the reconciler case (issue 4):
+//! N deployments (default 10,000) seeded into `anvil sim bosh` over its HTTP API, then
+//! `anvil reconcile` against it and `anvil sim vault`, timed with an empty `db` index
+//! (a full rebuild) and again with the index in place.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,9 +42,15 @@ fn tree_spec(n: usize) -> String {
 
 /// Runs anvil to completion; returns wall time, peak RSS in MiB and the exit code.
 fn measure(dir: &Path, args: &[&str]) -> (Duration, f64, i32) {
+    measure_with(dir, args, &[])
+}
+
+/// [`measure`] with extra environment variables.
+fn measure_with(dir: &Path, args: &[&str], envs: &[(&str, String)]) -> (Duration, f64, i32) {
     let start = Instant::now();
     let child = Command::new(BIN)
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
@@ -172,6 +183,10 @@ fn main() {
         drift_bench(args.first().copied().unwrap_or(10_000));
         return;
     }
+    if std::env::args().any(|a| a == "reconcile") {
+        reconcile::bench(args.first().copied().unwrap_or(10_000));
+        return;
+    }
     let sizes = if args.is_empty() {
         vec![1_000, 10_000, 100_000]
     } else {
@@ -254,4 +269,161 @@ fn main() {
     }
 
     drift_bench(10_000);
+}
+
+mod reconcile {
+    //! The reconciler case: seed the Director simulator, time `anvil reconcile`.
+
+    use super::{measure_with, BIN};
+    use futures::StreamExt;
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    struct Sim(Child);
+
+    impl Drop for Sim {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts `anvil sim ARGS --listen 127.0.0.1:0` and returns it with its URL.
+    fn start(args: &[&str], prefix: &str) -> (Sim, String) {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start simulator");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        let url = first
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        (Sim(child), url)
+    }
+
+    fn uuid(i: usize) -> String {
+        format!("00000000-0000-4000-8000-{i:012}")
+    }
+
+    /// Deployment `i`: 80% named `{plan}-{uuid}`, 10% matched by metadata, 10% by releases.
+    fn deployment(i: usize) -> (String, String) {
+        let id = uuid(i);
+        let (name, release, extra) = match i % 10 {
+            8 => (
+                format!("legacy-{i}"),
+                "redis",
+                format!("properties:\n  blacksmith: {{service_id: redis, plan_id: redis-cluster, instance_id: {id}}}\n"),
+            ),
+            9 => (format!("pg-import-{id}"), "postgres", String::new()),
+            k => {
+                let plan = ["redis-small", "redis-cluster", "postgresql-standard"][k % 3];
+                let release = if plan.starts_with("redis") { "redis" } else { "postgres" };
+                (format!("{plan}-{id}"), release, String::new())
+            }
+        };
+        let manifest = format!(
+            "name: {name}\nreleases:\n- {{name: {release}, version: latest}}\nstemcells:\n- {{alias: default, os: ubuntu-jammy, version: latest}}\ninstance_groups:\n- name: main\n  instances: 1\n  vm_type: small\n  azs: [z1]\n  stemcell: default\n  networks: [{{name: services}}]\n  jobs:\n  - {{name: {release}, release: {release}}}\n{extra}"
+        );
+        (name, manifest)
+    }
+
+    async fn seed(url: &str, n: usize) {
+        // The 302 to the task is the answer; do not follow it.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client");
+        let posts = futures::stream::iter((0..n).map(|i| {
+            let http = http.clone();
+            async move {
+                let (_, manifest) = deployment(i);
+                let r = http
+                    .post(format!("{url}/deployments"))
+                    .basic_auth("admin", Some("admin"))
+                    .header("Content-Type", "text/yaml")
+                    .body(manifest)
+                    .send()
+                    .await
+                    .expect("POST /deployments");
+                assert!(r.status().is_redirection(), "deploy {i}: {}", r.status());
+            }
+        }))
+        .buffer_unordered(32);
+        posts.collect::<Vec<()>>().await;
+        // Tasks end on their own; wait until every deployment exists.
+        loop {
+            let list: serde_json::Value = http
+                .get(format!("{url}/deployments"))
+                .basic_auth("admin", Some("admin"))
+                .send()
+                .await
+                .expect("GET /deployments")
+                .json()
+                .await
+                .expect("JSON");
+            if list.as_array().map_or(0, Vec::len) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).expect("mkdir");
+        for e in std::fs::read_dir(src).expect("read_dir") {
+            let e = e.expect("entry");
+            let to = dst.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_dir(&e.path(), &to);
+            } else {
+                std::fs::copy(e.path(), to).expect("copy");
+            }
+        }
+    }
+
+    pub fn bench(n: usize) {
+        let (_bosh, bosh_url) = start(&["sim", "bosh"], "anvil sim bosh listening on ");
+        let (_vault, vault_url) = start(
+            &["sim", "vault", "--token", "root"],
+            "anvil sim vault listening on ",
+        );
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let t = Instant::now();
+        rt.block_on(seed(&bosh_url, n));
+        let seeded = t.elapsed();
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/foundation"),
+            &dir.path().join("foundation"),
+        );
+        let envs = [
+            ("BOSH_ENVIRONMENT", bosh_url.clone()),
+            ("BOSH_CLIENT", "admin".to_string()),
+            ("BOSH_CLIENT_SECRET", "admin".to_string()),
+            ("VAULT_ADDR", vault_url.clone()),
+            ("VAULT_TOKEN", "root".to_string()),
+        ];
+        println!("seeded {n} deployments in {:.2}s\n", seeded.as_secs_f64());
+        println!("| N | step | wall time (s) | peak RSS (MiB) |");
+        println!("|---:|---|---:|---:|");
+        for step in ["reconcile, empty index", "reconcile, index in place"] {
+            let (t, rss, code) = measure_with(
+                dir.path(),
+                &["reconcile", "--foundation", "foundation"],
+                &envs,
+            );
+            assert_eq!(code, 0, "{step} exited {code}");
+            println!("| {n} | {step} | {:.2} | {rss:.0} |", t.as_secs_f64());
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod providers;
+pub mod reconcile;
 pub mod sim;
 pub mod spec;
 pub mod state;

@@ -5,6 +5,7 @@
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod output;
+mod reconcile;
 mod sim_bosh;
 
 use crate::apply::{ApplyConfig, Event};
@@ -69,6 +70,8 @@ enum Command {
     /// Run a simulator of a service anvil manages (for tests, demos and CI).
     #[command(subcommand)]
     Sim(SimCmd),
+    /// Bring Blacksmith's Vault index back into agreement with the Director's deployments.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -515,6 +518,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             Ok(0)
         }
         Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
+        Command::Reconcile(a) => reconcile::run(a).await,
     }
 }
 

@@ -249,8 +249,10 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
     out
 }
 
-/// Provider settings named by the environment variables they stand for.
-fn settings(f: &FoundationDoc) -> BTreeMap<String, String> {
+/// Provider settings named by the environment variables they stand for (also used by
+/// `anvil reconcile` to reach the Director and Vault).
+#[must_use]
+pub fn settings(f: &FoundationDoc) -> BTreeMap<String, String> {
     let mut s = BTreeMap::new();
     let mut put = |k: &str, v: &Option<String>| {
         if let Some(v) = v.as_ref().filter(|v| !v.trim().is_empty()) {

@@ -1,6 +1,6 @@
 //! A thin Vault KV v2 client over reqwest (rustls), covering only the calls the `vault`
 //! provider makes: AppRole login, the mount check, read, write with check-and-set and
-//! delete-all-versions.
+//! delete-all-versions (and list, for the reconciler's backups).
 //!
 //! Chosen over `vaultrs` because anvil needs five endpoints, reqwest was the only new
 //! dependency tree to compile, and owning the requests lets every error name the
@@ -360,6 +360,32 @@ impl Client {
             .and_then(|a| a.pointer("/data/version"))
             .and_then(Value::as_u64)
             .unwrap_or(0))
+    }
+
+    /// The keys directly under `<mount>/<path>` (`GET metadata/<path>?list=true`);
+    /// folders end in `/`. Empty when there is nothing there (Vault answers 404).
+    ///
+    /// # Errors
+    /// Vault refuses or cannot be asked.
+    pub async fn list(&self, mount: &str, path: &str) -> Result<Vec<String>, VaultError> {
+        let api = format!("{mount}/metadata/{}?list=true", path.trim_matches('/'));
+        let (status, answer) = self
+            .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        Ok(answer
+            .as_ref()
+            .and_then(|a| a.pointer("/data/keys"))
+            .and_then(Value::as_array)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Deletes all versions and the metadata of `<mount>/<path>`. Absent is fine.

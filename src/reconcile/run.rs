@@ -1,0 +1,683 @@
+//! One reconcile run: scan, match, back up, write back, mark orphans.
+//!
+//! The order inside a run, and why:
+//! 1. List the Director's deployments. If that fails nothing else happens: without the
+//!    list, every instance would look orphaned.
+//! 2. Fetch each deployment's manifest (reused from the cache while younger than
+//!    `cache_ttl`), at most `max_concurrency` at once, and match it to a plan.
+//! 3. Read the `db` index once.
+//! 4. Work through the matched instances and the newly orphaned entries in batches of
+//!    `batch_size`, at most `max_concurrency` at once: back up, then write
+//!    `{id}/manifest` (check-and-set against the version just read). A failed instance
+//!    is retried `retry_attempts` times with a delay growing by `retry_delay` each time,
+//!    then reported; the others go on.
+//! 5. Write every index change of the run in one check-and-set read-modify-write of
+//!    `db`, re-read and re-applied on a CAS conflict. One write per run, not per
+//!    instance, keeps a 10,000-entry index from being rewritten 10,000 times; the
+//!    changes are per-key merges, so concurrent writers of other keys lose nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::matcher::{match_deployment, parse_manifest, Catalog, Match};
+use super::settings::Settings;
+use super::{
+    Director, OpError, Orphan, RunError, RunReport, SecretStore, Unmatched, ORPHANED_REASON,
+};
+use crate::model::foundation::INDEX_PATH;
+
+/// Where the time comes from (the wall clock; a fixed one in tests).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// How many times the index write is re-read and re-applied after CAS conflicts.
+const MAX_CAS_CONFLICTS: u32 = 20;
+
+/// The reconciler: its clients, catalog, settings and the deployment cache that lives
+/// across runs in watch mode.
+pub struct Reconciler {
+    director: Arc<dyn Director>,
+    store: Arc<dyn SecretStore>,
+    catalog: Catalog,
+    settings: Settings,
+    cache: Mutex<HashMap<String, (Instant, Arc<str>)>>,
+    clock: Clock,
+    runs: AtomicU64,
+}
+
+/// What was learnt about one listed deployment.
+enum Detail {
+    Manifest(Arc<str>),
+    /// Listed, but gone by the time its manifest was asked for.
+    Gone,
+    /// Its manifest could not be fetched (an error was recorded).
+    Failed,
+}
+
+/// Work for one instance.
+enum Item {
+    Sync(Match, Arc<str>),
+    Orphan(String, Option<String>),
+}
+
+/// Changes to one index entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Patch {
+    pub key: String,
+    pub set: Map<String, Value>,
+    pub set_if_absent: Map<String, Value>,
+    pub remove: Vec<&'static str>,
+}
+
+/// Applies patches to an index; returns whether anything changed.
+pub(super) fn apply_patches(index: &mut Map<String, Value>, patches: &[Patch]) -> bool {
+    let mut changed = false;
+    for p in patches {
+        let entry = index
+            .entry(p.key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+            changed = true;
+        }
+        let Some(e) = entry.as_object_mut() else {
+            continue;
+        };
+        for (k, v) in &p.set_if_absent {
+            if e.get(k).is_none_or(Value::is_null) {
+                e.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        for (k, v) in &p.set {
+            if e.get(k) != Some(v) {
+                e.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        for k in &p.remove {
+            changed |= e.remove(*k).is_some();
+        }
+    }
+    changed
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// What one instance's work produced.
+#[derive(Default)]
+struct Outcome {
+    patch: Option<Patch>,
+    synced: bool,
+    cleared: Option<String>,
+    rebuilt: Option<String>,
+    orphan: Option<Orphan>,
+    backups_written: usize,
+    backups_deleted: usize,
+    error: Option<RunError>,
+}
+
+impl Reconciler {
+    /// A reconciler over these clients, using the wall clock.
+    #[must_use]
+    pub fn new(
+        director: Arc<dyn Director>,
+        store: Arc<dyn SecretStore>,
+        catalog: Catalog,
+        settings: Settings,
+    ) -> Reconciler {
+        Reconciler {
+            director,
+            store,
+            catalog,
+            settings,
+            cache: Mutex::new(HashMap::new()),
+            clock: Arc::new(Utc::now),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// The same reconciler reading the time from `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Reconciler {
+        self.clock = clock;
+        self
+    }
+
+    /// The settings in force.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs `op` until it succeeds, it fails for good, or `retry_attempts` retries are
+    /// spent; the n-th retry waits n × `retry_delay`.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, OpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if (e.retryable || e.cas_mismatch)
+                        && attempt < self.settings.retry_attempts =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(self.settings.retry_delay * attempt).await;
+                }
+                Err(mut e) => {
+                    if attempt > 0 {
+                        e.message = format!("{} (after {attempt} retries)", e.message);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One run. Never fails as a whole: what went wrong is in [`RunReport::errors`].
+    pub async fn run_once(&self) -> RunReport {
+        let t0 = Instant::now();
+        let now = (self.clock)();
+        let mut report = RunReport {
+            run: self.runs.fetch_add(1, Ordering::SeqCst) + 1,
+            started_at: rfc3339(now),
+            ..RunReport::default()
+        };
+        self.run_into(now, &mut report).await;
+        report
+            .matches
+            .sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        report
+            .unmatched
+            .sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        report
+            .orphaned
+            .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        report.newly_orphaned.sort();
+        report.cleared.sort();
+        report.rebuilt.sort();
+        report.duration = t0.elapsed();
+        report.finished_at = (self.clock)().timestamp();
+        report
+    }
+
+    async fn run_into(&self, now: DateTime<Utc>, report: &mut RunReport) {
+        // 1. The deployments.
+        let mut names = match self.retry(|| self.director.deployment_names()).await {
+            Ok(n) => n,
+            Err(e) => {
+                report.errors.push(RunError {
+                    subject: "deployments".into(),
+                    message: format!(
+                        "{e}; nothing was changed this run (orphans cannot be told without \
+                         the list of deployments)"
+                    ),
+                });
+                return;
+            }
+        };
+        names.sort();
+        names.dedup();
+        report.deployments_scanned = names.len();
+        let phase = Instant::now();
+
+        // 2. Their manifests, and matches.
+        let details = self.details(&names, report).await;
+        let mut present: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let mut claimed: BTreeMap<String, (Match, Arc<str>)> = BTreeMap::new();
+        let mut fetch_failed = false;
+        for (name, detail) in names.iter().zip(details) {
+            let text = match detail {
+                Detail::Manifest(t) => t,
+                Detail::Gone => {
+                    present.remove(name.as_str());
+                    continue;
+                }
+                Detail::Failed => {
+                    fetch_failed = true;
+                    continue;
+                }
+            };
+            match match_deployment(&self.catalog, name, &parse_manifest(&text)) {
+                Ok(m) => {
+                    if let Some((first, _)) = claimed.get(&m.instance_id) {
+                        report.unmatched.push(Unmatched {
+                            deployment: name.clone(),
+                            reason: format!(
+                                "it is instance {} by {}, but deployment {} already is; left alone",
+                                m.instance_id,
+                                m.strategy.as_str(),
+                                first.deployment
+                            ),
+                        });
+                    } else {
+                        claimed.insert(m.instance_id.clone(), (m, text));
+                    }
+                }
+                Err(reason) => report.unmatched.push(Unmatched {
+                    deployment: name.clone(),
+                    reason,
+                }),
+            }
+        }
+        report.matches = claimed.values().map(|(m, _)| m.clone()).collect();
+        tracing::debug!(elapsed = ?phase.elapsed(), deployments = names.len(), matched = report.matches.len(), "deployments scanned and matched");
+        let phase = Instant::now();
+
+        // 3. The index, read once.
+        let index = match self.retry(|| self.store.read(INDEX_PATH)).await {
+            Ok(s) => s.data.unwrap_or_default(),
+            Err(e) => {
+                report.errors.push(RunError {
+                    subject: INDEX_PATH.into(),
+                    message: format!("{e}; no instance was written back this run"),
+                });
+                return;
+            }
+        };
+
+        // 4. The work: every match, and every entry whose deployment is gone.
+        let claimed_ids: std::collections::HashSet<String> = claimed.keys().cloned().collect();
+        let mut items: Vec<Item> = claimed
+            .into_values()
+            .map(|(m, text)| Item::Sync(m, text))
+            .collect();
+        for (id, entry) in &index {
+            if claimed_ids.contains(id) {
+                continue;
+            }
+            let deployment = entry
+                .get("deployment_name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| {
+                    entry
+                        .get("plan_id")
+                        .and_then(Value::as_str)
+                        .map(|p| crate::model::foundation::deployment_name(p, id))
+                });
+            match &deployment {
+                Some(d) if present.contains(d.as_str()) => continue,
+                // Without a name, a failed fetch could hide the deployment: wait.
+                None if fetch_failed => continue,
+                _ => {}
+            }
+            if entry.get("orphaned").and_then(Value::as_bool) == Some(true) {
+                report.orphaned.push(Orphan {
+                    instance_id: id.clone(),
+                    deployment_name: deployment,
+                    orphaned_at: entry
+                        .get("orphaned_at")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+                continue;
+            }
+            items.push(Item::Orphan(id.clone(), deployment));
+        }
+
+        let mut patches = Vec::new();
+        let batch = self.settings.batch_size.max(1);
+        for chunk in items.chunks(batch) {
+            let outcomes: Vec<Outcome> =
+                futures::stream::iter(chunk.iter().map(|item| self.process(item, &index, now)))
+                    .buffer_unordered(self.settings.max_concurrency.max(1))
+                    .collect()
+                    .await;
+            for o in outcomes {
+                patches.extend(o.patch);
+                report.synced += usize::from(o.synced);
+                report.cleared.extend(o.cleared);
+                report.rebuilt.extend(o.rebuilt);
+                if let Some(orphan) = o.orphan {
+                    report.newly_orphaned.push(orphan.instance_id.clone());
+                    report.orphaned.push(orphan);
+                }
+                report.backups_written += o.backups_written;
+                report.backups_deleted += o.backups_deleted;
+                report.errors.extend(o.error);
+            }
+        }
+
+        tracing::debug!(elapsed = ?phase.elapsed(), instances = items.len(), "instances backed up and written back");
+        // 5. One index write for the whole run.
+        let phase = Instant::now();
+        if !patches.is_empty() {
+            if let Err(e) = self.write_index(&patches).await {
+                report.errors.push(RunError {
+                    subject: INDEX_PATH.into(),
+                    message: format!(
+                        "{e}; the index changes of this run were not written (the next run \
+                         writes them)"
+                    ),
+                });
+                report.synced = 0;
+                report.newly_orphaned.clear();
+                report.cleared.clear();
+                report.rebuilt.clear();
+            }
+        }
+        tracing::debug!(elapsed = ?phase.elapsed(), changes = patches.len(), "index written");
+    }
+
+    /// Manifests of `names`, from the cache or the Director.
+    async fn details(&self, names: &[String], report: &mut RunReport) -> Vec<Detail> {
+        let ttl = self.settings.cache_ttl;
+        let now = Instant::now();
+        let mut out: Vec<Option<Detail>> = Vec::with_capacity(names.len());
+        let mut to_fetch = Vec::new();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let listed: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+            cache.retain(|k, _| listed.contains(k.as_str()));
+            for (i, n) in names.iter().enumerate() {
+                match cache.get(n) {
+                    Some((at, text)) if now.duration_since(*at) < ttl => {
+                        out.push(Some(Detail::Manifest(text.clone())));
+                    }
+                    _ => {
+                        out.push(None);
+                        to_fetch.push(i);
+                    }
+                }
+            }
+        }
+        let fetched: Vec<(usize, Result<Option<String>, OpError>)> =
+            futures::stream::iter(to_fetch.into_iter().map(|i| async move {
+                let name = &names[i];
+                (i, self.retry(|| self.director.manifest(name)).await)
+            }))
+            .buffer_unordered(self.settings.max_concurrency.max(1))
+            .collect()
+            .await;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, r) in fetched {
+            let name = &names[i];
+            out[i] = Some(match r {
+                Ok(Some(text)) => {
+                    let text: Arc<str> = Arc::from(text);
+                    cache.insert(name.clone(), (Instant::now(), text.clone()));
+                    Detail::Manifest(text)
+                }
+                Ok(None) => {
+                    cache.remove(name);
+                    Detail::Gone
+                }
+                Err(e) => {
+                    report.errors.push(RunError {
+                        subject: name.clone(),
+                        message: format!("{e}; the deployment was skipped this run"),
+                    });
+                    Detail::Failed
+                }
+            });
+        }
+        out.into_iter()
+            .map(|d| d.unwrap_or(Detail::Failed))
+            .collect()
+    }
+
+    async fn process(
+        &self,
+        item: &Item,
+        index: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        match item {
+            Item::Sync(m, text) => self.sync(m, text, index.get(&m.instance_id), now).await,
+            Item::Orphan(id, deployment) => {
+                self.orphan(id, deployment.as_deref(), index.get(id), now)
+                    .await
+            }
+        }
+    }
+
+    /// Backs up and writes back one matched instance; its index patch on success.
+    async fn sync(
+        &self,
+        m: &Match,
+        text: &str,
+        entry: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let id = &m.instance_id;
+        let stamp = Value::String(rfc3339(now));
+        let stamp = &stamp;
+        let written = self
+            .retry(|| async move {
+                let manifest_path = format!("{id}/manifest");
+                let current = self.store.read(&manifest_path).await?;
+                let (w, d) = self
+                    .backup(
+                        id,
+                        &m.deployment,
+                        entry,
+                        current.data.as_ref(),
+                        "reconcile",
+                        now,
+                    )
+                    .await?;
+                let mut data = current.data.clone().unwrap_or_default();
+                data.insert("manifest".into(), Value::String(text.to_string()));
+                data.insert("reconciled".into(), Value::Bool(true));
+                data.insert("reconciled_at".into(), stamp.clone());
+                data.insert("last_synced_at".into(), stamp.clone());
+                self.store
+                    .write(&manifest_path, &data, Some(current.version))
+                    .await?;
+                Ok((w, d))
+            })
+            .await;
+        let (backups_written, backups_deleted) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                return Outcome {
+                    error: Some(RunError {
+                        subject: m.deployment.clone(),
+                        message: format!("instance {id}: {e}; its index entry was left as it was"),
+                    }),
+                    ..Outcome::default()
+                }
+            }
+        };
+        let was_orphaned = entry
+            .and_then(|e| e.get("orphaned"))
+            .is_some_and(|v| v.as_bool() == Some(true));
+        let missing = entry.is_none_or(|e| !e.is_object());
+        let mut set = Map::new();
+        set.insert("reconciled".into(), Value::Bool(true));
+        set.insert("reconciled_at".into(), stamp.clone());
+        set.insert("last_synced_at".into(), stamp.clone());
+        let mut set_if_absent = Map::new();
+        set_if_absent.insert("service_id".into(), json!(m.service_id));
+        set_if_absent.insert("plan_id".into(), json!(m.plan_id));
+        set_if_absent.insert("deployment_name".into(), json!(m.deployment));
+        Outcome {
+            patch: Some(Patch {
+                key: id.clone(),
+                set,
+                set_if_absent,
+                remove: vec!["orphaned", "orphaned_at", "orphaned_reason"],
+            }),
+            synced: true,
+            cleared: was_orphaned.then(|| id.clone()),
+            rebuilt: missing.then(|| id.clone()),
+            backups_written,
+            backups_deleted,
+            ..Outcome::default()
+        }
+    }
+
+    /// Backs up and marks one entry whose deployment is gone. Its secrets stay.
+    async fn orphan(
+        &self,
+        id: &str,
+        deployment: Option<&str>,
+        entry: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let at = rfc3339(now);
+        let backed = self
+            .retry(|| async move {
+                let manifest = if self.settings.backup.enabled {
+                    self.store.read(&format!("{id}/manifest")).await?.data
+                } else {
+                    None
+                };
+                self.backup(
+                    id,
+                    deployment.unwrap_or_default(),
+                    entry,
+                    manifest.as_ref(),
+                    "orphan",
+                    now,
+                )
+                .await
+            })
+            .await;
+        let (backups_written, backups_deleted) = match backed {
+            Ok(x) => x,
+            Err(e) => {
+                return Outcome {
+                    error: Some(RunError {
+                        subject: id.to_string(),
+                        message: format!(
+                            "instance {id}: its deployment is gone, but the backup before \
+                             marking it orphaned failed: {e}; it was not marked"
+                        ),
+                    }),
+                    ..Outcome::default()
+                }
+            }
+        };
+        let mut set = Map::new();
+        set.insert("orphaned".into(), Value::Bool(true));
+        set.insert("orphaned_at".into(), Value::String(at.clone()));
+        set.insert("orphaned_reason".into(), json!(ORPHANED_REASON));
+        Outcome {
+            patch: Some(Patch {
+                key: id.to_string(),
+                set,
+                ..Patch::default()
+            }),
+            orphan: Some(Orphan {
+                instance_id: id.to_string(),
+                deployment_name: deployment.map(str::to_string),
+                orphaned_at: at,
+            }),
+            backups_written,
+            backups_deleted,
+            ..Outcome::default()
+        }
+    }
+
+    /// Writes `{id}/{backup_path}/{ts}` with the entry, `{id}/manifest` and
+    /// `{id}/metadata`, then prunes to the retention. `ts` is the run's unix time, or
+    /// one more than the newest backup's when that is not older, so two runs within a
+    /// second never overwrite each other's backup. Returns (written, deleted).
+    async fn backup(
+        &self,
+        id: &str,
+        deployment: &str,
+        entry: Option<&Value>,
+        manifest: Option<&Map<String, Value>>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), OpError> {
+        let b = &self.settings.backup;
+        if !b.enabled {
+            return Ok((0, 0));
+        }
+        let dir = format!("{id}/{}", b.path);
+        let mut existing: Vec<i64> = self
+            .store
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        let metadata = self.store.read(&format!("{id}/metadata")).await?.data;
+        let ts = existing
+            .iter()
+            .max()
+            .map_or(now.timestamp(), |newest| (newest + 1).max(now.timestamp()));
+        let mut data = Map::new();
+        data.insert("instance_id".into(), json!(id));
+        data.insert("deployment_name".into(), json!(deployment));
+        data.insert("taken_at".into(), json!(rfc3339(now)));
+        data.insert("reason".into(), json!(reason));
+        data.insert("index".into(), entry.cloned().unwrap_or(Value::Null));
+        data.insert(
+            "manifest".into(),
+            manifest.map_or(Value::Null, |m| Value::Object(m.clone())),
+        );
+        data.insert(
+            "metadata".into(),
+            metadata.map_or(Value::Null, Value::Object),
+        );
+        self.store
+            .write(&format!("{dir}/{ts}"), &data, Some(0))
+            .await?;
+        let mut deleted = 0;
+        if b.cleanup {
+            existing.push(ts);
+            existing.sort_unstable_by(|a, b| b.cmp(a));
+            for old in existing.iter().skip(b.retention) {
+                self.store.delete(&format!("{dir}/{old}")).await?;
+                deleted += 1;
+            }
+        }
+        Ok((1, deleted))
+    }
+
+    /// Applies the run's patches to `db` by check-and-set read-modify-write.
+    async fn write_index(&self, patches: &[Patch]) -> Result<(), OpError> {
+        let mut conflicts = 0;
+        loop {
+            let current = self.retry(|| self.store.read(INDEX_PATH)).await?;
+            let mut index = current.data.unwrap_or_default();
+            if !apply_patches(&mut index, patches) {
+                return Ok(());
+            }
+            let (index, version) = (&index, current.version);
+            let written = self
+                .retry(|| async move {
+                    match self.store.write(INDEX_PATH, index, Some(version)).await {
+                        // A conflict is not cured by sending the same write again.
+                        Err(e) if e.cas_mismatch => Ok(Err(e)),
+                        other => other.map(Ok),
+                    }
+                })
+                .await?;
+            match written {
+                Ok(_) => return Ok(()),
+                Err(e) if conflicts < MAX_CAS_CONFLICTS => {
+                    conflicts += 1;
+                    tracing::debug!(conflicts, error = %e, "index CAS conflict; re-reading");
+                    tokio::time::sleep(Duration::from_millis(5 << conflicts.min(6))).await;
+                }
+                Err(e) => {
+                    return Err(OpError::new(format!(
+                        "{} (gave up after {conflicts} check-and-set conflicts; too many \
+                         concurrent writers on the index, run again)",
+                        e.message
+                    )))
+                }
+            }
+        }
+    }
+}
