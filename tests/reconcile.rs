@@ -676,3 +676,38 @@ fn sigterm_during_a_watch_run_lets_it_finish_and_exits_0() {
     // The run finished its work: the whole index is back.
     assert_eq!(e.index().len(), 4);
 }
+
+#[test]
+fn reconcile_and_apply_leave_each_other_alone() {
+    let e = Env::new();
+    e.apply_foundation();
+    e.reconcile(&[], 0);
+    // The reconciler's marks are neither a plan nor drift.
+    let o = e.run(&["plan", "--detailed-exitcode", "foundation"]);
+    assert_code(&o, 0);
+    let o = e.run(&["drift", "foundation"]);
+    assert_code(&o, 0);
+    // An apply that does change an index entry keeps the marks.
+    let spec = e.s.path().join("foundation/foundation.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let old_org = "organization_guid: 0d4bde2a-6b2e-4a52-9b3b-5f0e1c7a9d11";
+    let changed = text.replacen(
+        old_org,
+        "organization_guid: 11111111-2222-4333-8444-555555555555",
+        1,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&spec, changed).unwrap();
+    let o = e.run(&["apply", "--auto-approve", "foundation"]);
+    assert_code(&o, 0);
+    let entry = e.index()[REDIS_SMALL].clone();
+    assert_eq!(
+        entry["organization_guid"], "11111111-2222-4333-8444-555555555555",
+        "{entry}"
+    );
+    assert_eq!(entry["reconciled"], true, "{entry}");
+    assert!(entry["reconciled_at"].is_string(), "{entry}");
+    assert!(entry["created_at"].is_string(), "{entry}");
+    let o = e.run(&["plan", "--detailed-exitcode", "foundation"]);
+    assert_code(&o, 0);
+}

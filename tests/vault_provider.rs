@@ -283,6 +283,58 @@ async fn writers_in_one_run_commit_as_a_group() {
     eprintln!("200 entries in {versions} index versions");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_keeps_the_fields_other_writers_own() {
+    let sim = VaultSim::start(TOKEN, &[]);
+    let provider = VaultProvider::with_config(Config {
+        addr: sim.url(),
+        token: Some(TOKEN.to_string()),
+        ..Config::default()
+    });
+    let attrs = |plan: &str| {
+        let mut a = BTreeMap::new();
+        a.insert("path".to_string(), json!("db"));
+        a.insert("key".to_string(), json!("i1"));
+        a.insert("value".to_string(), json!({ "plan_id": plan }));
+        a.insert(
+            "preserve_keys".to_string(),
+            json!(["reconciled", "orphaned"]),
+        );
+        a
+    };
+    fn req(a: &BTreeMap<String, Value>) -> ChangeRequest<'_> {
+        ChangeRequest {
+            address: "vault_index_entry.i1",
+            ty: "vault_index_entry",
+            attributes: a,
+            prior: None,
+            progress: Arc::new(|_| {}),
+        }
+    }
+    let first = attrs("small");
+    provider.create(req(&first)).await.expect("create");
+    // Another writer (the reconciler) marks the entry; an unrelated key comes too.
+    let (sim, status) = tokio::task::spawn_blocking(move || {
+        let body = r#"{"data":{"i1":{"plan_id":"small","reconciled":true,"stray":1}}}"#;
+        let r = sim.req("POST", "/v1/secret/data/db", Some(TOKEN), Some(body));
+        (sim, r.status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let second = attrs("large");
+    provider.update(req(&second)).await.expect("update");
+    let db = tokio::task::spawn_blocking(move || sim_read(&sim, "db").unwrap())
+        .await
+        .unwrap();
+    // The planned value wins; the preserved mark stays; anything else does not.
+    assert_eq!(
+        db["i1"],
+        json!({"plan_id": "large", "reconciled": true}),
+        "{db}"
+    );
+}
+
 #[test]
 fn missing_vault_addr_is_reported_only_when_vault_is_used() {
     let s = Scratch::new();

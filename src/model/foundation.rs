@@ -315,6 +315,7 @@ fn instance_resources(
                 "stamp_on_create".to_string(),
                 json!({"created": "unix", "created_at": "rfc3339", "requested_at": "rfc3339"}),
             ),
+            ("preserve_keys".to_string(), json!(INDEX_MANAGED_ELSEWHERE)),
         ]),
         depends_on: vec![format!("bosh_deployment.{deployment}")],
         lifecycle: Lifecycle {

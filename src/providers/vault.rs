@@ -129,20 +129,39 @@ impl VaultProvider {
         key: &str,
         value: Option<&Value>,
     ) -> Result<u64, ProviderError> {
+        self.index_set_preserving(mount, path, key, value, &[])
+            .await
+    }
+
+    /// [`VaultProvider::index_set`], keeping the fields named in `preserve` that the
+    /// entry has in Vault and `value` lacks (marks other writers own, such as the
+    /// reconciler's `reconciled_at` or `orphaned`).
+    ///
+    /// # Errors
+    /// As [`VaultProvider::index_set`].
+    pub async fn index_set_preserving(
+        &self,
+        mount: &str,
+        path: &str,
+        key: &str,
+        value: Option<&Value>,
+        preserve: &[String],
+    ) -> Result<u64, ProviderError> {
         let q = self.index_queue(mount, path);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        lock_plain(&q.pending).push((key.to_string(), value.cloned(), tx));
+        lock_plain(&q.pending).push(IndexOp {
+            key: key.to_string(),
+            value: value.cloned(),
+            preserve: preserve.to_vec(),
+            done: tx,
+        });
         {
             let _turn = q.writer.lock().await;
             let batch = std::mem::take(&mut *lock_plain(&q.pending));
             if !batch.is_empty() {
-                let ops: Vec<(&str, Option<&Value>)> = batch
-                    .iter()
-                    .map(|(k, v, _)| (k.as_str(), v.as_ref()))
-                    .collect();
-                let result = self.index_apply(mount, path, &ops).await;
-                for (_, _, tx) in batch {
-                    let _ = tx.send(result.clone());
+                let result = self.index_apply(mount, path, &batch).await;
+                for op in batch {
+                    let _ = op.done.send(result.clone());
                 }
             }
         }
@@ -158,7 +177,7 @@ impl VaultProvider {
         &self,
         mount: &str,
         path: &str,
-        ops: &[(&str, Option<&Value>)],
+        ops: &[IndexOp],
     ) -> Result<u64, ProviderError> {
         let client = self.client_for(mount).await?;
         let mut attempt = 0;
@@ -166,9 +185,13 @@ impl VaultProvider {
             attempt += 1;
             let current = client.read(mount, path).await.map_err(to_provider)?;
             let mut merged: Option<Map<String, Value>> = None;
-            for (key, value) in ops {
+            for op in ops {
                 let base = merged.as_ref().or(current.data.as_ref());
-                if let Some(m) = merge_index(base, key, *value) {
+                let value = op
+                    .value
+                    .as_ref()
+                    .map(|v| with_preserved(v, base.and_then(|b| b.get(&op.key)), &op.preserve));
+                if let Some(m) = merge_index(base, &op.key, value.as_ref()) {
                     merged = Some(m);
                 }
             }
@@ -229,11 +252,28 @@ fn lock_plain<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A queued index change and where its result goes.
-type IndexOp = (
-    String,
-    Option<Value>,
-    tokio::sync::oneshot::Sender<Result<u64, ProviderError>>,
-);
+struct IndexOp {
+    key: String,
+    /// The new entry, or `None` to remove it.
+    value: Option<Value>,
+    /// Fields of the entry in Vault to keep when `value` lacks them.
+    preserve: Vec<String>,
+    done: tokio::sync::oneshot::Sender<Result<u64, ProviderError>>,
+}
+
+/// `value` with the `preserve` fields of `current` it lacks copied in.
+fn with_preserved(value: &Value, current: Option<&Value>, preserve: &[String]) -> Value {
+    let (Value::Object(v), Some(Value::Object(cur))) = (value, current) else {
+        return value.clone();
+    };
+    let mut out = v.clone();
+    for k in preserve {
+        if let (false, Some(old)) = (out.contains_key(k), cur.get(k)) {
+            out.insert(k.clone(), old.clone());
+        }
+    }
+    Value::Object(out)
+}
 
 /// Per index secret: the changes waiting to be written, the write turn, and the last
 /// shared read.
@@ -393,6 +433,13 @@ fn index_schema() -> ResourceSchema {
         AttrSchema::new(AttrKind::Map, "The entry's value (not sensitive).").required(),
     );
     attributes.insert(
+        "preserve_keys".into(),
+        AttrSchema::new(
+            AttrKind::List,
+            "Fields of the entry that other writers own (e.g. the reconciler's marks): kept from Vault when `value` lacks them. Pair with `ignore_changes: [value.KEY]`.",
+        ),
+    );
+    attributes.insert(
         "stamp_on_create".into(),
         AttrSchema::new(
             AttrKind::Map,
@@ -437,7 +484,18 @@ impl VaultProvider {
                 let mut value = map_attr(attrs, "value", req.address)?.clone();
                 stamp(&mut value, attrs, req.address)?;
                 let value = Value::Object(value);
-                let version = self.index_set(mount, path, key, Some(&value)).await?;
+                let preserve: Vec<String> = attrs
+                    .get("preserve_keys")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|k| k.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let version = self
+                    .index_set_preserving(mount, path, key, Some(&value), &preserve)
+                    .await?;
                 let mut applied = attrs.clone();
                 applied.insert("value".into(), value);
                 return Ok(Applied {
