@@ -6,148 +6,18 @@
 //! objects so that the next plan is empty, and refuses what it must.
 
 mod common;
+#[path = "sim_bosh_support/mod.rs"]
+mod sim_bosh_support;
 #[path = "sim_vault_support/mod.rs"]
 mod sim_vault_support;
 
 use common::*;
 use serde_json::{json, Value};
+use sim_bosh_support::BoshSim;
 use sim_vault_support::VaultSim;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Output;
 
 const TOKEN: &str = "root";
-
-/// A running `anvil sim bosh` on plain HTTP with basic auth admin/admin; killed on drop.
-struct BoshSim {
-    child: Child,
-    url: String,
-}
-
-impl BoshSim {
-    fn start() -> BoshSim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_anvil"))
-            .args(["sim", "bosh", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start anvil sim bosh");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("anvil sim bosh printed no address line within 30s")
-            });
-        let url = line
-            .strip_prefix("anvil sim bosh listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
-        BoshSim { child, url }
-    }
-
-    /// One request to the Director API, redirects not followed: (status, Location, body).
-    fn http(&self, method: &str, path: &str, yaml: Option<&str>) -> (u16, Option<String>, String) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap();
-            let mut req = client
-                .request(method.parse().unwrap(), format!("{}{path}", self.url))
-                .basic_auth("admin", Some("admin"));
-            if let Some(y) = yaml {
-                req = req.header("Content-Type", "text/yaml").body(y.to_string());
-            }
-            let resp = req.send().await.expect("Director request");
-            let status = resp.status().as_u16();
-            let location = resp
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            (status, location, resp.text().await.unwrap_or_default())
-        })
-    }
-
-    /// Follows a task to its end (a hang guard, not a timing assertion).
-    fn wait_task(&self, location: &str) {
-        for _ in 0..3000 {
-            let (status, _, body) = self.http("GET", location, None);
-            assert_eq!(status, 200, "{body}");
-            let task: Value = serde_json::from_str(&body).unwrap();
-            match task["state"].as_str() {
-                Some("done") => return,
-                Some("queued" | "processing") => std::thread::sleep(Duration::from_millis(10)),
-                other => panic!("task {location} ended {other:?}: {body}"),
-            }
-        }
-        panic!("task {location} did not finish");
-    }
-
-    /// `DELETE /deployments/NAME?force=true`, behind anvil's back.
-    fn delete(&self, name: &str) {
-        let (status, location, body) =
-            self.http("DELETE", &format!("/deployments/{name}?force=true"), None);
-        assert_eq!(status, 302, "{body}");
-        self.wait_task(&location.unwrap());
-    }
-
-    /// `POST /deployments` with a manifest (that names its deployment), behind anvil's back.
-    fn deploy(&self, manifest: &str) {
-        let (status, location, body) = self.http("POST", "/deployments", Some(manifest));
-        assert_eq!(status, 302, "{body}");
-        self.wait_task(&location.unwrap());
-    }
-
-    /// `POST PATH` with a JSON body (e.g. `/configs`), behind anvil's back.
-    fn post_json(&self, path: &str, body: &Value) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let status = rt.block_on(async {
-            reqwest::Client::new()
-                .post(format!("{}{path}", self.url))
-                .basic_auth("admin", Some("admin"))
-                .json(body)
-                .send()
-                .await
-                .expect("Director request")
-                .status()
-        });
-        assert!(status.is_success(), "{status}");
-    }
-
-    fn manifest(&self, name: &str) -> Option<String> {
-        let (status, _, body) = self.http("GET", &format!("/deployments/{name}"), None);
-        if status == 404 {
-            return None;
-        }
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        Some(v["manifest"].as_str().unwrap().to_string())
-    }
-}
-
-impl Drop for BoshSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The two simulators and a scratch directory.
 struct World {
@@ -159,7 +29,7 @@ struct World {
 impl World {
     fn new() -> World {
         World {
-            bosh: BoshSim::start(),
+            bosh: BoshSim::start(&[], None),
             vault: VaultSim::start(TOKEN, &[]),
             s: Scratch::new(),
         }

@@ -7,6 +7,8 @@
 //! `--watch` run lets the run finish and exits 0.
 
 mod common;
+#[path = "sim_bosh_support/mod.rs"]
+mod sim_bosh_support;
 #[path = "sim_vault_support/mod.rs"]
 mod sim_vault_support;
 
@@ -14,9 +16,10 @@ use anvil::providers::bosh::client::{Client as BoshClient, Config as BoshConfig}
 use anvil::providers::vault::client::{Client as VaultClient, Config as VaultConfig};
 use common::*;
 use serde_json::{json, Value};
+use sim_bosh_support::BoshSim;
 use sim_vault_support::VaultSim;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -30,50 +33,6 @@ const PG_B: &str = "4b5c6d7e-8f9a-4b1c-9d3e-4f5a6b7c8d9e";
 /// Instances deployed by hand, outside the Foundation.
 const BY_METADATA: &str = "0a0b0c0d-1e1f-4a2b-8c3d-4e5f6a7b8c9d";
 const BY_RELEASES: &str = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910";
-
-/// A running `anvil sim bosh`; killed when dropped.
-struct BoshSim {
-    child: Child,
-    url: String,
-}
-
-impl BoshSim {
-    fn start() -> BoshSim {
-        let mut child = Command::new(BIN)
-            .args(["sim", "bosh", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start anvil sim bosh");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next().and_then(Result::ok).unwrap_or_default();
-            let _ = tx.send(first);
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("anvil sim bosh printed no address line within 30s")
-            });
-        let url = line
-            .strip_prefix("anvil sim bosh listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
-        BoshSim { child, url }
-    }
-}
-
-impl Drop for BoshSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Both simulators, a scratch directory holding examples/foundation, and a runtime for
 /// talking to the simulators with anvil's own clients.
@@ -90,7 +49,7 @@ impl Env {
         s.copy_example("foundation", "foundation");
         Env {
             rt: tokio::runtime::Runtime::new().unwrap(),
-            bosh: BoshSim::start(),
+            bosh: BoshSim::start(&[], None),
             vault: VaultSim::start(TOKEN, &[]),
             s,
         }

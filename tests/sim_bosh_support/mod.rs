@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use anvil::providers::bosh::client::{Client, Config};
+use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -124,6 +125,91 @@ impl BoshSim {
                 .await
                 .unwrap()
         })
+    }
+}
+
+/// Changes behind anvil's back, through the Director API with basic auth admin/admin.
+impl BoshSim {
+    /// One request to the Director API, redirects not followed: (status, Location, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        yaml: Option<&str>,
+    ) -> (u16, Option<String>, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let mut req = client
+                .request(method.parse().unwrap(), format!("{}{path}", self.url))
+                .basic_auth("admin", Some("admin"));
+            if let Some(y) = yaml {
+                req = req.header("Content-Type", "text/yaml").body(y.to_string());
+            }
+            let resp = req.send().await.expect("Director request");
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (status, location, resp.text().await.unwrap_or_default())
+        })
+    }
+
+    /// Follows a task to its end (a hang guard, not a timing assertion).
+    pub fn wait_task(&self, location: &str) {
+        for _ in 0..3000 {
+            let (status, _, body) = self.http("GET", location, None);
+            assert_eq!(status, 200, "{body}");
+            let task: Value = serde_json::from_str(&body).unwrap();
+            match task["state"].as_str() {
+                Some("done") => return,
+                Some("queued" | "processing") => std::thread::sleep(Duration::from_millis(10)),
+                other => panic!("task {location} ended {other:?}: {body}"),
+            }
+        }
+        panic!("task {location} did not finish");
+    }
+
+    /// `DELETE /deployments/NAME?force=true`, behind anvil's back.
+    pub fn delete(&self, name: &str) {
+        let (status, location, body) =
+            self.http("DELETE", &format!("/deployments/{name}?force=true"), None);
+        assert_eq!(status, 302, "{body}");
+        self.wait_task(&location.unwrap());
+    }
+
+    /// `POST /deployments` with a manifest (that names its deployment), behind anvil's back.
+    pub fn deploy(&self, manifest: &str) {
+        let (status, location, body) = self.http("POST", "/deployments", Some(manifest));
+        assert_eq!(status, 302, "{body}");
+        self.wait_task(&location.unwrap());
+    }
+
+    /// `POST PATH` with a JSON body (e.g. `/configs`), behind anvil's back.
+    pub fn post_json(&self, path: &str, body: &Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .basic_auth("admin", Some("admin"))
+                .json(body)
+                .send()
+                .await
+                .expect("Director request")
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
     }
 }
 
