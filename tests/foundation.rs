@@ -375,3 +375,28 @@ fn flaky_director_converges_within_three_applies_deploying_each_instance_once() 
     assert_code(&o, 0);
     eprintln!("converged after {runs} apply run(s); failures seen: {failures:#?}");
 }
+
+#[test]
+fn director_and_vault_blocks_stand_in_for_the_environment() {
+    let w = World::start(&[]);
+    let spec = format!(
+        "apiVersion: anvil/v1\nkind: Foundation\nmetadata: {{ name: blocks }}\ndirector: {{ url: \"{}\", client: admin, client_secret: admin }}\nvault: {{ addr: \"{}\", mount: secret }}\ncatalog:\n  services:\n    - id: redis\n      name: redis\n      plans:\n        - {{ id: redis-small, name: small, manifest: small.yml.tmpl, parameters: {{ port: 6379 }} }}\ninstances:\n  - {{ id: {A}, service: redis, plan: small }}\n",
+        w.bosh.url,
+        w.vault.url()
+    );
+    w.s.write("blocks/foundation.yaml", &spec);
+    w.s.write("blocks/small.yml.tmpl", SMALL_TEMPLATE);
+    let o =
+        w.s.cmd(&["apply", "--auto-approve", "blocks"])
+            .env_remove("BOSH_ENVIRONMENT")
+            .env_remove("BOSH_CLIENT")
+            .env_remove("BOSH_CLIENT_SECRET")
+            .env_remove("BOSH_CA_CERT")
+            .env_remove("VAULT_ADDR")
+            .env("VAULT_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+    assert_code(&o, 0);
+    assert_eq!(w.bosh.names(), [format!("redis-small-{A}")]);
+    assert!(w.secret("db").unwrap().get(A).is_some());
+}
