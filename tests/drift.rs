@@ -429,6 +429,20 @@ resources:
         (vec!["vault_index_entry.i1", "db"], "`#KEY` is missing"),
         (vec!["vault_index_entry.i1", "db#i9"], "has no key `i9`"),
         (vec!["null_resource.glue", ""], "must not be empty"),
+        // URL syntax in an ID never reaches another object than the one named.
+        (
+            vec!["bosh_deployment.hand", "hand#"],
+            "no deployment `hand#`",
+        ),
+        (
+            vec!["bosh_deployment.hand", "hand?x=1"],
+            "no deployment `hand?x=1`",
+        ),
+        (vec!["vault_secret.creds", "app/creds?x=1"], "no secret at"),
+        (
+            vec!["vault_secret.creds", "q/../app/creds"],
+            "`.` and `..` segments are not allowed",
+        ),
     ] {
         let mut argv = vec!["import"];
         argv.extend(args.iter().copied());

@@ -100,6 +100,11 @@ fn cases() -> Vec<(&'static str, String, Vec<String>)> {
             vec![format!("t.yml.tmpl:4:16: instances[0]: `${{params.nodes}}` has no value for instance {A}: set it in the instance's parameters (")],
         ),
         (
+            "plan id that cannot name a deployment",
+            foundation("", &inst(A, "small")).replacen("- id: redis-small", "- id: redis.small", 1),
+            vec!["bad.yaml:9:".into(), "catalog.services[0].plans[0].id: invalid id `redis.small`".into()],
+        ),
+        (
             "unknown field in an instance",
             foundation("", &format!("{}    size: big\n", inst(A, "small"))),
             vec!["bad.yaml:22:5: instances[0].size: unknown field `size`".into()],

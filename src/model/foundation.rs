@@ -484,37 +484,73 @@ fn render(
 
 fn render_line(
     text: &str,
-    mut offset: usize,
+    offset: usize,
     lookup: &dyn Fn(&str, &[&str]) -> Option<Value>,
     out: &mut String,
 ) -> Result<(), (usize, String)> {
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
+    let mut pos = 0;
+    while let Some(found) = text[pos..].find("${") {
+        let start = pos + found;
+        out.push_str(&text[pos..start]);
+        let Some(end) = text[start + 2..].find('}') else {
+            out.push_str(&text[start..]);
             return Ok(());
         };
-        let expr = after[..end].trim();
+        let expr = text[start + 2..start + 2 + end].trim();
+        let next = start + 2 + end + 1;
         let mut parts = expr.split('.');
         let ns = parts.next().unwrap_or("");
-        let consumed = start + 2 + end + 1;
         if NAMESPACES.contains(&ns) {
             let path: Vec<&str> = parts.collect();
-            match lookup(ns, &path) {
-                Some(Value::String(s)) => out.push_str(&s),
-                Some(v) => out.push_str(&v.to_string()),
-                None => return Err((offset + start, expr.to_string())),
+            let Some(value) = lookup(ns, &path) else {
+                return Err((offset + start, expr.to_string()));
+            };
+            if is_whole_value(&text[..start], &text[next..]) {
+                out.push_str(&yaml_scalar(&value));
+            } else {
+                match value {
+                    Value::String(s) => out.push_str(&s),
+                    v => out.push_str(&v.to_string()),
+                }
             }
         } else {
-            out.push_str(&rest[start..consumed]);
+            out.push_str(&text[start..next]);
         }
-        offset += consumed;
-        rest = &rest[consumed..];
+        pos = next;
     }
-    out.push_str(rest);
+    out.push_str(&text[pos..]);
     Ok(())
+}
+
+/// Whether a placeholder is a whole YAML value on its line: after `key:` or `- `, with
+/// nothing but blanks (or a comment) after it.
+fn is_whole_value(before: &str, after: &str) -> bool {
+    let b = before.trim_end();
+    let lead_ok = b.ends_with(':') || b.trim_start() == "-" || b.ends_with(" -");
+    let rest = after.trim();
+    lead_ok
+        && before.ends_with(' ')
+        && (rest.is_empty() || rest.starts_with(" #") || rest.starts_with('#'))
+}
+
+/// A value written where YAML reads a whole scalar: strings stay plain when YAML would
+/// read them back as the same string, and are double-quoted otherwise (`#`, `: `, `~`,
+/// `true`, `123`, newlines...); other values as JSON, which YAML reads as flow.
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => {
+            let plain = YamlLoader::load_from_str(&format!("k: {s}"))
+                .ok()
+                .and_then(|d| d.into_iter().next())
+                .is_some_and(|d| d["k"].as_str() == Some(s.as_str()));
+            if plain && !s.contains('\n') {
+                s.clone()
+            } else {
+                serde_json::to_string(s).unwrap_or_default()
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -588,6 +624,31 @@ mod tests {
             r,
             "a: abc\nb: 3\nc: ((password))\nd: ${HOME} ${1}\ne: x-abc\n"
         );
+    }
+
+    #[test]
+    fn whole_values_keep_their_meaning() {
+        let look = |_: &str, path: &[&str]| -> Option<Value> {
+            Some(match path {
+                ["hash"] => json!("abc #123"),
+                ["tilde"] => json!("~"),
+                ["multi"] => json!("x\nvariables: []"),
+                ["word"] => json!("redis"),
+                ["num"] => json!("6379"),
+                _ => return None,
+            })
+        };
+        let t = "a: ${params.hash}\nb: ${params.tilde}\nc: ${params.multi}\nd: ${params.word}\ne: ${params.num}\n- ${params.hash}\nf: x-${params.hash}\n";
+        let r = render(t, &look).unwrap();
+        assert_eq!(
+            r,
+            "a: \"abc #123\"\nb: \"~\"\nc: \"x\\nvariables: []\"\nd: redis\ne: \"6379\"\n- \"abc #123\"\nf: x-abc #123\n"
+        );
+        let doc = &YamlLoader::load_from_str(&r.replace("- \"abc #123\"\n", "")).unwrap()[0];
+        assert_eq!(doc["a"].as_str(), Some("abc #123"));
+        assert_eq!(doc["b"].as_str(), Some("~"));
+        assert_eq!(doc["c"].as_str(), Some("x\nvariables: []"));
+        assert_eq!(doc["e"].as_str(), Some("6379"));
     }
 
     #[test]

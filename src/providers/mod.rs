@@ -15,6 +15,21 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Characters left as they are in a URL path segment or query value: RFC 3986's
+/// unreserved set. Everything else (`/`, `?`, `#`, `%`, spaces, ...) is percent-encoded,
+/// so a name can never reach another endpoint.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s` percent-encoded as one URL path segment or query value.
+#[must_use]
+pub fn url_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
 /// A provider setting from the environment: unset and blank are the same.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

@@ -186,7 +186,7 @@ pub struct Catalog {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// The service id, unique in the catalog (Blacksmith uses the name, e.g. `redis`).
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
     pub id: String,
     /// The name shown in the marketplace.
     pub name: String,
@@ -217,7 +217,7 @@ fn yes() -> bool {
 pub struct PlanSpec {
     /// The plan id, unique across the catalog (Blacksmith's are `service-plan`, e.g.
     /// `redis-small`); deployments are named `{plan_id}-{instance_id}`.
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
     pub id: String,
     /// The plan name within its service, e.g. `small`.
     pub name: String,

@@ -15,6 +15,7 @@
 //!   backoff (200 ms × 2^n, at most [`MAX_ATTEMPTS`] attempts) on 5xx answers and
 //!   connection errors. Deploys have their own rule, see [`Client::deploy`].
 
+use crate::providers::url_segment;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -481,7 +482,7 @@ impl Client {
     /// # Errors
     /// The Director cannot be asked or refuses.
     pub async fn manifest(&self, name: &str) -> Result<Option<String>, BoshError> {
-        let path = format!("/deployments/{name}");
+        let path = format!("/deployments/{}", url_segment(name));
         let a = self
             .request_accepting(
                 Method::GET,
@@ -513,7 +514,7 @@ impl Client {
         name: &str,
         manifest: &str,
     ) -> Result<(Vec<(String, Option<String>)>, Option<String>), BoshError> {
-        let path = format!("/deployments/{name}/diff?redact=true");
+        let path = format!("/deployments/{}/diff?redact=true", url_segment(name));
         let a = self
             .request(Method::POST, &path, Body::Yaml(manifest), None)
             .await?;
@@ -556,7 +557,10 @@ impl Client {
     /// # Errors
     /// The Director cannot be asked or refuses.
     pub async fn active_tasks(&self, name: &str) -> Result<Vec<u64>, BoshError> {
-        let path = format!("/tasks?deployment={name}&state=queued,processing");
+        let path = format!(
+            "/tasks?deployment={}&state=queued,processing",
+            url_segment(name)
+        );
         let a = self.request(Method::GET, &path, Body::None, None).await?;
         let mut ids: Vec<u64> = a
             .json()
@@ -621,7 +625,7 @@ impl Client {
     /// # Errors
     /// The Director refuses or cannot be asked.
     pub async fn delete_deployment(&self, name: &str) -> Result<Option<u64>, BoshError> {
-        let path = format!("/deployments/{name}?force=true");
+        let path = format!("/deployments/{}?force=true", url_segment(name));
         let a = self
             .request_accepting(
                 Method::DELETE,
@@ -747,7 +751,11 @@ impl Client {
         ty: &str,
         name: &str,
     ) -> Result<Option<(String, String)>, BoshError> {
-        let path = format!("/configs?type={ty}&name={name}&latest=true");
+        let path = format!(
+            "/configs?type={}&name={}&latest=true",
+            url_segment(ty),
+            url_segment(name)
+        );
         let a = self.request(Method::GET, &path, Body::None, None).await?;
         let list = a
             .json()

@@ -316,7 +316,7 @@ impl Client {
     /// # Errors
     /// Vault cannot be asked or refuses.
     pub async fn read(&self, mount: &str, path: &str) -> Result<Secret, VaultError> {
-        let api = format!("{mount}/data/{path}");
+        let api = api_path(mount, "data", path)?;
         let (status, answer) = self
             .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
             .await?;
@@ -349,7 +349,7 @@ impl Client {
         data: &Map<String, Value>,
         cas: Option<u64>,
     ) -> Result<u64, VaultError> {
-        let api = format!("{mount}/data/{path}");
+        let api = api_path(mount, "data", path)?;
         let body = match cas {
             Some(n) => json!({ "options": { "cas": n }, "data": data }),
             None => json!({ "data": data }),
@@ -368,7 +368,7 @@ impl Client {
     /// # Errors
     /// Vault refuses or cannot be asked.
     pub async fn list(&self, mount: &str, path: &str) -> Result<Vec<String>, VaultError> {
-        let api = format!("{mount}/metadata/{}?list=true", path.trim_matches('/'));
+        let api = format!("{}?list=true", api_path(mount, "metadata", path)?);
         let (status, answer) = self
             .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
             .await?;
@@ -393,11 +393,46 @@ impl Client {
     /// # Errors
     /// Vault refuses or cannot be asked.
     pub async fn delete_all(&self, mount: &str, path: &str) -> Result<(), VaultError> {
-        let api = format!("{mount}/metadata/{path}");
+        let api = api_path(mount, "metadata", path)?;
         self.call(Method::DELETE, &api, None, &[StatusCode::NOT_FOUND])
             .await?;
         Ok(())
     }
+}
+
+/// The API path `<mount>/<kind>/<path>` with every segment percent-encoded. Paths are
+/// refused when a segment is `.` or `..`, or anything holds a control character: the
+/// request could otherwise reach a different secret than the one named.
+fn api_path(mount: &str, kind: &str, path: &str) -> Result<String, VaultError> {
+    let bad = |what: &str| VaultError {
+        message: format!(
+            "`{mount}/{path}` is not a usable secret path: {what}; use plain `/`-separated names"
+        ),
+        status: None,
+        retryable: false,
+        cas_mismatch: false,
+    };
+    let mut out = Vec::new();
+    for (i, part) in [mount, path].iter().enumerate() {
+        for seg in part.trim_matches('/').split('/') {
+            if seg.is_empty() && !(i == 1 && part.trim_matches('/').is_empty()) {
+                return Err(bad("it has an empty segment"));
+            }
+            if seg == "." || seg == ".." {
+                return Err(bad("`.` and `..` segments are not allowed"));
+            }
+            if seg.chars().any(char::is_control) {
+                return Err(bad("it holds a control character"));
+            }
+            if !seg.is_empty() {
+                out.push(crate::providers::url_segment(seg));
+            }
+        }
+        if i == 0 {
+            out.push(kind.to_string());
+        }
+    }
+    Ok(out.join("/"))
 }
 
 fn is_cas_mismatch(errors: &str) -> bool {
@@ -408,6 +443,30 @@ fn is_cas_mismatch(errors: &str) -> bool {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn api_paths_are_encoded_and_never_escape_the_secret() {
+        assert_eq!(
+            api_path("secret", "data", "a/b").unwrap(),
+            "secret/data/a/b"
+        );
+        assert_eq!(
+            api_path("secret", "metadata", "").unwrap(),
+            "secret/metadata"
+        );
+        assert_eq!(
+            api_path("secret", "data", "x?y=1#z").unwrap(),
+            "secret/data/x%3Fy%3D1%23z"
+        );
+        assert_eq!(
+            api_path("kv/team", "data", "/db/").unwrap(),
+            "kv/team/data/db"
+        );
+        for bad in ["q/../x", "./x", "a//b", "a\nb"] {
+            assert!(api_path("secret", "data", bad).is_err(), "{bad}");
+        }
+        assert!(api_path("..", "data", "x").is_err());
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = pairs
