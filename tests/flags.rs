@@ -180,3 +180,19 @@ fn a_closed_stdout_ends_the_run_quietly() {
     child.wait().unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_non_utf8_environment_variable_is_not_a_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Scratch::new();
+    s.write("spec.yaml", &tree_spec("envws", 2, ""));
+    let o = s
+        .cmd(&["validate", "spec.yaml"])
+        .env(
+            std::ffi::OsStr::from_bytes(b"ANVIL_TEST_BAD"),
+            std::ffi::OsStr::from_bytes(b"\xff\xfe"),
+        )
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+}

@@ -100,6 +100,11 @@ fn cases() -> Vec<(&'static str, String, Vec<String>)> {
             vec![format!("t.yml.tmpl:4:16: instances[0]: `${{params.nodes}}` has no value for instance {A}: set it in the instance's parameters (")],
         ),
         (
+            "template that is a device, not a file",
+            foundation("", &inst(A, "small")).replacen("manifest: t.yml.tmpl", "manifest: /dev/zero", 1),
+            vec!["bad.yaml:12:11: catalog.services[0].plans[0].manifest: manifest template /dev/zero: file is over".into()],
+        ),
+        (
             "plan id that cannot name a deployment",
             foundation("", &inst(A, "small")).replacen("- id: redis-small", "- id: redis.small", 1),
             vec!["bad.yaml:9:".into(), "catalog.services[0].plans[0].id: invalid id `redis.small`".into()],

@@ -570,7 +570,9 @@ fn stamp_manifest(
     plan: &PlanSpec,
     inst: &InstanceSpec,
 ) -> Result<String, String> {
-    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let docs = YamlLoader::load_from_str(text).map_err(|e| {
+        format!("not valid YAML after rendering: {e} (lines counted in the rendered manifest)")
+    })?;
     let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
         return Err("expected a YAML map at the top (a BOSH deployment manifest)".into());
     };

@@ -120,7 +120,7 @@ fn load(
     };
     let opts = LoadOptions {
         vars: vars.clone(),
-        env: std::env::vars().collect(),
+        env: utf8_env(),
     };
     let t = std::time::Instant::now();
     let spec = spec::load(&paths, &opts)?;
@@ -500,4 +500,13 @@ pub async fn run_apply(
     apply::settle_pending(plan, &ws.model, &mut state);
     let journal = ws.backend.journal(&state, lock)?;
     Ok(apply::apply(plan, &ws.model, &ws.registry, state, journal, cfg, io).await?)
+}
+
+/// The environment as text. Variables whose name or value is not UTF-8 are left out (a
+/// `${env:NAME}` naming one reports it unset) instead of failing the whole run.
+#[must_use]
+pub fn utf8_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }

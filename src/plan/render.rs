@@ -200,11 +200,15 @@ fn render_provider_diff(out: &mut String, d: &crate::model::ProviderDiff, style:
         );
         return;
     }
-    let shown = |i: usize| {
-        changed
-            .iter()
-            .any(|c| i + CONTEXT >= *c && i <= c + CONTEXT)
-    };
+    // Lines within CONTEXT of a change, marked in one pass.
+    let mut near = vec![false; d.lines.len()];
+    for &c in &changed {
+        let end = (c + CONTEXT + 1).min(near.len());
+        for flag in &mut near[c.saturating_sub(CONTEXT)..end] {
+            *flag = true;
+        }
+    }
+    let shown = |i: usize| near[i];
     let mut last: Option<usize> = None;
     for (i, l) in d.lines.iter().enumerate() {
         if !shown(i) {

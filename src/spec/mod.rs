@@ -389,7 +389,20 @@ fn read_text(file: &Path, hasher: &mut Sha256) -> Result<String, SpecError> {
             ),
         ));
     }
-    let bytes = fs::read(file).map_err(|e| io_error(file, &e))?;
+    // The size from metadata says nothing for devices and pipes (`/dev/zero` has 0):
+    // read at most one byte past the limit, whatever the file is.
+    let mut bytes = Vec::new();
+    fs::File::open(file)
+        .and_then(|f| io::Read::read_to_end(&mut io::Read::take(f, MAX_FILE_BYTES + 1), &mut bytes))
+        .map_err(|e| io_error(file, &e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(SpecError::file(
+            file,
+            format!(
+                "file is over {MAX_FILE_BYTES} bytes: spec files and templates may be at most that"
+            ),
+        ));
+    }
     hash_file(hasher, file, &bytes);
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
