@@ -101,7 +101,7 @@ pub(super) async fn run(a: ReconcileArgs) -> Result<i32> {
         );
         return Ok(0);
     }
-    let f = clients::load_foundation(&a.foundation, std::env::vars().collect())?;
+    let f = clients::load_foundation(&a.foundation, clients::utf8_env(std::env::vars_os()))?;
     let (director, store) = clients::connect(&f, crate::providers::env_var).await?;
     let rec = Reconciler::new(
         Arc::new(director),
@@ -288,6 +288,9 @@ fn render(r: &RunReport, m: &Metrics) -> String {
         "  backups    {} written, {} deleted",
         r.backups_written, r.backups_deleted
     );
+    for k in &r.skipped {
+        let _ = writeln!(s, "  skipped    {}: {} (nothing written)", k.key, k.reason);
+    }
     for e in &r.errors {
         let _ = writeln!(s, "  error      {}: {}", e.subject, e.message);
     }

@@ -33,6 +33,17 @@ pub struct Foundation {
     pub mount: String,
 }
 
+/// The environment variables whose names and values are UTF-8 (as
+/// [`std::env::vars_os`] gives them); the others are skipped, since no Foundation
+/// variable can name them, instead of panicking as [`std::env::vars`] would.
+pub fn utf8_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 /// Loads the one Foundation document under `path` (a file or a directory), with
 /// `${env:NAME}` read from `env`.
 ///

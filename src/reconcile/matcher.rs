@@ -193,10 +193,24 @@ pub fn match_deployment(catalog: &Catalog, name: &str, manifest: &Yaml) -> Resul
                 let service_ok = meta["service_id"]
                     .as_str()
                     .is_none_or(|s| s == p.service_id);
-                let id = meta["instance_id"]
+                let given = meta["instance_id"]
                     .as_str()
-                    .filter(|s| !s.trim().is_empty())
-                    .or_else(|| trailing_uuid(name));
+                    .filter(|s| !s.trim().is_empty());
+                // The id becomes part of Vault paths (`{id}/manifest`): only a
+                // canonical UUID is taken, never a path-like string.
+                let id = match given {
+                    Some(g) if !is_uuid(g) => {
+                        why.push(format!(
+                            "metadata names plan `{plan_id}` but its instance_id `{}` is not \
+                             a UUID (8-4-4-4-12 hex); set properties.blacksmith.instance_id \
+                             to the instance's UUID",
+                            g.escape_debug()
+                        ));
+                        None
+                    }
+                    Some(g) => Some(g),
+                    None => trailing_uuid(name),
+                };
                 match (service_ok, id) {
                     (true, Some(id)) => return Ok(found(p, id, Strategy::Metadata)),
                     (false, _) => why.push(format!(
@@ -204,9 +218,10 @@ pub fn match_deployment(catalog: &Catalog, name: &str, manifest: &Yaml) -> Resul
                         meta["service_id"].as_str().unwrap_or_default(),
                         p.service_id
                     )),
-                    (true, None) => why.push(format!(
+                    (true, None) if given.is_none() => why.push(format!(
                         "metadata names plan `{plan_id}` but no instance_id"
                     )),
+                    (true, None) => {}
                 }
             }
             None => why.push(format!(

@@ -145,6 +145,17 @@ pub struct Orphan {
     pub orphaned_at: String,
 }
 
+/// An index entry or instance left alone because acting on it would be unsafe (a key
+/// that is not a UUID, a value that is not a JSON object, an entry removed while the
+/// run was going on). Nothing was written for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The `db` index key (or instance id) concerned.
+    pub key: String,
+    /// Why, and what to do about it.
+    pub reason: String,
+}
+
 /// One thing that failed during a run; the run went on past it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunError {
@@ -181,6 +192,8 @@ pub struct RunReport {
     pub cleared: Vec<String>,
     pub backups_written: usize,
     pub backups_deleted: usize,
+    /// Index entries and instances left alone as unsafe to act on.
+    pub skipped: Vec<Skipped>,
     pub errors: Vec<RunError>,
 }
 

@@ -27,10 +27,11 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::matcher::{match_deployment, parse_manifest, Catalog, Match};
+use super::matcher::{is_uuid, match_deployment, parse_manifest, Catalog, Match};
 use super::settings::Settings;
 use super::{
-    Director, OpError, Orphan, RunError, RunReport, SecretStore, Unmatched, ORPHANED_REASON,
+    Director, OpError, Orphan, RunError, RunReport, SecretStore, Skipped, Unmatched,
+    ORPHANED_REASON,
 };
 use crate::model::foundation::INDEX_PATH;
 
@@ -39,6 +40,10 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// How many times the index write is re-read and re-applied after CAS conflicts.
 const MAX_CAS_CONFLICTS: u32 = 20;
+
+/// The largest backup name taken for a unix time (9999-12-31T23:59:59Z); larger
+/// numeric names are not backups this reconciler wrote and are left alone.
+const MAX_BACKUP_TS: i64 = 253_402_300_799;
 
 /// The reconciler: its clients, catalog, settings and the deployment cache that lives
 /// across runs in watch mode.
@@ -74,39 +79,103 @@ pub(super) struct Patch {
     pub set: Map<String, Value>,
     pub set_if_absent: Map<String, Value>,
     pub remove: Vec<&'static str>,
+    /// The entry was missing when this run read the index and the patch rebuilds it:
+    /// only then is a missing entry created. Without it, an entry removed since the
+    /// read (e.g. by `anvil destroy`) stays removed.
+    pub rebuild: bool,
 }
 
-/// Applies patches to an index; returns whether anything changed.
-pub(super) fn apply_patches(index: &mut Map<String, Value>, patches: &[Patch]) -> bool {
-    let mut changed = false;
+/// What applying patches did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Applied {
+    /// Whether the index changed.
+    pub changed: bool,
+    /// Patches not applied, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Applies patches to an index. Never replaces an entry that is not a JSON object, and
+/// never re-creates a missing entry unless the patch is a rebuild.
+pub(super) fn apply_patches(index: &mut Map<String, Value>, patches: &[Patch]) -> Applied {
+    let mut out = Applied::default();
     for p in patches {
-        let entry = index
-            .entry(p.key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
-            changed = true;
-        }
-        let Some(e) = entry.as_object_mut() else {
-            continue;
+        let e = match index.get_mut(&p.key) {
+            Some(Value::Object(e)) => e,
+            Some(other) => {
+                out.skipped.push(Skipped {
+                    key: p.key.clone(),
+                    reason: format!(
+                        "its db index entry is not a JSON object ({}), so it was left as it \
+                         is; make it an object or remove it by hand",
+                        json_kind(other)
+                    ),
+                });
+                continue;
+            }
+            None if p.rebuild => {
+                out.changed = true;
+                index
+                    .entry(p.key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                match index.get_mut(&p.key) {
+                    Some(Value::Object(e)) => e,
+                    _ => continue,
+                }
+            }
+            None => {
+                out.skipped.push(Skipped {
+                    key: p.key.clone(),
+                    reason: "its db index entry was removed while this run was going on \
+                             (e.g. by `anvil destroy`), so it was not re-created; the next \
+                             run rebuilds it if its deployment still exists"
+                        .into(),
+                });
+                continue;
+            }
         };
+        let changed = &mut out.changed;
         for (k, v) in &p.set_if_absent {
             if e.get(k).is_none_or(Value::is_null) {
                 e.insert(k.clone(), v.clone());
-                changed = true;
+                *changed = true;
             }
         }
         for (k, v) in &p.set {
             if e.get(k) != Some(v) {
                 e.insert(k.clone(), v.clone());
-                changed = true;
+                *changed = true;
             }
         }
         for k in &p.remove {
-            changed |= e.remove(*k).is_some();
+            *changed |= e.remove(*k).is_some();
         }
     }
-    changed
+    out
+}
+
+/// A JSON value's kind, for messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The backups listed under a backup folder that this reconciler may count and prune:
+/// names that are the canonical decimal form of a plausible unix time (no sign, no
+/// leading zeros). Each comes with the name as listed, which is the one deleted.
+fn backup_stamps(listed: &[String]) -> Vec<(i64, String)> {
+    listed
+        .iter()
+        .filter_map(|k| {
+            let n: i64 = k.parse().ok()?;
+            ((0..=MAX_BACKUP_TS).contains(&n) && n.to_string() == *k).then(|| (n, k.clone()))
+        })
+        .collect()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -209,6 +278,7 @@ impl Reconciler {
         report.newly_orphaned.sort();
         report.cleared.sort();
         report.rebuilt.sort();
+        report.skipped.sort_by(|a, b| a.key.cmp(&b.key));
         report.duration = t0.elapsed();
         report.finished_at = (self.clock)().timestamp();
         report
@@ -252,6 +322,15 @@ impl Reconciler {
                 }
             };
             match match_deployment(&self.catalog, name, &parse_manifest(&text)) {
+                // The matcher only gives UUIDs; checked again because the id becomes
+                // part of Vault paths.
+                Ok(m) if !is_uuid(&m.instance_id) => report.unmatched.push(Unmatched {
+                    deployment: name.clone(),
+                    reason: format!(
+                        "its instance id `{}` is not a UUID; left alone",
+                        m.instance_id.escape_debug()
+                    ),
+                }),
                 Ok(m) => {
                     if let Some((first, _)) = claimed.get(&m.instance_id) {
                         report.unmatched.push(Unmatched {
@@ -291,12 +370,46 @@ impl Reconciler {
 
         // 4. The work: every match, and every entry whose deployment is gone.
         let claimed_ids: std::collections::HashSet<String> = claimed.keys().cloned().collect();
-        let mut items: Vec<Item> = claimed
-            .into_values()
-            .map(|(m, text)| Item::Sync(m, text))
-            .collect();
+        let mut items: Vec<Item> = Vec::new();
+        for (m, text) in claimed.into_values() {
+            match index.get(&m.instance_id) {
+                Some(v) if !v.is_object() => report.skipped.push(Skipped {
+                    key: m.instance_id.clone(),
+                    reason: format!(
+                        "deployment {} matches it, but its db index entry is not a JSON \
+                         object ({}); nothing was written for it: make the entry an object \
+                         or remove it by hand",
+                        m.deployment,
+                        json_kind(v)
+                    ),
+                }),
+                _ => items.push(Item::Sync(m, text)),
+            }
+        }
         for (id, entry) in &index {
             if claimed_ids.contains(id) {
+                continue;
+            }
+            // Keys become Vault paths (`{id}/backups/…`): only UUIDs are acted on.
+            if !is_uuid(id) {
+                report.skipped.push(Skipped {
+                    key: id.clone(),
+                    reason: "this db index key is not an instance UUID (8-4-4-4-12 hex), so \
+                             it is never backed up or marked; remove or rename it by hand if \
+                             it is not wanted"
+                        .into(),
+                });
+                continue;
+            }
+            if !entry.is_object() {
+                report.skipped.push(Skipped {
+                    key: id.clone(),
+                    reason: format!(
+                        "its db index entry is not a JSON object ({}), so it is never \
+                         backed up or marked; make it an object or remove it by hand",
+                        json_kind(entry)
+                    ),
+                });
                 continue;
             }
             let deployment = entry
@@ -357,18 +470,32 @@ impl Reconciler {
         // 5. One index write for the whole run.
         let phase = Instant::now();
         if !patches.is_empty() {
-            if let Err(e) = self.write_index(&patches).await {
-                report.errors.push(RunError {
-                    subject: INDEX_PATH.into(),
-                    message: format!(
-                        "{e}; the index changes of this run were not written (the next run \
+            match self.write_index(&patches).await {
+                Ok(skipped) => {
+                    for k in skipped {
+                        let key = k.key.as_str();
+                        report.rebuilt.retain(|x| x != key);
+                        report.cleared.retain(|x| x != key);
+                        if report.newly_orphaned.iter().any(|x| x == key) {
+                            report.newly_orphaned.retain(|x| x != key);
+                            report.orphaned.retain(|o| o.instance_id != key);
+                        }
+                        report.skipped.push(k);
+                    }
+                }
+                Err(e) => {
+                    report.errors.push(RunError {
+                        subject: INDEX_PATH.into(),
+                        message: format!(
+                            "{e}; the index changes of this run were not written (the next run \
                          writes them)"
-                    ),
-                });
-                report.synced = 0;
-                report.newly_orphaned.clear();
-                report.cleared.clear();
-                report.rebuilt.clear();
+                        ),
+                    });
+                    report.synced = 0;
+                    report.newly_orphaned.clear();
+                    report.cleared.clear();
+                    report.rebuilt.clear();
+                }
             }
         }
         tracing::debug!(elapsed = ?phase.elapsed(), changes = patches.len(), "index written");
@@ -457,47 +584,66 @@ impl Reconciler {
         let id = &m.instance_id;
         let stamp = Value::String(rfc3339(now));
         let stamp = &stamp;
-        let written = self
-            .retry(|| async move {
-                let manifest_path = format!("{id}/manifest");
-                let current = self.store.read(&manifest_path).await?;
-                let (w, d) = self
-                    .backup(
-                        id,
-                        &m.deployment,
-                        entry,
-                        current.data.as_ref(),
-                        "reconcile",
-                        now,
-                    )
-                    .await?;
-                let mut data = current.data.clone().unwrap_or_default();
-                data.insert("manifest".into(), Value::String(text.to_string()));
-                data.insert("reconciled".into(), Value::Bool(true));
-                data.insert("reconciled_at".into(), stamp.clone());
-                data.insert("last_synced_at".into(), stamp.clone());
-                self.store
-                    .write(&manifest_path, &data, Some(current.version))
-                    .await?;
-                Ok((w, d))
-            })
-            .await;
-        let (backups_written, backups_deleted) = match written {
+        let manifest_path = format!("{id}/manifest");
+        let manifest_path = manifest_path.as_str();
+        // The backup is taken once, before the first write: a check-and-set conflict on
+        // the manifest below re-reads and re-writes it, but takes no further backup.
+        let backed = async {
+            let current = self.retry(|| self.store.read(manifest_path)).await?;
+            self.backup(
+                id,
+                &m.deployment,
+                entry,
+                current.data.as_ref(),
+                "reconcile",
+                now,
+            )
+            .await
+        }
+        .await;
+        let (backups_written, backups_deleted) = match backed {
             Ok(x) => x,
             Err(e) => {
                 return Outcome {
                     error: Some(RunError {
                         subject: m.deployment.clone(),
-                        message: format!("instance {id}: {e}; its index entry was left as it was"),
+                        message: format!(
+                            "instance {id}: the backup before writing it back failed: {e}; \
+                             nothing was written and its index entry was left as it was"
+                        ),
                     }),
                     ..Outcome::default()
                 }
             }
         };
+        let written = self
+            .retry(|| async move {
+                let current = self.store.read(manifest_path).await?;
+                let mut data = current.data.unwrap_or_default();
+                data.insert("manifest".into(), Value::String(text.to_string()));
+                data.insert("reconciled".into(), Value::Bool(true));
+                data.insert("reconciled_at".into(), stamp.clone());
+                data.insert("last_synced_at".into(), stamp.clone());
+                self.store
+                    .write(manifest_path, &data, Some(current.version))
+                    .await
+            })
+            .await;
+        if let Err(e) = written {
+            return Outcome {
+                error: Some(RunError {
+                    subject: m.deployment.clone(),
+                    message: format!("instance {id}: {e}; its index entry was left as it was"),
+                }),
+                backups_written,
+                backups_deleted,
+                ..Outcome::default()
+            };
+        }
         let was_orphaned = entry
             .and_then(|e| e.get("orphaned"))
             .is_some_and(|v| v.as_bool() == Some(true));
-        let missing = entry.is_none_or(|e| !e.is_object());
+        let missing = entry.is_none();
         let mut set = Map::new();
         set.insert("reconciled".into(), Value::Bool(true));
         set.insert("reconciled_at".into(), stamp.clone());
@@ -512,6 +658,7 @@ impl Reconciler {
                 set,
                 set_if_absent,
                 remove: vec!["orphaned", "orphaned_at", "orphaned_reason"],
+                rebuild: missing,
             }),
             synced: true,
             cleared: was_orphaned.then(|| id.clone()),
@@ -531,24 +678,26 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Outcome {
         let at = rfc3339(now);
-        let backed = self
-            .retry(|| async move {
-                let manifest = if self.settings.backup.enabled {
-                    self.store.read(&format!("{id}/manifest")).await?.data
-                } else {
-                    None
-                };
-                self.backup(
-                    id,
-                    deployment.unwrap_or_default(),
-                    entry,
-                    manifest.as_ref(),
-                    "orphan",
-                    now,
-                )
-                .await
-            })
-            .await;
+        let manifest_path = format!("{id}/manifest");
+        // One backup: its steps are retried one by one inside `backup`, never the
+        // backup as a whole.
+        let backed = async {
+            let manifest = if self.settings.backup.enabled {
+                self.retry(|| self.store.read(&manifest_path)).await?.data
+            } else {
+                None
+            };
+            self.backup(
+                id,
+                deployment.unwrap_or_default(),
+                entry,
+                manifest.as_ref(),
+                "orphan",
+                now,
+            )
+            .await
+        }
+        .await;
         let (backups_written, backups_deleted) = match backed {
             Ok(x) => x,
             Err(e) => {
@@ -588,7 +737,10 @@ impl Reconciler {
     /// Writes `{id}/{backup_path}/{ts}` with the entry, `{id}/manifest` and
     /// `{id}/metadata`, then prunes to the retention. `ts` is the run's unix time, or
     /// one more than the newest backup's when that is not older, so two runs within a
-    /// second never overwrite each other's backup. Returns (written, deleted).
+    /// second never overwrite each other's backup. Only listed names that are canonical
+    /// plausible unix times count, and pruning deletes them by their listed name. Each
+    /// store call is retried on its own, so one call takes at most one backup.
+    /// Returns (written, deleted).
     async fn backup(
         &self,
         id: &str,
@@ -603,18 +755,17 @@ impl Reconciler {
             return Ok((0, 0));
         }
         let dir = format!("{id}/{}", b.path);
-        let mut existing: Vec<i64> = self
-            .store
-            .list(&dir)
-            .await?
-            .iter()
-            .filter_map(|k| k.parse().ok())
-            .collect();
-        let metadata = self.store.read(&format!("{id}/metadata")).await?.data;
+        let listed = self.retry(|| self.store.list(&dir)).await?;
+        let mut existing = backup_stamps(&listed);
+        let metadata_path = format!("{id}/metadata");
+        let metadata = self.retry(|| self.store.read(&metadata_path)).await?.data;
         let ts = existing
             .iter()
+            .map(|(n, _)| *n)
             .max()
-            .map_or(now.timestamp(), |newest| (newest + 1).max(now.timestamp()));
+            .map_or(now.timestamp(), |newest| {
+                newest.saturating_add(1).max(now.timestamp())
+            });
         let mut data = Map::new();
         data.insert("instance_id".into(), json!(id));
         data.insert("deployment_name".into(), json!(deployment));
@@ -629,15 +780,33 @@ impl Reconciler {
             "metadata".into(),
             metadata.map_or(Value::Null, Value::Object),
         );
-        self.store
-            .write(&format!("{dir}/{ts}"), &data, Some(0))
-            .await?;
+        let path = format!("{dir}/{ts}");
+        let (path, data) = (&path, &data);
+        self.retry(|| async move {
+            self.store
+                .write(path, data, Some(0))
+                .await
+                .map_err(|mut e| {
+                    // Already there: a retry would not help.
+                    if e.cas_mismatch {
+                        e.cas_mismatch = false;
+                        e.message = format!(
+                            "{} (backup {path} already exists; another reconciler may be \
+                             running, run again)",
+                            e.message
+                        );
+                    }
+                    e
+                })
+        })
+        .await?;
         let mut deleted = 0;
         if b.cleanup {
-            existing.push(ts);
-            existing.sort_unstable_by(|a, b| b.cmp(a));
-            for old in existing.iter().skip(b.retention) {
-                self.store.delete(&format!("{dir}/{old}")).await?;
+            existing.push((ts, ts.to_string()));
+            existing.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+            for (_, old) in existing.iter().skip(b.retention) {
+                let old = format!("{dir}/{old}");
+                self.retry(|| self.store.delete(&old)).await?;
                 deleted += 1;
             }
         }
@@ -645,13 +814,15 @@ impl Reconciler {
     }
 
     /// Applies the run's patches to `db` by check-and-set read-modify-write.
-    async fn write_index(&self, patches: &[Patch]) -> Result<(), OpError> {
+    /// Returns the patches that were not applied, and why.
+    async fn write_index(&self, patches: &[Patch]) -> Result<Vec<Skipped>, OpError> {
         let mut conflicts = 0;
         loop {
             let current = self.retry(|| self.store.read(INDEX_PATH)).await?;
             let mut index = current.data.unwrap_or_default();
-            if !apply_patches(&mut index, patches) {
-                return Ok(());
+            let applied = apply_patches(&mut index, patches);
+            if !applied.changed {
+                return Ok(applied.skipped);
             }
             let (index, version) = (&index, current.version);
             let written = self
@@ -664,7 +835,7 @@ impl Reconciler {
                 })
                 .await?;
             match written {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(applied.skipped),
                 Err(e) if conflicts < MAX_CAS_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!(conflicts, error = %e, "index CAS conflict; re-reading");

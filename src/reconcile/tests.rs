@@ -56,6 +56,14 @@ struct MemStore {
     secrets: Mutex<Secrets>,
     /// Paths whose writes fail for good.
     broken: Mutex<Vec<String>>,
+    /// Writes to these paths meet this many check-and-set conflicts first.
+    cas_conflicts: Mutex<BTreeMap<String, u32>>,
+    /// Fail this many deletes with a retryable error first.
+    flaky_deletes: AtomicU32,
+    /// Called after each successful write, with the path and the secrets (to play a
+    /// concurrent writer).
+    #[allow(clippy::type_complexity)]
+    on_write: Mutex<Option<Box<dyn Fn(&str, &mut Secrets) + Send>>>,
 }
 
 impl MemStore {
@@ -117,6 +125,16 @@ impl SecretStore for MemStore {
                 "vault POST {path}: permission denied"
             )));
         }
+        if let Some(n) = self.cas_conflicts.lock().unwrap().get_mut(path) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(OpError {
+                    message: "check-and-set mismatch".into(),
+                    retryable: false,
+                    cas_mismatch: true,
+                });
+            }
+        }
         let mut g = self.secrets.lock().unwrap();
         let current = g.get(path).map_or(0, |(v, _)| *v);
         if cas.is_some_and(|c| c != current) {
@@ -127,6 +145,9 @@ impl SecretStore for MemStore {
             });
         }
         g.insert(path.to_string(), (current + 1, data.clone()));
+        if let Some(hook) = self.on_write.lock().unwrap().as_ref() {
+            hook(path, &mut g);
+        }
         Ok(current + 1)
     }
     async fn list(&self, path: &str) -> Result<Vec<String>, OpError> {
@@ -143,6 +164,17 @@ impl SecretStore for MemStore {
             .collect())
     }
     async fn delete(&self, path: &str) -> Result<(), OpError> {
+        if self
+            .flaky_deletes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(OpError {
+                message: format!("vault DELETE {path}: 503"),
+                retryable: true,
+                cas_mismatch: false,
+            });
+        }
         self.secrets.lock().unwrap().remove(path);
         Ok(())
     }
@@ -460,11 +492,252 @@ fn patches_merge_per_key() {
         set,
         set_if_absent: if_absent,
         remove: vec!["orphaned"],
+        rebuild: false,
     };
-    assert!(apply_patches(&mut idx, std::slice::from_ref(&p)));
+    assert!(apply_patches(&mut idx, std::slice::from_ref(&p)).changed);
     assert_eq!(
         Value::Object(idx.clone()),
         json!({"a": {"x": 1, "reconciled": true, "plan_id": "p"}, "b": {"y": 2}})
     );
-    assert!(!apply_patches(&mut idx, &[p]));
+    assert!(!apply_patches(&mut idx, &[p]).changed);
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Every stored path, for asserting that nothing was written somewhere unexpected.
+fn paths(w: &World) -> Vec<String> {
+    w.store.keys_under("")
+}
+
+// Finding 1: a metadata instance_id that is not a UUID never becomes a Vault path.
+#[tokio::test(start_paused = true)]
+async fn a_metadata_instance_id_that_is_not_a_uuid_is_unmatched_and_never_written() {
+    let w = World::new();
+    w.deploy(
+        "legacy-evil",
+        "properties: {blacksmith: {plan_id: redis-cluster, instance_id: \"victim?x\"}}\n",
+    );
+    let r = w.reconciler(fast()).run_once().await;
+    assert!(r.matches.is_empty(), "{:?}", r.matches);
+    assert_eq!(r.unmatched.len(), 1);
+    assert!(
+        r.unmatched[0].reason.contains("not a UUID"),
+        "{:?}",
+        r.unmatched
+    );
+    assert!(
+        paths(&w).iter().all(|p| !p.contains("victim")),
+        "{:?}",
+        paths(&w)
+    );
+    assert_eq!(r.synced, 0);
+}
+
+// Finding 1: index keys that are not UUIDs are skipped, never backed up or marked.
+#[tokio::test(start_paused = true)]
+async fn index_keys_that_are_not_uuids_are_skipped_and_never_written() {
+    let w = World::new();
+    w.store.put(
+        "db",
+        json!({"victim?x": {"plan_id": "redis-small", "deployment_name": "gone"}}),
+    );
+    let r = w.reconciler(fast()).run_once().await;
+    assert!(r.newly_orphaned.is_empty(), "{:?}", r.newly_orphaned);
+    assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+    assert_eq!(r.skipped[0].key, "victim?x");
+    assert!(r.skipped[0].reason.contains("not an instance UUID"));
+    assert_eq!(paths(&w), vec!["db".to_string()]);
+    assert_eq!(
+        w.index()["victim?x"],
+        json!({"plan_id": "redis-small", "deployment_name": "gone"})
+    );
+}
+
+// Finding 2a: index values that are not JSON objects are never replaced.
+#[tokio::test(start_paused = true)]
+async fn index_values_that_are_not_objects_are_kept_and_reported() {
+    let w = World::new();
+    w.deploy(&format!("redis-small-{A}"), "releases: [{name: redis}]\n");
+    w.store.put(
+        "db",
+        json!({"legacy-note": "keep me", A: "keep me too", B: 7}),
+    );
+    let r = w.reconciler(fast()).run_once().await;
+    let idx = w.index();
+    assert_eq!(idx["legacy-note"], "keep me");
+    assert_eq!(idx[A], "keep me too");
+    assert_eq!(idx[B], 7);
+    let keys: Vec<&str> = r.skipped.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(keys.len(), 3, "{:?}", r.skipped);
+    for k in ["legacy-note", A, B] {
+        assert!(keys.contains(&k), "{k} in {:?}", r.skipped);
+    }
+    assert!(r.newly_orphaned.is_empty());
+    assert_eq!(r.synced, 0);
+    assert!(w.store.get(&format!("{A}/manifest")).is_none());
+
+    // And apply_patches itself leaves them alone.
+    let mut idx = obj(json!({"k": "keep me"}));
+    let p = Patch {
+        key: "k".into(),
+        set: obj(json!({"orphaned": true})),
+        rebuild: true,
+        ..Patch::default()
+    };
+    let applied = apply_patches(&mut idx, &[p]);
+    assert!(!applied.changed);
+    assert_eq!(applied.skipped.len(), 1);
+    assert_eq!(idx["k"], "keep me");
+}
+
+// Finding 2b: an entry removed between the index read and write is not re-created.
+#[tokio::test(start_paused = true)]
+async fn an_entry_destroyed_during_the_run_is_not_recreated() {
+    let w = World::new();
+    w.deploy(&format!("redis-small-{A}"), "releases: [{name: redis}]\n");
+    w.store.put(
+        "db",
+        json!({A: {"plan_id": "redis-small"}, B: {"plan_id": "redis-small", "deployment_name": "gone"}}),
+    );
+    // `anvil destroy` removes both entries while the instances are being written.
+    *w.store.on_write.lock().unwrap() = Some(Box::new(|path: &str, g: &mut Secrets| {
+        if path.ends_with("/manifest") || path.contains("/backups/") {
+            if let Some((_, db)) = g.get_mut("db") {
+                db.remove(A);
+                db.remove(B);
+            }
+        }
+    }));
+    let r = w.reconciler(fast()).run_once().await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let idx = w.index();
+    assert!(idx.get(A).is_none(), "{idx:?}");
+    assert!(idx.get(B).is_none(), "{idx:?}");
+    assert!(r.newly_orphaned.is_empty(), "{:?}", r.newly_orphaned);
+    assert!(r.orphaned.is_empty(), "{:?}", r.orphaned);
+    let keys: Vec<&str> = r.skipped.iter().map(|k| k.key.as_str()).collect();
+    assert!(keys.contains(&A) && keys.contains(&B), "{:?}", r.skipped);
+
+    // A rebuild patch, decided for a run that found the entry missing, does create it.
+    let mut idx = Map::new();
+    let p = Patch {
+        key: A.into(),
+        set: obj(json!({"reconciled": true})),
+        rebuild: true,
+        ..Patch::default()
+    };
+    assert!(apply_patches(&mut idx, std::slice::from_ref(&p)).changed);
+    assert_eq!(idx[A]["reconciled"], true);
+    let mut idx = Map::new();
+    let applied = apply_patches(
+        &mut idx,
+        &[Patch {
+            rebuild: false,
+            ..p
+        }],
+    );
+    assert!(!applied.changed && idx.is_empty());
+    assert_eq!(applied.skipped.len(), 1);
+}
+
+// Finding 3: backup names that are not canonical unix times are neither counted nor
+// pruned (and i64::MAX does not overflow); pruning deletes by the listed name.
+#[tokio::test(start_paused = true)]
+async fn odd_backup_names_are_ignored_and_pruning_deletes_listed_names() {
+    let w = World::new();
+    w.deploy(&format!("redis-small-{A}"), "releases: [{name: redis}]\n");
+    for name in ["9223372036854775807", "0010", "+123", "1700000000"] {
+        w.store
+            .put(&format!("{A}/backups/{name}"), json!({"old": name}));
+    }
+    let mut s = fast();
+    s.backup.retention = 1;
+    let r = w.reconciler(s).run_once().await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.backups_written, 1);
+    assert_eq!(r.backups_deleted, 1);
+    let mut want: Vec<String> = ["+123", "0010", "1800000000", "9223372036854775807"]
+        .iter()
+        .map(|n| format!("{A}/backups/{n}"))
+        .collect();
+    want.sort();
+    assert_eq!(w.store.keys_under(&format!("{A}/backups/")), want);
+}
+
+// Finding 3: an interval too long for the clock does not panic; the stop ends the wait.
+#[tokio::test(start_paused = true)]
+async fn an_interval_beyond_the_clock_waits_for_the_stop() {
+    let runs = super::watch::watch(
+        std::time::Duration::MAX,
+        || async {},
+        tokio::time::sleep(std::time::Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(runs, 1);
+}
+
+// Finding 3: environment variables that are not UTF-8 are skipped, not a panic.
+#[test]
+#[cfg(unix)]
+fn environment_variables_that_are_not_utf8_are_skipped() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let vars = vec![
+        (OsString::from("GOOD"), OsString::from("v")),
+        (
+            OsString::from("BAD_VALUE"),
+            OsString::from_vec(vec![0xff, 0xfe]),
+        ),
+        (OsString::from_vec(vec![0x80]), OsString::from("x")),
+    ];
+    let env = clients::utf8_env(vars);
+    assert_eq!(env.len(), 1);
+    assert_eq!(env["GOOD"], "v");
+}
+
+// Finding 4: a CAS conflict on the manifest takes no further backup.
+#[tokio::test(start_paused = true)]
+async fn a_manifest_cas_conflict_takes_one_backup() {
+    let w = World::new();
+    w.deploy(&format!("redis-small-{A}"), "releases: [{name: redis}]\n");
+    w.store
+        .cas_conflicts
+        .lock()
+        .unwrap()
+        .insert(format!("{A}/manifest"), 2);
+    let r = w.reconciler(fast()).run_once().await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.synced, 1);
+    assert_eq!(r.backups_written, 1);
+    assert_eq!(w.store.keys_under(&format!("{A}/backups/")).len(), 1);
+    assert_eq!(
+        w.store.get(&format!("{A}/manifest")).unwrap()["reconciled"],
+        true
+    );
+}
+
+// Finding 4: in orphan marking, a transient failure while pruning retries the delete,
+// not the whole backup.
+#[tokio::test(start_paused = true)]
+async fn an_orphan_backup_is_taken_once_despite_a_transient_failure() {
+    let w = World::new();
+    w.store.put(
+        "db",
+        json!({A: {"plan_id": "redis-small", "deployment_name": "gone"}}),
+    );
+    w.store
+        .put(&format!("{A}/backups/1700000000"), json!({"old": true}));
+    w.store.flaky_deletes.store(1, Ordering::SeqCst);
+    let mut s = fast();
+    s.backup.retention = 1;
+    let r = w.reconciler(s).run_once().await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.newly_orphaned, vec![A.to_string()]);
+    assert_eq!(r.backups_written, 1);
+    assert_eq!(
+        w.store.keys_under(&format!("{A}/backups/")),
+        vec![format!("{A}/backups/1800000000")]
+    );
 }

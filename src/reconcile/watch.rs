@@ -34,8 +34,14 @@ where
         if stopping {
             return runs;
         }
+        // An interval too long to add to the clock (e.g. `--interval 500000000000y`)
+        // means no further run: wait for the stop alone.
+        let Some(next) = started.checked_add(interval) else {
+            shutdown.await;
+            return runs;
+        };
         tokio::select! {
-            () = tokio::time::sleep_until(started + interval) => {}
+            () = tokio::time::sleep_until(next) => {}
             () = &mut shutdown => return runs,
         }
     }
