@@ -36,20 +36,14 @@ impl World {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.s
-            .cmd(args)
-            .env("BOSH_ENVIRONMENT", &self.bosh.url)
-            .env("BOSH_CLIENT", "admin")
-            .env("BOSH_CLIENT_SECRET", "admin")
-            .env_remove("BOSH_CA_CERT")
-            .env("VAULT_ADDR", self.vault.url())
-            .env("VAULT_TOKEN", TOKEN)
-            .env_remove("VAULT_ROLE_ID")
-            .env_remove("VAULT_SECRET_ID")
-            .env_remove("VAULT_CACERT")
-            .env_remove("VAULT_NAMESPACE")
-            .output()
-            .expect("run anvil")
+        at_simulators(
+            &mut self.s.cmd(args),
+            &self.bosh.url,
+            &self.vault.url(),
+            TOKEN,
+        )
+        .output()
+        .expect("run anvil")
     }
 
     fn vault_read(&self, path: &str) -> Option<Value> {

@@ -57,16 +57,7 @@ impl Env {
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.s.cmd(args);
-        c.env("BOSH_ENVIRONMENT", &self.bosh.url)
-            .env("BOSH_CLIENT", "admin")
-            .env("BOSH_CLIENT_SECRET", "admin")
-            .env_remove("BOSH_CA_CERT")
-            .env("VAULT_ADDR", self.vault.url())
-            .env("VAULT_TOKEN", TOKEN)
-            .env_remove("VAULT_ROLE_ID")
-            .env_remove("VAULT_SECRET_ID")
-            .env_remove("VAULT_CACERT")
-            .env_remove("VAULT_NAMESPACE");
+        at_simulators(&mut c, &self.bosh.url, &self.vault.url(), TOKEN);
         for k in anvil::reconcile::settings::keys() {
             c.env_remove(anvil::reconcile::settings::env_name(k));
         }

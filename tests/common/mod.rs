@@ -176,3 +176,23 @@ pub fn wait_for(path: &Path, limit: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Points `c` at a BOSH Director simulator (basic auth admin/admin, plain HTTP) and a
+/// Vault simulator (token auth), clearing every other BOSH_* / VAULT_* setting.
+pub fn at_simulators<'c>(
+    c: &'c mut Command,
+    bosh_url: &str,
+    vault_url: &str,
+    token: &str,
+) -> &'c mut Command {
+    c.env("BOSH_ENVIRONMENT", bosh_url)
+        .env("BOSH_CLIENT", "admin")
+        .env("BOSH_CLIENT_SECRET", "admin")
+        .env_remove("BOSH_CA_CERT")
+        .env("VAULT_ADDR", vault_url)
+        .env("VAULT_TOKEN", token)
+        .env_remove("VAULT_ROLE_ID")
+        .env_remove("VAULT_SECRET_ID")
+        .env_remove("VAULT_CACERT")
+        .env_remove("VAULT_NAMESPACE")
+}
