@@ -47,14 +47,7 @@ impl World {
     }
 
     fn vault_read(&self, path: &str) -> Option<Value> {
-        let r = self
-            .vault
-            .req("GET", &format!("/v1/secret/data/{path}"), Some(TOKEN), None);
-        if r.status == 404 {
-            return None;
-        }
-        assert_eq!(r.status, 200, "{}", r.body);
-        Some(r.json()["data"]["data"].clone())
+        self.vault.kv_read(path, TOKEN)
     }
 
     fn vault_write(&self, path: &str, data: &Value) {

@@ -53,14 +53,7 @@ impl World {
 
     /// The data of a KV v2 secret under `secret/`, `None` when absent.
     fn secret(&self, path: &str) -> Option<Value> {
-        let r = self
-            .vault
-            .req("GET", &format!("/v1/secret/data/{path}"), Some(TOKEN), None);
-        if r.status == 404 {
-            return None;
-        }
-        assert_eq!(r.status, 200, "{}", r.body);
-        Some(r.json()["data"]["data"].clone())
+        self.vault.kv_read(path, TOKEN)
     }
 
     fn manifest(&self, name: &str) -> Yaml {

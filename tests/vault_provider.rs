@@ -41,12 +41,7 @@ fn run_no_vault(s: &Scratch, args: &[&str]) -> Output {
 
 /// `GET data/<path>` through the simulator's HTTP API: the data, or None on 404.
 fn sim_read(sim: &VaultSim, path: &str) -> Option<Value> {
-    let r = sim.req("GET", &format!("/v1/secret/data/{path}"), Some(TOKEN), None);
-    if r.status == 404 {
-        return None;
-    }
-    assert_eq!(r.status, 200, "{}", r.body);
-    Some(r.json()["data"]["data"].clone())
+    sim.kv_read(path, TOKEN)
 }
 
 fn spec(app_password: &str, index_keys: &[&str]) -> String {

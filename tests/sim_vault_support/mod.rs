@@ -16,6 +16,16 @@ pub struct VaultSim {
 }
 
 impl VaultSim {
+    /// The data of the latest version of `secret/<path>` (KV v2), `None` when absent.
+    pub fn kv_read(&self, path: &str, token: &str) -> Option<serde_json::Value> {
+        let r = self.req("GET", &format!("/v1/secret/data/{path}"), Some(token), None);
+        if r.status == 404 {
+            return None;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        Some(r.json()["data"]["data"].clone())
+    }
+
     /// Starts `anvil sim vault --listen 127.0.0.1:0 --token <token> <extra...>` and waits
     /// for its one line on stdout.
     pub fn start(token: &str, extra: &[&str]) -> VaultSim {
