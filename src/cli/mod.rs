@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, watch};
     about = "Declarative plan-and-apply for Cloud Foundry service foundations and the cloud under them"
 )]
 pub struct Cli {
-    /// State backend URL (default: state/<metadata.name>.json). `file://PATH` or a path.
+    /// State backend URL (default: state/<metadata.name>.json): a path or `file://PATH`,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`, `vault://MOUNT/PATH`.
     #[arg(long, global = true, env = "ANVIL_STATE")]
     state: Option<String>,
     /// Never colour the output (also: the NO_COLOR environment variable).
