@@ -153,10 +153,13 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
         ids.insert(&inst.id, i);
         let Some(&si) = services.get(inst.service.as_str()) else {
             let known: Vec<&str> = f.catalog.services.iter().map(|s| s.id.as_str()).collect();
+            let hint = crate::spec::did_you_mean(&inst.service, known.iter().copied())
+                .map(|k| format!(" (did you mean \"{k}\"?)"))
+                .unwrap_or_default();
             errors.push(doc.error_at(
                 &ip.key("service"),
                 format!(
-                    "unknown service `{}`: expected one of {}",
+                    "unknown service `{}`: expected one of {}{hint}",
                     inst.service,
                     known.join(", ")
                 ),
@@ -175,10 +178,18 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
                 .iter()
                 .map(|p| format!("{} ({})", p.id, p.name))
                 .collect();
+            // A plan is named by id or by name: suggest from both.
+            let names = service
+                .plans
+                .iter()
+                .flat_map(|p| [p.id.as_str(), p.name.as_str()]);
+            let hint = crate::spec::did_you_mean(&inst.plan, names)
+                .map(|k| format!(" (did you mean \"{k}\"?)"))
+                .unwrap_or_default();
             errors.push(doc.error_at(
                 &ip.key("plan"),
                 format!(
-                    "unknown plan `{}` for service `{}`: expected one of {}",
+                    "unknown plan `{}` for service `{}`: expected one of {}{hint}",
                     inst.plan,
                     service.id,
                     known.join(", ")
