@@ -110,6 +110,16 @@ fn cases() -> Vec<(&'static str, String, Vec<String>)> {
             vec!["bad.yaml:9:".into(), "catalog.services[0].plans[0].id: invalid id `redis.small`".into()],
         ),
         (
+            "misspelt instance parameter",
+            foundation("", &format!("{}    parameters: {{ ndoes: 3 }}\n", inst(A, "small"))),
+            vec!["bad.yaml:22:19: instances[0].parameters.ndoes: unknown parameter for plan redis-small; did you mean \"nodes\"? (the plan's template uses: nodes; its defaults set: nodes)".into()],
+        ),
+        (
+            "instance parameter nothing uses",
+            foundation("", &format!("{}    parameters:\n      nodes: 2\n      colour: blue\n", inst(A, "small"))),
+            vec!["bad.yaml:24:7: instances[0].parameters.colour: unknown parameter for plan redis-small: neither its template (t.yml.tmpl) nor its defaults use it; remove it, or use it in the template as ${params.colour}".into()],
+        ),
+        (
             "unknown field in an instance",
             foundation("", &format!("{}    size: big\n", inst(A, "small"))),
             vec!["bad.yaml:22:5: instances[0].size: unknown field `size`".into()],

@@ -8,8 +8,9 @@
 //!   (`{id}/metadata`), kept in Vault when the instance goes (`retain_on_delete`).
 //!
 //! Checks, each located: instance ids are UUIDs and unique, services and plans exist,
-//! service and plan ids are unique, plans and services are within their `limit`, and
-//! templates name only parameters the instance or plan sets. No IO: templates were read
+//! service and plan ids are unique, plans and services are within their `limit`,
+//! templates name only parameters the instance or plan sets, and instances set only
+//! parameters the plan's template or defaults use (with a "did you mean"). No IO: templates were read
 //! by the loader into [`Document::attachments`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -239,6 +240,11 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
         let service = &f.catalog.services[si];
         let plan = &service.plans[pi];
         let inst = &f.instances[i];
+        let unknown = unknown_parameters(doc, i, plan, inst);
+        if !unknown.is_empty() {
+            errors.extend(unknown);
+            continue;
+        }
         match render_instance(doc, i, service, plan, inst) {
             Ok(manifest) => out
                 .resources
@@ -381,6 +387,87 @@ fn merged_params(plan: &PlanSpec, inst: &InstanceSpec) -> BTreeMap<String, Value
         p.insert(k.clone(), v.clone());
     }
     p
+}
+
+/// An error for each instance parameter that neither the plan's defaults nor its
+/// template uses: it would be accepted and silently do nothing (a misspelt `maxmemroy`
+/// leaves the default `maxmemory` in place). Each is located at the parameter's key and
+/// offers the nearest name the plan knows.
+fn unknown_parameters(
+    doc: &Document,
+    i: usize,
+    plan: &PlanSpec,
+    inst: &InstanceSpec,
+) -> Vec<SpecError> {
+    // A template that was not loaded is reported when rendering.
+    let Some(template) = doc.attachments.get(&plan.manifest) else {
+        return Vec::new();
+    };
+    let used = template_params(&template.text);
+    let mut out = Vec::new();
+    for key in inst.parameters.keys() {
+        if used.contains(key) || plan.parameters.contains_key(key) {
+            continue;
+        }
+        let list = |names: &mut dyn Iterator<Item = &String>| {
+            let v: Vec<&str> = names.map(String::as_str).collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let known = format!(
+            "the plan's template uses: {}; its defaults set: {}",
+            list(&mut used.iter()),
+            list(&mut plan.parameters.keys())
+        );
+        let candidates = used
+            .iter()
+            .chain(plan.parameters.keys())
+            .map(String::as_str);
+        let message = match crate::spec::did_you_mean(key, candidates) {
+            Some(near) => format!(
+                "unknown parameter for plan {}; did you mean \"{near}\"? ({known})",
+                plan.id
+            ),
+            None => format!(
+                "unknown parameter for plan {}: neither its template ({}) nor its defaults use it; remove it, or use it in the template as ${{params.{key}}} ({known})",
+                plan.id, plan.manifest
+            ),
+        };
+        out.push(doc.error_at(
+            &instance_path(i).key("parameters").key(key.as_str()),
+            message,
+        ));
+    }
+    out
+}
+
+/// The parameter names a template substitutes (`${params.NAME...}`, first segment), on
+/// the lines it renders (whole comment lines are left as written, so they use nothing).
+fn template_params(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                break;
+            };
+            let mut parts = after[..end].trim().split('.');
+            if parts.next() == Some("params") {
+                if let Some(name) = parts.next().filter(|n| !n.is_empty()) {
+                    out.insert(name.to_string());
+                }
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    out
 }
 
 /// The namespaces a manifest template substitutes; any other `${...}` passes through.
@@ -673,6 +760,13 @@ mod tests {
             render("  # see ${params.nope}\na: ${instance.id}", &lookup).unwrap(),
             "  # see ${params.nope}\na: abc"
         );
+    }
+
+    #[test]
+    fn template_params_are_the_names_rendered_lines_use() {
+        let t = "a: ${params.maxmemory}\nb: ${ params.net.name }-${params.port}\n# ${params.commented}\nc: ${instance.id} ${params.}\nd: ${params.open\n";
+        let used: Vec<String> = template_params(t).into_iter().collect();
+        assert_eq!(used, ["maxmemory", "net", "port"]);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Workspace {
     pub name: String,
     /// The spec files read, in order.
     pub files: Vec<PathBuf>,
+    /// YAML files a directory scan skipped because they hold no anvil document.
+    pub skipped: Vec<PathBuf>,
     pub model: Model,
     pub registry: Registry,
     pub backend: Box<dyn StateBackend>,
@@ -174,6 +176,7 @@ fn load(
     h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
     let digest = format!("sha256:{}", hex::encode(h.finalize()));
     let files = spec.files.clone();
+    let skipped = spec.skipped.clone();
     // The located YAML trees are only needed for errors, which are all reported by now:
     // free them on another thread while the caller goes on (big specs hold millions of
     // small allocations).
@@ -182,6 +185,7 @@ fn load(
         Workspace {
             name,
             files,
+            skipped,
             model,
             registry,
             backend,
