@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
-    InstanceSpec, Lifecycle, Metadata, PlanSpec, ResourceSpec, ResourcesDoc, ResourcesKind,
+    InstanceSpec, Lifecycle, Metadata, PlanSpec, ProviderEntries, ResourceSpec, ResourcesDoc, ResourcesKind,
     ServiceSpec, VaultSpec, API_VERSION, KINDS,
 };
 
