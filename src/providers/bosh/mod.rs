@@ -59,6 +59,17 @@ pub fn with_context(ctx: BoshContext) -> Typed<BoshContext> {
         .with(config::BoshConfig)
 }
 
+/// The `bosh` provider as a type (what [`provider`] returns).
+pub type BoshProvider = Typed<BoshContext>;
+
+impl BoshProvider {
+    /// The provider with an explicit configuration (library use and tests).
+    #[must_use]
+    pub fn with_config(config: Config) -> BoshProvider {
+        with_context(BoshContext::with_config(config))
+    }
+}
+
 /// One configured Director: its settings and the client made from them on first use.
 #[derive(Default)]
 pub struct BoshContext {

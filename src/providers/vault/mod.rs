@@ -49,6 +49,32 @@ pub fn with_context(ctx: VaultContext) -> Typed<VaultContext> {
         .with(index_entry::IndexEntry)
 }
 
+/// The `vault` provider as a type (what [`provider`] returns).
+pub type VaultProvider = Typed<VaultContext>;
+
+impl VaultProvider {
+    /// The provider with an explicit configuration (library use and tests).
+    #[must_use]
+    pub fn with_config(config: Config) -> VaultProvider {
+        with_context(VaultContext::with_config(config))
+    }
+
+    /// Sets (`Some`) or removes (`None`) one key of an index secret, as the
+    /// `vault_index_entry` type does (library use and tests). Returns the version.
+    ///
+    /// # Errors
+    /// Vault refuses, or check-and-set kept failing.
+    pub async fn index_set(
+        &self,
+        mount: &str,
+        path: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Result<u64, ProviderError> {
+        self.context().index_set(mount, path, key, value, &[]).await
+    }
+}
+
 /// One configured Vault: its settings, the client made from them on first use, the
 /// mounts checked to be KV v2, and the group-commit queues of its index secrets.
 pub struct VaultContext {
