@@ -232,6 +232,20 @@ fn instances_that_cannot_be_told_apart_are_refused_located() {
     );
     assert!(err.contains("vault.a") && err.contains("vault.b"), "lists the configured ones: {err}");
 
+    // A misspelt provider name gets a suggestion.
+    w.s.write(
+        "ws/extra.yaml",
+        "apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: two}\n\
+         providers:\n  valt: {alias: c}\n",
+    );
+    let o = w.run(&["plan", "ws"]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("extra.yaml:5:") && err.contains("unknown provider `valt`") && err.contains("did you mean \"vault\""),
+        "{err}"
+    );
+
     w.s.write(
         "ws/extra.yaml",
         "apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: two}\n\

@@ -403,7 +403,8 @@ fn collect_providers(
                 errors.push(doc.error_at(
                     &ppath,
                     format!(
-                        "unknown provider `{name}`: expected one of {}",
+                        "unknown provider `{name}`: {}expected one of {}",
+                        crate::spec::did_you_mean_hint(name, known.iter().copied()),
                         known.iter().copied().collect::<Vec<_>>().join(", ")
                     ),
                 ));
@@ -554,8 +555,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                             Some(doc.locate(&ppath)),
                             &ppath,
                             format!(
-                                "no provider instance `{p}` is configured{}: add an entry with `alias: {}` under `providers: {{ {kind}: [...] }}` in a document of this workspace",
+                                "no provider instance `{p}` is configured{}: {}add an entry with `alias: {}` under `providers: {{ {kind}: [...] }}` in a document of this workspace",
                                 if known.is_empty() { String::new() } else { format!(" (configured: {})", known.join(", ")) },
+                                crate::spec::did_you_mean_hint(p, known.iter().copied()),
                                 alias.unwrap_or_default()
                             ),
                         ));
