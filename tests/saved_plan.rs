@@ -33,7 +33,7 @@ fn saved_plan_applies_and_stale_plan_is_refused() {
     let o = s.run(&["plan", "--out", "plan2.json", "spec"]);
     assert_code(&o, 0);
     assert_code(
-        &s.run(&["state", "rm", "--path", "spec", "null_resource.audit_log"]),
+        &s.run(&["state", "rm", "null_resource.audit_log"]),
         0,
     );
     let o = s.run(&["apply", "plan2.json"]);
