@@ -33,20 +33,25 @@ fn local_dir(url: &str) -> Option<PathBuf> {
     (raw.ends_with('/') || p.is_dir()).then_some(p)
 }
 
-/// The workspaces with a state file in `dir` (`NAME.json`; backups, journals and
-/// locks have other extensions), sorted.
+/// The workspaces with anything of theirs in `dir`: a state `NAME.json`, or the lock,
+/// journal or backup beside it (a run killed before its first write leaves only a
+/// lock, which `force-unlock` must still find). Sorted, each once.
 fn workspaces_in(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
+    let names: std::collections::BTreeSet<String> = entries
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_string()))
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let stem = [".json", ".json.lock", ".json.journal", ".json.backup"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))?;
+            (!stem.is_empty()).then(|| stem.to_string())
+        })
         .collect();
-    names.sort();
-    names
+    names.into_iter().collect()
 }
 
 /// The one workspace with state in `dir`, or an error saying which exist and how to
@@ -279,7 +284,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = only_workspace(dir.path()).unwrap_err().to_string();
         assert!(e.contains("no state found") && e.contains("--workspace NAME"), "{e}");
-        for f in ["demo.json", "demo.json.backup", "demo.json.lock", "demo.json.journal"] {
+        // A run killed before its first write leaves only its lock.
+        std::fs::write(dir.path().join("demo.json.lock"), "{}").unwrap();
+        assert_eq!(only_workspace(dir.path()).unwrap(), "demo");
+        for f in ["demo.json", "demo.json.backup", "demo.json.journal", "notes.txt"] {
             std::fs::write(dir.path().join(f), "{}").unwrap();
         }
         assert_eq!(only_workspace(dir.path()).unwrap(), "demo");
