@@ -523,3 +523,34 @@ fn the_import_checker_catches_a_forbidden_edge() {
     let bad = forbidden_edges(&[file("broker/mod.rs", "use crate::ops;\n")], &table);
     assert!(bad[0].contains("module `broker` has no row"), "{bad:?}");
 }
+
+/// Every argument and flag of every command says what it is in `--help`.
+#[test]
+fn every_argument_has_a_description() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &mut Vec<String>, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("anvil {} {id}", path.join(" ")));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(format!("anvil {} {} (the command)", path.join(" "), sub.get_name()));
+            }
+            path.push(sub.get_name().to_string());
+            walk(sub, path, missing);
+            path.pop();
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&anvil::cli::Cli::command(), &mut Vec::new(), &mut missing);
+    assert!(
+        missing.is_empty(),
+        "arguments without a description in --help: {missing:#?}"
+    );
+}
