@@ -214,18 +214,35 @@ fn help_lists_only_the_flags_a_command_uses() {
     for cmd in [&["drift"][..], &["destroy"]] {
         let h = help_of(cmd);
         assert!(!h.contains("--replace"), "{cmd:?} offers --replace:\n{h}");
-        assert!(h.contains("--target") && h.contains("--state"), "{cmd:?}:\n{h}");
+        assert!(
+            h.contains("--target") && h.contains("--state"),
+            "{cmd:?}:\n{h}"
+        );
     }
     for cmd in [&["plan"][..], &["apply"]] {
         assert!(help_of(cmd).contains("--replace"), "{cmd:?}");
     }
-    for cmd in [&["schema"][..], &["sim", "bosh"], &["sim", "vault"], &["validate"], &["graph"]] {
+    for cmd in [
+        &["schema"][..],
+        &["sim", "bosh"],
+        &["sim", "vault"],
+        &["validate"],
+        &["graph"],
+    ] {
         let h = help_of(cmd);
         assert!(!h.contains("--state"), "{cmd:?} offers --state:\n{h}");
     }
-    for cmd in [&["show"][..], &["state", "list"], &["state", "rm"], &["force-unlock"]] {
+    for cmd in [
+        &["show"][..],
+        &["state", "list"],
+        &["state", "rm"],
+        &["force-unlock"],
+    ] {
         let h = help_of(cmd);
-        assert!(h.contains("--state") && h.contains("--workspace"), "{cmd:?}:\n{h}");
+        assert!(
+            h.contains("--state") && h.contains("--workspace"),
+            "{cmd:?}:\n{h}"
+        );
     }
 }
 
@@ -239,7 +256,10 @@ fn schema_help_lists_every_kind() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     for kind in ["resources", "foundation", "plan", "drift"] {
-        assert!(h.contains(kind), "schema --help does not list `{kind}`:\n{h}");
+        assert!(
+            h.contains(kind),
+            "schema --help does not list `{kind}`:\n{h}"
+        );
         assert!(err.contains(kind), "{err}");
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_anvil"))
             .args(["schema", kind])
@@ -260,6 +280,12 @@ fn anvil_log_output_has_no_colour_when_not_a_terminal() {
         .unwrap();
     assert_code(&o, 0);
     let err = stderr(&o);
-    assert!(err.contains("DEBUG") && err.contains("spec loaded"), "{err}");
-    assert!(!err.contains('\x1b'), "colour codes in a non-terminal log: {err:?}");
+    assert!(
+        err.contains("DEBUG") && err.contains("spec loaded"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a non-terminal log: {err:?}"
+    );
 }

@@ -115,12 +115,7 @@ fn state_commands() {
     assert_code(&o, 0);
     assert!(stdout(&o).contains("(sensitive)"), "{}", stdout(&o));
     assert!(!stdout(&o).contains("not-a-real-secret"));
-    let o = s.run(&[
-        "state",
-        "mv",
-        "null_resource.cache",
-        "null_resource.cache2",
-    ]);
+    let o = s.run(&["state", "mv", "null_resource.cache", "null_resource.cache2"]);
     assert_code(&o, 0);
     let o = s.run(&["state", "rm", "null_resource.cache2"]);
     assert_code(&o, 0);

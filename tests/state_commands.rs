@@ -41,7 +41,11 @@ fn from_the_repo_root_with_a_state_url() {
     assert_eq!(stdout(&o), "null_resource.a\nnull_resource.b\n");
     let o = run_in(root, &["show", "--state", &url]);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains("resource null_resource.a"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("resource null_resource.a"),
+        "{}",
+        stdout(&o)
+    );
     let o = run_in(root, &["state", "show", "null_resource.b", "--state", &url]);
     assert_code(&o, 0);
     assert!(stdout(&o).contains("# null_resource.b:"), "{}", stdout(&o));
@@ -52,7 +56,14 @@ fn from_the_repo_root_with_a_state_url() {
     assert_eq!(stdout(&o).lines().count(), 2);
     let o = run_in(
         root,
-        &["state", "mv", "null_resource.a", "null_resource.c", "--state", &url],
+        &[
+            "state",
+            "mv",
+            "null_resource.a",
+            "null_resource.c",
+            "--state",
+            &url,
+        ],
     );
     assert_code(&o, 0);
     let o = run_in(root, &["state", "rm", "null_resource.c", "--state", &url]);
@@ -63,7 +74,10 @@ fn from_the_repo_root_with_a_state_url() {
     let o = run_in(root, &["force-unlock", "some-id", "--state", &url]);
     assert_code(&o, 1);
     let err = stderr(&o);
-    assert!(!err.contains("metadata.name") && !err.contains("spec"), "{err}");
+    assert!(
+        !err.contains("metadata.name") && !err.contains("spec"),
+        "{err}"
+    );
     assert!(err.contains("lock"), "{err}");
 }
 
@@ -77,7 +91,10 @@ fn from_an_empty_directory() {
         assert_code(&o, 1);
         let err = stderr(&o);
         assert!(err.contains("no state found: state/"), "{args:?}: {err}");
-        assert!(err.contains("--workspace NAME") && err.contains("--state URL"), "{err}");
+        assert!(
+            err.contains("--workspace NAME") && err.contains("--state URL"),
+            "{err}"
+        );
         assert!(!err.contains("no spec files"), "{err}");
     }
     // A named workspace with no state yet is said, not silent, and is not an error.
@@ -89,7 +106,10 @@ fn from_an_empty_directory() {
         "{}",
         stderr(&o)
     );
-    let o = run_in(empty.path(), &["state", "show", "null_resource.a", "-w", "demo"]);
+    let o = run_in(
+        empty.path(),
+        &["state", "show", "null_resource.a", "-w", "demo"],
+    );
     assert_code(&o, 1);
     assert!(stderr(&o).contains("no state there yet"), "{}", stderr(&o));
     // The real state, by URL, from the empty directory.
@@ -119,7 +139,9 @@ fn several_workspaces_are_named_and_one_is_picked() {
 
 /// The first backticked `anvil …` command in `text`, split into arguments.
 fn suggested(text: &str) -> Vec<String> {
-    let start = text.find("`anvil ").unwrap_or_else(|| panic!("no suggestion in {text}"));
+    let start = text
+        .find("`anvil ")
+        .unwrap_or_else(|| panic!("no suggestion in {text}"));
     let rest = &text[start + "`anvil ".len()..];
     let end = rest.find('`').unwrap();
     rest[..end].split_whitespace().map(str::to_string).collect()
@@ -139,10 +161,22 @@ fn suggested_commands_run_as_printed() {
     // state mv onto a taken address suggests the state rm that frees it, with the state.
     assert_code(&s.run(&["apply", "--auto-approve", "specs"]), 0);
     let url = s.state_file("demo").display().to_string();
-    let o = s.run(&["state", "mv", "null_resource.a", "null_resource.b", "--state", &url]);
+    let o = s.run(&[
+        "state",
+        "mv",
+        "null_resource.a",
+        "null_resource.b",
+        "--state",
+        &url,
+    ]);
     assert_code(&o, 1);
     let args = suggested(&stderr(&o));
-    assert_eq!(args[..4], ["state", "rm", "--state", url.as_str()], "{}", stderr(&o));
+    assert_eq!(
+        args[..4],
+        ["state", "rm", "--state", url.as_str()],
+        "{}",
+        stderr(&o)
+    );
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_code(&s.run(&a), 0);
     // plan --out says how to apply exactly that plan.

@@ -225,9 +225,7 @@ fn code_only(src: &str) -> String {
                 }
             }
             out.push(' ');
-        } else if c == 'r'
-            && (i == 0 || !ident(b[i - 1]))
-            && matches!(next, Some('"') | Some('#'))
+        } else if c == 'r' && (i == 0 || !ident(b[i - 1])) && matches!(next, Some('"') | Some('#'))
         {
             // A raw string r"…" or r#"…"#.
             let mut j = i + 1;
@@ -384,12 +382,7 @@ fn imported_modules(module: &[String], source: &str) -> BTreeSet<String> {
     while let Some(off) = code[from..].find("super::") {
         let at = from + off;
         from = at + "super::".len();
-        if code[..at].ends_with("::")
-            || code[..at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| ident_char(c))
-        {
+        if code[..at].ends_with("::") || code[..at].chars().next_back().is_some_and(ident_char) {
             continue;
         }
         let mut rest = &code[at..];
@@ -473,14 +466,26 @@ fn imports_follow_the_table_in_architecture_md() {
     let bad = forbidden_edges(&files, &table);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     // Edges the design forbids outright, whatever the table says.
-    for engine in ["spec", "model", "plan", "drift", "state", "providers", "apply", "ops"] {
+    for engine in [
+        "spec",
+        "model",
+        "plan",
+        "drift",
+        "state",
+        "providers",
+        "apply",
+        "ops",
+    ] {
         assert!(
             !table[engine].contains("sim"),
             "the engine never imports `sim`, but the table lets `{engine}` do so"
         );
     }
     for lower in ["spec", "state", "sim"] {
-        assert!(table[lower].is_empty(), "`{lower}` imports nothing of anvil");
+        assert!(
+            table[lower].is_empty(),
+            "`{lower}` imports nothing of anvil"
+        );
     }
     for internal in ["state", "providers", "apply", "spec", "model"] {
         assert!(
@@ -540,7 +545,11 @@ fn every_argument_has_a_description() {
         }
         for sub in cmd.get_subcommands() {
             if sub.get_about().is_none() && sub.get_long_about().is_none() {
-                missing.push(format!("anvil {} {} (the command)", path.join(" "), sub.get_name()));
+                missing.push(format!(
+                    "anvil {} {} (the command)",
+                    path.join(" "),
+                    sub.get_name()
+                ));
             }
             path.push(sub.get_name().to_string());
             walk(sub, path, missing);

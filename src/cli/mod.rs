@@ -10,9 +10,8 @@ mod reconcile;
 mod sim_bosh;
 
 use crate::ops::{
-    self, ApplyOutcome, ApplyRequest, CancellationToken, DriftRequest, EventSink, Inputs,
-    OpsError, OpsEvent, PlanRequest, RefreshOnlyOutcome, RefreshProposal, SavedPlanRequest,
-    StateTarget,
+    self, ApplyOutcome, ApplyRequest, CancellationToken, DriftRequest, EventSink, Inputs, OpsError,
+    OpsEvent, PlanRequest, RefreshOnlyOutcome, RefreshProposal, SavedPlanRequest, StateTarget,
 };
 use crate::plan::{render, Plan, PlanOptions};
 use anyhow::{Context, Result};
@@ -593,7 +592,10 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 if p.outputs_only > 0 {
                     println!("\n  ({} more record(s) only get their computed outputs updated, e.g. versions)", p.outputs_only);
                 }
-                println!("\nRefresh-only: {} to record, {} to remove from state.", p.to_record, p.to_remove);
+                println!(
+                    "\nRefresh-only: {} to record, {} to remove from state.",
+                    p.to_record, p.to_remove
+                );
                 confirm("apply --refresh-only", auto)
             };
             Ok(
@@ -699,10 +701,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
             }
             let shown = ops::read_state(&a.target.target()).await?;
             if !shown.exists {
-                eprintln!(
-                    "No state at {} (nothing applied yet).",
-                    shown.location
-                );
+                eprintln!("No state at {} (nothing applied yet).", shown.location);
             }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&shown.state)?);
@@ -817,4 +816,3 @@ impl Interrupts {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-

@@ -68,7 +68,10 @@ pub async fn events(
                         reconcile_json,
                         true,
                     ) {
-                        eprintln!("Warning: could not print the report of run {}: {e}", report.run);
+                        eprintln!(
+                            "Warning: could not print the report of run {}: {e}",
+                            report.run
+                        );
                     }
                     out = std::io::BufWriter::new(std::io::stdout().lock());
                     continue;
@@ -107,9 +110,9 @@ pub async fn events(
 
 fn new_bar(total: usize) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(total as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+    ) {
         b.set_style(style);
     }
     b

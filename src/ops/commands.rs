@@ -272,7 +272,17 @@ pub async fn apply(
         cancel,
     )
     .await?;
-    finish(&ws, state, &lock, &plan, req.parallelism, review, sink, cancel).await
+    finish(
+        &ws,
+        state,
+        &lock,
+        &plan,
+        req.parallelism,
+        review,
+        sink,
+        cancel,
+    )
+    .await
 }
 
 /// How a saved plan is applied: the file, and what the spec it was made from needs
@@ -316,7 +326,17 @@ pub async fn apply_saved_plan(
     let lock = take_lock(&ws, "apply", req.lock_timeout, sink)?;
     let mut state = load_locked(&ws, &lock, sink)?;
     let (plan, _observed) = check_saved_plan(&ws, &mut state, &doc, &path)?;
-    finish(&ws, state, &lock, &plan, req.parallelism, review, sink, cancel).await
+    finish(
+        &ws,
+        state,
+        &lock,
+        &plan,
+        req.parallelism,
+        review,
+        sink,
+        cancel,
+    )
+    .await
 }
 
 fn take_lock(
@@ -497,7 +517,11 @@ pub async fn import(
             },
         );
     }
-    let imported = or_cancelled(cancel, super::import_object(&ws, address, id, lock_timeout, sink)).await?;
+    let imported = or_cancelled(
+        cancel,
+        super::import_object(&ws, address, id, lock_timeout, sink),
+    )
+    .await?;
     Ok(ImportOutcome {
         imported,
         state: ws.backend.describe(),
@@ -507,11 +531,15 @@ pub async fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::discard;
 
     #[test]
     fn suggested_spec_arguments_are_runnable_as_printed() {
         let inputs = Inputs {
-            paths: vec![PathBuf::from("examples/foundation"), PathBuf::from("my specs")],
+            paths: vec![
+                PathBuf::from("examples/foundation"),
+                PathBuf::from("my specs"),
+            ],
             vars: vec!["size=2".into()],
             var_files: vec![PathBuf::from("prod.yaml")],
             state_url: Some("file:///tmp/s.json".into()),
@@ -531,7 +559,95 @@ mod tests {
             assert!(schema(k).is_ok(), "{k}");
         }
         let e = schema("nope").unwrap_err().to_string();
-        assert!(e.contains("unknown kind `nope`") && e.contains("plan, drift"), "{e}");
+        assert!(
+            e.contains("unknown kind `nope`") && e.contains("plan, drift"),
+            "{e}"
+        );
+    }
+
+    /// A workspace of two null resources in a temporary directory, its state there too.
+    fn workspace() -> (tempfile::TempDir, ApplyRequest) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("spec.yaml");
+        std::fs::write(&spec, "apiVersion: anvil/v1\nkind: Resources\nmetadata: { name: t }\nresources:\n  - { type: null_resource, name: a }\n  - { type: null_resource, name: b, attributes: { triggers: { x: \"${null_resource.a.id}\" } } }\n").unwrap();
+        let req = ApplyRequest {
+            inputs: Inputs {
+                paths: vec![spec],
+                state_url: Some(dir.path().join("t.json").display().to_string()),
+                ..Inputs::default()
+            },
+            options: PlanOptions::default(),
+            refresh: true,
+            parallelism: 4,
+            lock_timeout: Duration::ZERO,
+        };
+        (dir, req)
+    }
+
+    #[tokio::test]
+    async fn apply_reports_progress_as_events_and_returns_the_report() {
+        let (dir, req) = workspace();
+        let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut shown = 0;
+        let mut review = |p: &Plan| {
+            shown = p.summary().add;
+            Ok(true)
+        };
+        let out = apply(&req, &mut review, &sink, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(shown, 2);
+        let ApplyOutcome::Applied { report, lock_lost } = out else {
+            panic!("not applied")
+        };
+        assert!(report.success() && !lock_lost);
+        assert_eq!(report.done.len(), 2);
+        drop(sink);
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        assert!(
+            matches!(events.first(), Some(OpsEvent::ApplyStarting { total: 2 })),
+            "{events:?}"
+        );
+        let finished = events
+            .iter()
+            .filter(|e| matches!(e, OpsEvent::Apply(crate::apply::Event::Finished { .. })))
+            .count();
+        assert_eq!(finished, 2, "{events:?}");
+        assert!(dir.path().join("t.json").exists());
+        // The same spec again: nothing to do, and the review still sees the plan.
+        let mut seen = false;
+        let mut review = |p: &Plan| {
+            seen = !p.has_changes();
+            Ok(false)
+        };
+        let out = apply(&req, &mut review, &discard(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(seen && matches!(out, ApplyOutcome::NoChanges));
+    }
+
+    #[tokio::test]
+    async fn a_declined_or_cancelled_apply_changes_nothing() {
+        let (dir, req) = workspace();
+        let mut no = |_: &Plan| Ok(false);
+        let out = apply(&req, &mut no, &discard(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(matches!(out, ApplyOutcome::Declined));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut yes = |_: &Plan| Ok(true);
+        let r = apply(&req, &mut yes, &discard(), &cancel).await;
+        assert!(matches!(r, Err(OpsError::Cancelled)), "{:?}", r.err());
+        assert!(!dir.path().join("t.json").exists(), "nothing was written");
+        // The review's own error ends the run the same way.
+        let mut fails = |_: &Plan| Err(OpsError::Usage("no terminal".into()));
+        let r = apply(&req, &mut fails, &discard(), &CancellationToken::new()).await;
+        assert!(matches!(r, Err(OpsError::Usage(m)) if m == "no terminal"));
+        assert!(!dir.path().join("t.json").exists());
     }
 
     #[tokio::test]

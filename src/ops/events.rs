@@ -5,8 +5,8 @@
 
 use crate::apply;
 use crate::reconcile::{Metrics, Resolved, RunReport};
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 

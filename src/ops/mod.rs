@@ -34,13 +34,13 @@ pub use crate::apply::{Event as ApplyEvent, Op, Report};
 pub use crate::state::{ResourceState, State};
 
 use crate::apply::{self, ApplyConfig, Channels};
-use events::emit;
 use crate::model::{self, Model};
 use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
 use crate::plan::{self, Observed, Plan, PlanOptions};
 use crate::providers::Registry;
 use crate::spec::{self, LoadOptions, SpecErrors};
 use crate::state::{self, StateBackend, StateError};
+use events::emit;
 use futures::StreamExt;
 use sha2::Digest;
 use std::collections::BTreeMap;

@@ -85,10 +85,7 @@ pub async fn reconcile(
     if !s.enabled {
         return Ok(ReconcileOutcome::Disabled { resolved });
     }
-    let f = clients::load_foundation(
-        &request.foundation,
-        clients::utf8_env(std::env::vars_os()),
-    )?;
+    let f = clients::load_foundation(&request.foundation, clients::utf8_env(std::env::vars_os()))?;
     let (director, store) = clients::connect(&f, crate::providers::env_var).await?;
     let rec = Reconciler::new(
         Arc::new(director),
@@ -108,12 +105,12 @@ pub async fn reconcile(
     }
     let server = match &request.metrics_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
-                OpsError::MetricsListen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| OpsError::MetricsListen {
                     addr: addr.clone(),
                     source,
-                }
-            })?;
+                })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| OpsError::MetricsListen {

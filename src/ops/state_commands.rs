@@ -125,10 +125,7 @@ pub async fn read_state(target: &StateTarget) -> Result<ShownState, OpsError> {
 /// # Errors
 /// As [`read_state`], or the address is not recorded (the message says where anvil
 /// looked).
-pub async fn state_show(
-    target: &StateTarget,
-    address: &str,
-) -> Result<ResourceState, OpsError> {
+pub async fn state_show(target: &StateTarget, address: &str) -> Result<ResourceState, OpsError> {
     let shown = read_state(target).await?;
     let mut st = shown.state;
     st.resources.remove(address).ok_or_else(|| {
@@ -137,10 +134,7 @@ pub async fn state_show(
         } else {
             "there is no state there yet (nothing applied)".to_string()
         };
-        OpsError::Usage(format!(
-            "{address}: not in state {}; {why}",
-            shown.location
-        ))
+        OpsError::Usage(format!("{address}: not in state {}; {why}", shown.location))
     })
 }
 
@@ -283,17 +277,28 @@ mod tests {
     fn only_workspace_picks_the_single_state_and_names_the_choices() {
         let dir = tempfile::tempdir().unwrap();
         let e = only_workspace(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("no state found") && e.contains("--workspace NAME"), "{e}");
+        assert!(
+            e.contains("no state found") && e.contains("--workspace NAME"),
+            "{e}"
+        );
         // A run killed before its first write leaves only its lock.
         std::fs::write(dir.path().join("demo.json.lock"), "{}").unwrap();
         assert_eq!(only_workspace(dir.path()).unwrap(), "demo");
-        for f in ["demo.json", "demo.json.backup", "demo.json.journal", "notes.txt"] {
+        for f in [
+            "demo.json",
+            "demo.json.backup",
+            "demo.json.journal",
+            "notes.txt",
+        ] {
             std::fs::write(dir.path().join(f), "{}").unwrap();
         }
         assert_eq!(only_workspace(dir.path()).unwrap(), "demo");
         std::fs::write(dir.path().join("other.json"), "{}").unwrap();
         let e = only_workspace(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("demo, other") && e.contains("--workspace demo"), "{e}");
+        assert!(
+            e.contains("demo, other") && e.contains("--workspace demo"),
+            "{e}"
+        );
     }
 
     #[test]
