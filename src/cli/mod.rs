@@ -529,9 +529,13 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     } else {
         APPLY_INTERRUPT_MESSAGES
     };
-    let signals = session.on_interrupt(messages);
+    // The simulators stop on their own signals (gracefully, exit 0).
+    let signals =
+        (!matches!(&cli.command, Command::Sim(_))).then(|| session.on_interrupt(messages));
     let result = command(cli.command, style, &session).await;
-    signals.abort();
+    if let Some(signals) = signals {
+        signals.abort();
+    }
     session.finish().await;
     result
 }
