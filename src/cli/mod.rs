@@ -88,6 +88,9 @@ struct SpecArgs {
     /// Read variables from a YAML or JSON file (repeatable).
     #[arg(long = "var-file")]
     var_files: Vec<PathBuf>,
+    /// List the YAML files a directory scan skipped because they hold no anvil document.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 /// The state of a command that reads a spec: its workspace is the spec's `metadata.name`.
@@ -392,6 +395,22 @@ pub fn run() -> Result<i32> {
     rt.block_on(dispatch(cli, color))
 }
 
+impl Command {
+    /// Whether the command's spec arguments ask for `--verbose`.
+    fn verbose(&self) -> bool {
+        match self {
+            Command::Validate(s) => s.verbose,
+            Command::Plan(a) => a.spec.verbose,
+            Command::Apply(a) => a.spec.verbose,
+            Command::Drift(a) => a.spec.verbose,
+            Command::Import(a) => a.spec.verbose,
+            Command::Destroy(a) => a.spec.verbose,
+            Command::Graph(a) => a.spec.verbose,
+            _ => false,
+        }
+    }
+}
+
 fn inputs(spec: &SpecArgs, state: &StateArg) -> Inputs {
     Inputs {
         paths: spec.paths.clone(),
@@ -421,10 +440,17 @@ struct Session {
 }
 
 impl Session {
-    fn new(reconcile_json: bool) -> Session {
+    fn new(reconcile_json: bool, verbose: bool) -> Session {
         let (sink, rx) = mpsc::unbounded_channel::<OpsEvent>();
         let draining = Arc::new(AtomicBool::new(false));
-        let renderer = tokio::spawn(output::events(rx, draining.clone(), reconcile_json));
+        let renderer = tokio::spawn(output::events(
+            rx,
+            draining.clone(),
+            output::Show {
+                reconcile_json,
+                verbose,
+            },
+        ));
         Session {
             sink,
             cancel: CancellationToken::new(),
@@ -520,7 +546,7 @@ fn apply_exit(outcome: ApplyOutcome, what: &str) -> i32 {
 async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     let style = render::Style { color };
     let json = matches!(&cli.command, Command::Reconcile(a) if a.json);
-    let session = Session::new(json);
+    let session = Session::new(json, cli.command.verbose());
     let messages = if matches!(&cli.command, Command::Reconcile(a) if a.watch) {
         // A watch loop is stopped, not abandoned: the first signal ends it after the
         // current run.
@@ -544,7 +570,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
     let (sink, cancel) = (&session.sink, &session.cancel);
     match command {
         Command::Validate(spec) => {
-            let v = ops::validate(&inputs(&spec, &StateArg { state: None })).await?;
+            let v = ops::validate(&inputs(&spec, &StateArg { state: None }), sink).await?;
             println!(
                 "The spec is valid: {} resource(s) in workspace `{}` from {} file(s).",
                 v.resources, v.workspace, v.files
@@ -716,7 +742,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         }
         Command::State(cmd) => state_command(cmd, sink).await,
         Command::Graph(a) => {
-            let g = ops::graph(&inputs(&a.spec, &StateArg { state: None })).await?;
+            let g = ops::graph(&inputs(&a.spec, &StateArg { state: None }), sink).await?;
             print!("{}", output::render_graph(&g, &a.format));
             Ok(0)
         }

@@ -31,12 +31,13 @@ fn noun(op: Op) -> &'static str {
 /// bar on a terminal or one line per event otherwise (stdout), everything else as lines
 /// on stderr. `draining` is set once the apply walk starts (an interrupt then drains
 /// the work in flight instead of ending the process). Reconcile runs in watch mode are
-/// printed as `reconcile_json` asks.
+/// printed as `show` asks.
 pub async fn events(
     mut rx: mpsc::UnboundedReceiver<OpsEvent>,
     draining: Arc<AtomicBool>,
-    reconcile_json: bool,
+    show: Show,
 ) {
+    let reconcile_json = show.reconcile_json;
     use std::io::Write as _;
     let mut bar: Option<indicatif::ProgressBar> = None;
     while let Some(first) = rx.recv().await {
@@ -76,6 +77,7 @@ pub async fn events(
                     out = std::io::BufWriter::new(std::io::stdout().lock());
                     continue;
                 }
+                OpsEvent::SkippedFiles(files) if !show.verbose || files.is_empty() => continue,
                 other => {
                     let _ = out.flush();
                     eprintln!("{}", other_line(&other));
@@ -108,6 +110,15 @@ pub async fn events(
     }
 }
 
+/// How the events of a command are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    /// Reconcile runs in watch mode as JSON lines.
+    pub reconcile_json: bool,
+    /// `--verbose`: also the YAML files a directory scan skipped.
+    pub verbose: bool,
+}
+
 fn new_bar(total: usize) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(total as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -126,6 +137,14 @@ fn other_line(ev: &OpsEvent) -> String {
             humantime::format_duration(*timeout)
         ),
         OpsEvent::Info(line) => line.clone(),
+        OpsEvent::SkippedFiles(files) => {
+            let list: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "skipped {} non-anvil YAML file(s): {}",
+                list.len(),
+                list.join(", ")
+            )
+        }
         OpsEvent::Warning(line) => format!("Warning: {line}"),
         OpsEvent::MetricsServing(addr) => format!("Serving metrics on http://{addr}/metrics"),
         OpsEvent::Watching { interval } => format!(

@@ -15,7 +15,7 @@ use crate::drift::DriftReport;
 use crate::plan::json::PlanDocument;
 use crate::plan::{Observed, Plan, PlanOptions};
 use crate::providers::Registry;
-use crate::state::{LockHandle, State};
+use crate::state::{Lock, State};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +57,19 @@ pub fn spec_args(inputs: &Inputs) -> String {
     s
 }
 
+/// Loads the workspace and reports the files a directory scan skipped.
+fn load_ws(inputs: &Inputs, sink: &EventSink) -> Result<Workspace, OpsError> {
+    let ws = load_workspace(inputs, Registry::builtin())?;
+    skipped(&ws, sink);
+    Ok(ws)
+}
+
+fn skipped(ws: &Workspace, sink: &EventSink) {
+    if !ws.skipped.is_empty() {
+        emit(sink, OpsEvent::SkippedFiles(ws.skipped.clone()));
+    }
+}
+
 /// What `anvil validate` found.
 pub struct Validated {
     pub workspace: String,
@@ -68,8 +81,8 @@ pub struct Validated {
 ///
 /// # Errors
 /// Every problem in the spec, located.
-pub async fn validate(inputs: &Inputs) -> Result<Validated, OpsError> {
-    let ws = load_workspace(inputs, Registry::builtin())?;
+pub async fn validate(inputs: &Inputs, sink: &EventSink) -> Result<Validated, OpsError> {
+    let ws = load_ws(inputs, sink)?;
     Ok(Validated {
         workspace: ws.name,
         resources: ws.model.len(),
@@ -87,8 +100,8 @@ pub struct Graph {
 ///
 /// # Errors
 /// Every problem in the spec, located.
-pub async fn graph(inputs: &Inputs) -> Result<Graph, OpsError> {
-    let ws = load_workspace(inputs, Registry::builtin())?;
+pub async fn graph(inputs: &Inputs, sink: &EventSink) -> Result<Graph, OpsError> {
+    let ws = load_ws(inputs, sink)?;
     let resources = ws.model.resources();
     let nodes = resources.iter().map(|r| r.address.to_string()).collect();
     let edges = resources
@@ -185,10 +198,11 @@ async fn plan_on(
 /// cannot be written.
 pub async fn plan(
     req: &PlanRequest,
-    _sink: &EventSink,
+    sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Planned, OpsError> {
-    let (ws, state) = load_workspace_and_state(&req.inputs, Registry::builtin())?;
+    let (ws, state) = load_workspace_and_state(&req.inputs, Registry::builtin()).await?;
+    skipped(&ws, sink);
     let (plan, observed) = plan_on(
         &ws,
         &state,
@@ -260,9 +274,9 @@ pub async fn apply(
     } else {
         "apply"
     };
-    let ws = load_workspace(&req.inputs, Registry::builtin())?;
-    let lock = take_lock(&ws, operation, req.lock_timeout, sink)?;
-    let state = load_locked(&ws, &lock, sink)?;
+    let ws = load_ws(&req.inputs, sink)?;
+    let lock = take_lock(&ws, operation, req.lock_timeout, sink).await?;
+    let state = load_locked(&ws, lock.as_ref(), sink).await?;
     let (plan, _) = plan_on(
         &ws,
         &state,
@@ -275,7 +289,7 @@ pub async fn apply(
     finish(
         &ws,
         state,
-        &lock,
+        lock.as_ref(),
         &plan,
         req.parallelism,
         review,
@@ -323,13 +337,13 @@ pub async fn apply_saved_plan(
         path: path.clone(),
         message: format!("the spec this plan was made from cannot be loaded again: {e}"),
     })?;
-    let lock = take_lock(&ws, "apply", req.lock_timeout, sink)?;
-    let mut state = load_locked(&ws, &lock, sink)?;
+    let lock = take_lock(&ws, "apply", req.lock_timeout, sink).await?;
+    let mut state = load_locked(&ws, lock.as_ref(), sink).await?;
     let (plan, _observed) = check_saved_plan(&ws, &mut state, &doc, &path)?;
     finish(
         &ws,
         state,
-        &lock,
+        lock.as_ref(),
         &plan,
         req.parallelism,
         review,
@@ -339,12 +353,12 @@ pub async fn apply_saved_plan(
     .await
 }
 
-fn take_lock(
+async fn take_lock(
     ws: &Workspace,
     operation: &str,
     timeout: Duration,
     sink: &EventSink,
-) -> Result<LockHandle, OpsError> {
+) -> Result<Box<dyn Lock>, OpsError> {
     if !timeout.is_zero() {
         emit(
             sink,
@@ -354,7 +368,7 @@ fn take_lock(
             },
         );
     }
-    Ok(ws.backend.lock(operation, timeout)?)
+    Ok(ws.backend.lock(operation, timeout).await?)
 }
 
 /// Review, then the walk: the part `apply` and `apply FILE` share.
@@ -362,7 +376,7 @@ fn take_lock(
 async fn finish(
     ws: &Workspace,
     state: State,
-    lock: &LockHandle,
+    lock: &dyn Lock,
     plan: &Plan,
     parallelism: usize,
     review: &mut Review<'_>,
@@ -427,9 +441,9 @@ pub async fn apply_refresh_only(
     if !req.refresh {
         return Err(OpsError::Usage("--refresh-only records what the real world has, so it must read it: drop --refresh=false".into()));
     }
-    let ws = load_workspace(&req.inputs, Registry::builtin())?;
-    let lock = take_lock(&ws, "apply --refresh-only", req.lock_timeout, sink)?;
-    let state = load_locked(&ws, &lock, sink)?;
+    let ws = load_ws(&req.inputs, sink)?;
+    let lock = take_lock(&ws, "apply --refresh-only", req.lock_timeout, sink).await?;
+    let state = load_locked(&ws, lock.as_ref(), sink).await?;
     let (report, observed) = or_cancelled(
         cancel,
         super::drift(&ws, &state, &req.options, true, req.parallelism),
@@ -456,7 +470,7 @@ pub async fn apply_refresh_only(
     if cancel.is_cancelled() {
         return Err(OpsError::Cancelled);
     }
-    let (_, done) = super::record_observed(&ws, state, &lock, &observed)?;
+    let (_, done) = super::record_observed(&ws, state, lock.as_ref(), &observed).await?;
     Ok(RefreshOnlyOutcome::Recorded(done))
 }
 
@@ -476,10 +490,11 @@ pub struct DriftRequest {
 /// The spec, the state, the plan's own errors, a refresh, or cancellation.
 pub async fn drift_report(
     req: &DriftRequest,
-    _sink: &EventSink,
+    sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<DriftReport, OpsError> {
-    let (ws, state) = load_workspace_and_state(&req.inputs, Registry::builtin())?;
+    let (ws, state) = load_workspace_and_state(&req.inputs, Registry::builtin()).await?;
+    skipped(&ws, sink);
     let (report, _) = or_cancelled(
         cancel,
         super::drift(&ws, &state, &req.options, req.refresh, req.parallelism),
@@ -507,7 +522,7 @@ pub async fn import(
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<ImportOutcome, OpsError> {
-    let ws = load_workspace(inputs, Registry::builtin())?;
+    let ws = load_ws(inputs, sink)?;
     if !lock_timeout.is_zero() {
         emit(
             sink,

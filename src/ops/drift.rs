@@ -75,10 +75,10 @@ pub struct Recorded {
 ///
 /// # Errors
 /// The state cannot be written (it is then unchanged).
-pub fn record_observed(
+pub async fn record_observed(
     ws: &Workspace,
     mut state: State,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     observed: &Observed,
 ) -> Result<(State, Recorded), OpsError> {
     let mut done = Recorded::default();
@@ -100,7 +100,7 @@ pub fn record_observed(
     }
     if done != Recorded::default() {
         state.serial += 1;
-        ws.backend.write(&state, lock)?;
+        ws.backend.write(&state, lock).await?;
     }
     Ok((state, done))
 }
@@ -145,14 +145,15 @@ pub async fn import_object(
             addr.name
         )));
     };
-    let provider = ws.registry.for_type(&addr.ty).ok_or_else(|| {
+    // The instance the spec names (`bosh.east`), so the object is looked for there.
+    let provider = ws.registry.get(&resource.provider).ok_or_else(|| {
         OpsError::Usage(format!(
-            "{address}: no provider for type `{}` in this build",
-            addr.ty
+            "{address}: no provider instance `{}` for type `{}` in this build",
+            resource.provider, addr.ty
         ))
     })?;
-    let lock = ws.backend.lock("import", lock_timeout)?;
-    let mut state = super::load_locked(ws, &lock, sink)?;
+    let lock = ws.backend.lock("import", lock_timeout).await?;
+    let mut state = super::load_locked(ws, lock.as_ref(), sink).await?;
     if state.resources.contains_key(address) {
         return Err(OpsError::Usage(format!(
             "{address}: already managed (in state {}); to adopt another object at this address, forget this one first with `anvil state rm {address}`",
@@ -180,6 +181,7 @@ pub async fn import_object(
         }
     }
     let now = chrono::Utc::now();
+    record.provider = resource.provider.clone();
     record.dependencies = resource
         .dependencies
         .iter()
@@ -194,7 +196,7 @@ pub async fn import_object(
     record.updated_at = now;
     state.resources.insert(address.to_string(), record.clone());
     state.serial += 1;
-    ws.backend.write(&state, &lock)?;
+    ws.backend.write(&state, lock.as_ref()).await?;
     Ok(Imported {
         address: address.to_string(),
         record,

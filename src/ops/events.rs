@@ -24,6 +24,9 @@ pub enum OpsEvent {
     Apply(apply::Event),
     /// Waiting up to `timeout` for the lock on `state`.
     LockWait { state: String, timeout: Duration },
+    /// YAML files a directory scan skipped because they hold no anvil document (a
+    /// front-end shows them when asked to be verbose).
+    SkippedFiles(Vec<std::path::PathBuf>),
     /// A line worth showing the user (e.g. a journal folded into the state).
     Info(String),
     /// Something the user should check (e.g. the lock was lost during a run).

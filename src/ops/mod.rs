@@ -95,6 +95,8 @@ pub struct Workspace {
     pub name: String,
     /// The spec files read, in order.
     pub files: Vec<PathBuf>,
+    /// YAML files a directory scan skipped because they hold no anvil document.
+    pub skipped: Vec<PathBuf>,
     pub model: Model,
     pub registry: Registry,
     pub backend: Box<dyn StateBackend>,
@@ -114,19 +116,31 @@ pub fn load_workspace(inputs: &Inputs, registry: Registry) -> Result<Workspace, 
 ///
 /// # Errors
 /// As [`load_workspace`], or the state cannot be read.
-pub fn load_workspace_and_state(
+pub async fn load_workspace_and_state(
     inputs: &Inputs,
     registry: Registry,
 ) -> Result<(Workspace, State), OpsError> {
     let (ws, st) = load(inputs, registry, true)?;
     let st = match st {
         Some(st) => st?,
-        None => ws.backend.load()?,
+        None => ws.backend.load().await?,
     };
     Ok((ws, st))
 }
 
 type Preloaded = Option<Result<State, StateError>>;
+
+/// Run the backend's async `load` to completion on a plain (non-runtime) thread: on the
+/// caller's runtime when there is one (remote backends need its IO driver), else inline.
+fn load_blocking(
+    backend: &dyn StateBackend,
+    runtime: Option<&tokio::runtime::Handle>,
+) -> Result<State, StateError> {
+    match runtime {
+        Some(rt) => rt.block_on(backend.load()),
+        None => futures::executor::block_on(backend.load()),
+    }
+}
 
 fn load(
     inputs: &Inputs,
@@ -168,11 +182,12 @@ fn load(
     let backend = state::open(inputs.state_url.as_deref(), &name);
     // Reading state needs only the workspace name: a read-only caller gets it read on
     // the other core while the model is built.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let (model, preloaded) = std::thread::scope(|scope| {
         let preload = match (&backend, preload_state) {
             (Ok(b), true) => Some(scope.spawn(|| {
                 let t = std::time::Instant::now();
-                let st = b.load();
+                let st = load_blocking(b.as_ref(), runtime.as_ref());
                 tracing::debug!(elapsed = ?t.elapsed(), "state loaded");
                 st
             })),
@@ -185,7 +200,7 @@ fn load(
             h.join().unwrap_or_else(|_| {
                 Err(StateError::Io {
                     action: "read",
-                    path: PathBuf::from(name.clone()),
+                    location: name.clone(),
                     source: std::io::Error::other("the state reader thread panicked"),
                 })
             })
@@ -193,13 +208,20 @@ fn load(
         (model, preloaded)
     });
     let model = model?;
-    registry.configure(&model.settings);
+    registry.configure(&model.providers).map_err(|errs| {
+        SpecErrors(
+            errs.into_iter()
+                .map(|(i, e)| model.providers[i].error(e.message))
+                .collect(),
+        )
+    })?;
     let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());
     h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
     let digest = format!("sha256:{}", hex::encode(h.finalize()));
     let files = spec.files.clone();
+    let skipped = spec.skipped.clone();
     // The located YAML trees are only needed for errors, which are all reported by now:
     // free them on another thread while the caller goes on (big specs hold millions of
     // small allocations).
@@ -208,6 +230,7 @@ fn load(
         Workspace {
             name,
             files,
+            skipped,
             model,
             registry,
             backend,
@@ -297,7 +320,7 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
                 };
                 attrs.insert(k.clone(), v.clone());
             }
-            let p = registry.for_type(&c.ty)?.clone();
+            let p = registry.get(&c.provider)?.clone();
             Some((i, c.address.clone(), c.ty.clone(), attrs, p))
         })
         .collect::<Vec<_>>();
@@ -328,14 +351,14 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
 ///
 /// # Errors
 /// The state cannot be read or written.
-pub fn load_locked(
+pub async fn load_locked(
     ws: &Workspace,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     sink: &EventSink,
 ) -> Result<State, OpsError> {
-    let st = ws.backend.load()?;
-    if ws.backend.has_journal() {
-        ws.backend.write(&st, lock)?;
+    let st = ws.backend.load().await?;
+    if ws.backend.has_journal().await {
+        ws.backend.write(&st, lock).await?;
         tracing::info!(state = %ws.backend.describe(), "folded the journal of an interrupted run into the state");
         emit(
             sink,
@@ -478,7 +501,7 @@ pub fn check_saved_plan(
 pub async fn run_apply(
     ws: &Workspace,
     state: State,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     plan: &Plan,
     parallelism: usize,
     sink: &EventSink,
@@ -486,7 +509,7 @@ pub async fn run_apply(
 ) -> Result<(State, apply::Report), OpsError> {
     let mut state = state;
     apply::settle_pending(plan, &ws.model, &mut state);
-    let journal = ws.backend.journal(&state, lock)?;
+    let journal = ws.backend.journal(&state, lock).await?;
     let total = plan
         .changes
         .iter()
@@ -521,6 +544,9 @@ pub async fn run_apply(
         Channels {
             events: tx,
             cancel: stop_rx,
+            // A front-end that must stop at once ends the process (the journal keeps
+            // state readable); in-flight provider calls are drained, not aborted.
+            abort: CancellationToken::new(),
         },
     )
     .await;

@@ -112,10 +112,11 @@ fn written(st: &State) -> bool {
 /// As [`open_target`], or the state cannot be read.
 pub async fn read_state(target: &StateTarget) -> Result<ShownState, OpsError> {
     let backend = open_target(target)?;
-    let state = backend.load()?;
+    let state = backend.load().await?;
+    let exists = written(&state) || backend.exists().await?;
     Ok(ShownState {
         location: backend.describe(),
-        exists: written(&state),
+        exists,
         state,
     })
 }
@@ -138,12 +139,12 @@ pub async fn state_show(target: &StateTarget, address: &str) -> Result<ResourceS
     })
 }
 
-fn take_lock(
+async fn take_lock(
     backend: &dyn StateBackend,
     operation: &str,
     timeout: Duration,
     sink: &EventSink,
-) -> Result<state::LockHandle, OpsError> {
+) -> Result<Box<dyn state::Lock>, OpsError> {
     if !timeout.is_zero() {
         emit(
             sink,
@@ -153,7 +154,7 @@ fn take_lock(
             },
         );
     }
-    Ok(backend.lock(operation, timeout)?)
+    Ok(backend.lock(operation, timeout).await?)
 }
 
 /// `anvil state rm`: forgets records under the lock; the real objects are untouched.
@@ -169,8 +170,8 @@ pub async fn state_rm(
     sink: &EventSink,
 ) -> Result<String, OpsError> {
     let backend = open_target(target)?;
-    let lock = take_lock(backend.as_ref(), "state rm", lock_timeout, sink)?;
-    let mut st = backend.load()?;
+    let lock = take_lock(backend.as_ref(), "state rm", lock_timeout, sink).await?;
+    let mut st = backend.load().await?;
     for a in addresses {
         if st.resources.remove(a).is_none() {
             return Err(OpsError::Usage(format!(
@@ -181,7 +182,7 @@ pub async fn state_rm(
         }
     }
     st.serial += 1;
-    backend.write(&st, &lock)?;
+    backend.write(&st, lock.as_ref()).await?;
     Ok(backend.describe())
 }
 
@@ -202,8 +203,8 @@ pub async fn state_mv(
     let dest = crate::model::Address::parse(destination)
         .map_err(|e| OpsError::Usage(format!("destination {e}")))?;
     let backend = open_target(target)?;
-    let lock = take_lock(backend.as_ref(), "state mv", lock_timeout, sink)?;
-    let mut st = backend.load()?;
+    let lock = take_lock(backend.as_ref(), "state mv", lock_timeout, sink).await?;
+    let mut st = backend.load().await?;
     let flags = target_flags(target);
     if st.resources.contains_key(destination) {
         return Err(OpsError::Usage(format!(
@@ -226,7 +227,7 @@ pub async fn state_mv(
     rec.updated_at = chrono::Utc::now();
     st.resources.insert(destination.to_string(), rec);
     st.serial += 1;
-    backend.write(&st, &lock)?;
+    backend.write(&st, lock.as_ref()).await?;
     Ok(backend.describe())
 }
 
@@ -236,7 +237,7 @@ pub async fn state_mv(
 /// As [`open_target`]; no lock, or a lock with another id (the message names it).
 pub async fn force_unlock(target: &StateTarget, id: &str) -> Result<String, OpsError> {
     let backend = open_target(target)?;
-    backend.force_unlock(id)?;
+    backend.force_unlock(id).await?;
     Ok(backend.describe())
 }
 
