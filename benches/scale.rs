@@ -204,12 +204,12 @@ fn postgres_bench(n: usize) {
     let steps: [(&str, &[&str], i32); 2] = [
         (
             "apply from empty",
-            &["--state", &url, "apply", "--auto-approve", "spec.yaml"],
+            &["apply", "--state", &url, "--auto-approve", "spec.yaml"],
             0,
         ),
         (
             "no-op plan, full state",
-            &["--state", &url, "plan", "--detailed-exitcode", "spec.yaml"],
+            &["plan", "--state", &url, "--detailed-exitcode", "spec.yaml"],
             0,
         ),
     ];

@@ -12,9 +12,12 @@ use common::*;
 use pg_support::PgCluster;
 use std::process::Output;
 
+/// Runs `args` with `--state url` after the (sub)command words.
 fn run_pg(s: &Scratch, url: &str, args: &[&str]) -> Output {
-    let mut full = vec!["--state", url];
-    full.extend_from_slice(args);
+    let words = if args[0] == "state" { 2 } else { 1 };
+    let mut full = args[..words].to_vec();
+    full.extend_from_slice(&["--state", url]);
+    full.extend_from_slice(&args[words..]);
     s.run(&full)
 }
 
@@ -60,14 +63,14 @@ fn round_trip_plan_apply_state_commands() {
     assert_code(&o, 0);
     assert!(stdout(&o).contains("No changes."), "{}", stdout(&o));
 
-    let o = run_pg(&s, &url, &["state", "list", "spec.yaml"]);
+    let o = run_pg(&s, &url, &["state", "list", "--workspace", "rt"]);
     assert_code(&o, 0);
     assert!(stdout(&o).contains("null_resource.r29"), "{}", stdout(&o));
 
     let o = run_pg(
         &s,
         &url,
-        &["state", "rm", "--path", "spec.yaml", "null_resource.r29"],
+        &["state", "rm", "--workspace", "rt", "null_resource.r29"],
     );
     assert_code(&o, 0);
     let o = run_pg(&s, &url, &["plan", "spec.yaml"]);
@@ -75,7 +78,7 @@ fn round_trip_plan_apply_state_commands() {
     assert!(stdout(&o).contains("1 to add"), "{}", stdout(&o));
 
     // force-unlock of a lock that is not there says so.
-    let o = run_pg(&s, &url, &["force-unlock", "nope", "spec.yaml"]);
+    let o = run_pg(&s, &url, &["force-unlock", "--workspace", "rt", "nope"]);
     assert_code(&o, 1);
     assert!(stderr(&o).contains("not held"), "{}", stderr(&o));
 }
@@ -95,7 +98,7 @@ fn ten_workspaces_in_one_database_at_once() {
     // All start together, before any has created the tables.
     let children: Vec<_> = scratches
         .iter()
-        .map(|s| s.spawn(&["--state", &url, "apply", "--auto-approve", "spec.yaml"]))
+        .map(|s| s.spawn(&["apply", "--state", &url, "--auto-approve", "spec.yaml"]))
         .collect();
     for c in children {
         let o = c.wait_with_output().unwrap();
@@ -137,9 +140,9 @@ fn ten_applies_on_one_workspace_wait_their_turn() {
         .iter()
         .map(|s| {
             s.spawn(&[
+                "apply",
                 "--state",
                 &url,
-                "apply",
                 "--auto-approve",
                 "--lock-timeout",
                 "60s",
