@@ -12,7 +12,7 @@ use crate::model::{Address, Lookup, Model, PValue, Reference};
 use crate::plan::{self, Action, Plan, ReplaceOrder};
 use crate::providers::{Applied, ChangeRequest, ProgressFn, Provider, ProviderError, Registry};
 use crate::state::{
-    fingerprint, JournalRecord, JournalWriter, Operation, RecordedLifecycle, ResourceState, State,
+    fingerprint, Journal, JournalRecord, Operation, RecordedLifecycle, ResourceState, State,
     StateError,
 };
 use serde_json::Value;
@@ -444,7 +444,7 @@ pub async fn apply(
     model: &Model,
     registry: &Registry,
     mut state: State,
-    journal: JournalWriter,
+    journal: Box<dyn Journal>,
     cfg: &ApplyConfig,
     io: Channels,
 ) -> Result<(State, Report), ApplyError> {
@@ -493,7 +493,7 @@ pub async fn apply(
                 });
                 if state.resources.remove(&key).is_some() {
                     state.serial += 1;
-                    note(journal.append(JournalRecord::Removed {
+                    note(journal.append(&JournalRecord::Removed {
                         serial: state.serial,
                         address: key,
                     }));
@@ -525,14 +525,14 @@ pub async fn apply(
                             &mut blocked,
                             &mut finished,
                             &send,
-                            &journal,
+                            journal.as_ref(),
                         );
                         continue;
                     }
                 },
                 _ => BTreeMap::new(),
             };
-            let commit = journal.append(JournalRecord::Intent {
+            let commit = journal.append(&JournalRecord::Intent {
                 address: key.clone(),
                 operation: op.operation(),
                 at: chrono::Utc::now(),
@@ -590,13 +590,13 @@ pub async fn apply(
                 let elapsed = starts.remove(&i).map(|s| s.elapsed()).unwrap_or_default();
                 match outcome {
                     Ok(applied) => {
-                        let id = record_success(&mut state, &journal, node, applied, model, schemas);
+                        let id = record_success(&mut state, journal.as_ref(), node, applied, model, schemas);
                         finished[i] = true;
                         report.done.push((node.address.clone(), node.op));
                         send(Event::Finished { address: node.address.clone(), op: node.op, elapsed, id });
                         release(&nodes, i, &mut indeg, &mut ready);
                     }
-                    Err(e) => fail(&nodes, i, e.message, &mut report, &mut blocked, &mut finished, &send, &journal),
+                    Err(e) => fail(&nodes, i, e.message, &mut report, &mut blocked, &mut finished, &send, journal.as_ref()),
                 }
                 if journal.checkpoint_due() {
                     let _ = journal.checkpoint(&state);
@@ -617,7 +617,7 @@ pub async fn apply(
             report.not_started.push((n.address.clone(), n.op));
         }
     }
-    journal.finish(&state)?;
+    journal.finish(&state).await?;
     Ok((state, report))
 }
 
@@ -639,11 +639,11 @@ fn fail(
     blocked: &mut [bool],
     finished: &mut [bool],
     send: &dyn Fn(Event),
-    journal: &JournalWriter,
+    journal: &dyn Journal,
 ) {
     let node = &nodes[i];
     finished[i] = true;
-    note(journal.append(JournalRecord::Failed {
+    note(journal.append(&JournalRecord::Failed {
         address: node.address.clone(),
         operation: node.op.operation(),
         error: error.clone(),
@@ -676,7 +676,7 @@ fn fail(
 
 fn record_success(
     state: &mut State,
-    journal: &JournalWriter,
+    journal: &dyn Journal,
     node: &Node,
     applied: Option<Applied>,
     model: &Model,
@@ -692,7 +692,7 @@ fn record_success(
             };
             if state.resources.remove(&key).is_some() {
                 state.serial += 1;
-                note(journal.append(JournalRecord::Removed {
+                note(journal.append(&JournalRecord::Removed {
                     serial: state.serial,
                     address: key,
                 }));
@@ -730,7 +730,7 @@ fn record_success(
                 if let Some(old) = state.resources.remove(&node.address) {
                     let key = deposed_key(&node.address);
                     state.serial += 1;
-                    note(journal.append(JournalRecord::Applied {
+                    note(journal.append(&JournalRecord::Applied {
                         serial: state.serial,
                         address: key.clone(),
                         resource: old.clone(),
@@ -762,7 +762,7 @@ fn record_success(
                 .and_then(Value::as_str)
                 .map(str::to_string);
             state.serial += 1;
-            note(journal.append(JournalRecord::Applied {
+            note(journal.append(&JournalRecord::Applied {
                 serial: state.serial,
                 address: node.address.clone(),
                 resource: rec.clone(),

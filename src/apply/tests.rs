@@ -6,7 +6,7 @@ use crate::model::{AttrKind, AttrSchema, Expr, Model, Resource, ResourceSchema};
 use crate::plan::{plan, Observed, PlanOptions};
 use crate::providers::Registry;
 use crate::spec::Lifecycle;
-use crate::state::{LocalBackend, StateBackend};
+use crate::state::LocalBackend;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -166,7 +166,7 @@ impl Harness {
             &model,
             &self.registry,
             state,
-            journal,
+            Box::new(journal),
             &ApplyConfig { parallelism },
             Channels { events: tx, cancel },
         )

@@ -344,7 +344,8 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         }
         Command::Plan(a) => {
             let (ws, state) =
-                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
+                    .await?;
             let opts = plan_options(&a.flags, a.destroy);
             let observed = if a.flags.refresh {
                 ops::refresh(&ws.registry, &state, a.flags.parallelism).await?
@@ -415,7 +416,8 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         }
         Command::Drift(a) => {
             let (ws, state) =
-                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
+                    .await?;
             let opts = plan_options(&a.flags, false);
             let (report, _) =
                 ops::drift(&ws, &state, &opts, a.flags.refresh, a.flags.parallelism).await?;
@@ -478,7 +480,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                     },
                     Registry::builtin(),
                 )?;
-                let st = ws.backend.load()?;
+                let st = ws.backend.load().await?;
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&st)?);
                 } else {
@@ -510,7 +512,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
         Command::ForceUnlock { id, spec } => {
             let backend = open_backend(&spec, &cli.state)?;
-            backend.force_unlock(&id)?;
+            backend.force_unlock(&id).await?;
             println!(
                 "Lock {id} removed from {}. anvil commands can take the state again.",
                 backend.describe()
@@ -596,8 +598,8 @@ async fn plan_and_apply(
     what: &str,
 ) -> Result<i32> {
     let ws = ops::load_workspace(&inp, Registry::builtin())?;
-    let lock = ws.backend.lock(what, lock_timeout)?;
-    let state = ops::load_locked(&ws, &lock)?;
+    let lock = ws.backend.lock(what, lock_timeout).await?;
+    let state = ops::load_locked(&ws, lock.as_ref()).await?;
     let observed = if flags.refresh {
         ops::refresh(&ws.registry, &state, flags.parallelism).await?
     } else {
@@ -615,7 +617,7 @@ async fn plan_and_apply(
         println!("\n{what} cancelled.");
         return Ok(1);
     }
-    execute(&ws, state, &lock, &plan, flags.parallelism, what).await
+    execute(&ws, state, lock.as_ref(), &plan, flags.parallelism, what).await
 }
 
 /// `apply --refresh-only`: under the lock, read the real world, show what will be
@@ -631,8 +633,11 @@ async fn apply_refresh_only(
         bail!("--refresh-only records what the real world has, so it must read it: drop --refresh=false");
     }
     let ws = ops::load_workspace(&inp, Registry::builtin())?;
-    let lock = ws.backend.lock("apply --refresh-only", lock_timeout)?;
-    let state = ops::load_locked(&ws, &lock)?;
+    let lock = ws
+        .backend
+        .lock("apply --refresh-only", lock_timeout)
+        .await?;
+    let state = ops::load_locked(&ws, lock.as_ref()).await?;
     let (report, observed) = ops::drift(&ws, &state, &opts, true, flags.parallelism).await?;
     if observed.is_empty() {
         println!("No changes outside anvil: the state already matches the real world. Nothing to record.");
@@ -666,7 +671,7 @@ apply --refresh-only cancelled."
         );
         return Ok(1);
     }
-    let (_, done) = ops::record_observed(&ws, state, &lock, &observed)?;
+    let (_, done) = ops::record_observed(&ws, state, lock.as_ref(), &observed).await?;
     println!(
         "
 Refresh-only apply complete! {} recorded, {} removed from state; the real world was not changed.",
@@ -695,8 +700,8 @@ async fn apply_planfile(
             path.display()
         )
     })?;
-    let lock = ws.backend.lock("apply", a.lock_timeout)?;
-    let state = ops::load_locked(&ws, &lock)?;
+    let lock = ws.backend.lock("apply", a.lock_timeout).await?;
+    let state = ops::load_locked(&ws, lock.as_ref()).await?;
     let mut state = state;
     let (plan, _observed) =
         ops::check_saved_plan(&ws, &mut state, &doc, &path.display().to_string())?;
@@ -704,13 +709,21 @@ async fn apply_planfile(
     if !plan.has_changes() {
         return Ok(0);
     }
-    execute(&ws, state, &lock, &plan, a.flags.parallelism, "apply").await
+    execute(
+        &ws,
+        state,
+        lock.as_ref(),
+        &plan,
+        a.flags.parallelism,
+        "apply",
+    )
+    .await
 }
 
 async fn execute(
     ws: &Workspace,
     state: State,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     plan: &Plan,
     parallelism: usize,
     what: &str,
@@ -799,7 +812,7 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
     match cmd {
         StateCmd::List { spec } => {
             let backend = open_backend(&spec, state_url)?;
-            let st = backend.load()?;
+            let st = backend.load().await?;
             for addr in st.resources.keys() {
                 println!("{addr}");
             }
@@ -807,7 +820,7 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
         }
         StateCmd::Show { address, spec } => {
             let backend = open_backend(&spec, state_url)?;
-            let st = backend.load()?;
+            let st = backend.load().await?;
             let rec = st.resources.get(&address).ok_or_else(|| {
                 anyhow!(
                     "{address}: not in state {}; see `anvil state list`",
@@ -823,7 +836,7 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
             path,
         } => {
             let backend = open_backend(&SpecArgs::at(path), state_url)?;
-            ops::state_rm(backend.as_ref(), &addresses, lock_timeout)?;
+            ops::state_rm(backend.as_ref(), &addresses, lock_timeout).await?;
             for a in &addresses {
                 println!("Removed {a} from state (the real object is untouched).");
             }
@@ -836,7 +849,7 @@ async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32>
             path,
         } => {
             let backend = open_backend(&SpecArgs::at(path), state_url)?;
-            ops::state_mv(backend.as_ref(), &source, &destination, lock_timeout)?;
+            ops::state_mv(backend.as_ref(), &source, &destination, lock_timeout).await?;
             println!("Moved {source} to {destination}.");
             Ok(0)
         }

@@ -10,6 +10,9 @@ pub mod expr;
 pub mod foundation;
 pub mod schema;
 
+#[cfg(test)]
+mod tests;
+
 pub use expr::{Expr, Lookup, PValue, Reference};
 pub use schema::{AttrKind, AttrSchema, DiffLine, ProviderDiff, ResourceSchema, Schemas};
 
@@ -365,8 +368,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                     Some(doc.locate(&rpath.key("type"))),
                     &rpath.key("type"),
                     format!(
-                        "unknown resource type `{}`: expected one of {}",
+                        "unknown resource type `{}`: {}expected one of {}",
                         rs.ty,
+                        crate::spec::did_you_mean_hint(&rs.ty, known.iter().copied()),
                         known.join(", ")
                     ),
                 ));
@@ -383,8 +387,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                         Some(doc.locate(&p.get())),
                         &p.get(),
                         format!(
-                            "unknown attribute `{name}` for {}: expected one of {}",
+                            "unknown attribute `{name}` for {}: {}expected one of {}",
                             rs.ty,
+                            crate::spec::did_you_mean_hint(name, known.iter().copied()),
                             known.join(", ")
                         ),
                     ));
@@ -443,8 +448,12 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                         Some(doc.locate(&p)),
                         &p,
                         format!(
-                            "unknown attribute `{ic}` for {}: name an attribute, or `all`",
-                            rs.ty
+                            "unknown attribute `{ic}` for {}: {}name an attribute, or `all`",
+                            rs.ty,
+                            crate::spec::did_you_mean_hint(
+                                top,
+                                schema.attributes.keys().map(String::as_str)
+                            )
                         ),
                     ));
                 }
@@ -476,7 +485,10 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     }
 
     tracing::debug!(elapsed = ?t0.elapsed(), "model: resources read");
-    // Dangling and self references, located where they were written.
+    // Dangling and self references, located where they were written. Suggestions scan
+    // every declared address, so only the first few dangling ones get one (a spec with
+    // thousands of them would otherwise cost thousands of full scans).
+    let mut suggestions_left = MAX_SUGGESTIONS;
     for n in model.graph.node_indices() {
         let me = model.graph[n].address.clone();
         let mut ok = Vec::new();
@@ -486,10 +498,18 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
             if *target == me {
                 errors.push(err(loc(), what, format!("{me} depends on itself: a resource cannot reference or depend on its own address")));
             } else if !model.index.contains_key(target) && !seen.contains_key(target) {
+                let hint = if suggestions_left > 0 {
+                    suggestions_left -= 1;
+                    nearest_address(target, seen.keys())
+                        .map(|a| format!(" (did you mean \"{a}\"?)"))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 errors.push(err(
                     loc(),
                     what,
-                    format!("{target} is not declared: declare it, or fix the address"),
+                    format!("{target} is not declared{hint}: declare it, or fix the address"),
                 ));
             } else {
                 ok.push(target.clone());
@@ -531,6 +551,36 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     Ok(model)
 }
 
+/// How many dangling references get a "did you mean" (each costs a scan of all addresses).
+const MAX_SUGGESTIONS: usize = 20;
+
+/// The declared address nearest to an undeclared one: by name among addresses of the
+/// same type (`null_resource.bsae` → `null_resource.base`); when no address has that
+/// type, by name among the addresses of the nearest declared type
+/// (`null_resourse.base` → `null_resource.base`). Names are compared alone, so a shared
+/// type prefix never makes unrelated names look alike.
+fn nearest_address<'a>(
+    target: &Address,
+    declared: impl Iterator<Item = &'a Address> + Clone,
+) -> Option<String> {
+    let ty = if declared.clone().any(|a| a.ty == target.ty) {
+        target.ty.as_str()
+    } else {
+        let types: BTreeSet<&str> = declared.clone().map(|a| a.ty.as_str()).collect();
+        crate::spec::did_you_mean(&target.ty, types)?
+    };
+    let names: Vec<&str> = declared
+        .filter(|a| a.ty == ty)
+        .map(|a| a.name.as_str())
+        .collect();
+    let name = if ty != target.ty && names.contains(&target.name.as_str()) {
+        target.name.as_str()
+    } else {
+        crate::spec::did_you_mean(&target.name, names)?
+    };
+    Some(format!("{ty}.{name}"))
+}
+
 fn check_ref_attr<F: Fn() -> FieldPath>(
     r: &Reference,
     schemas: &Schemas,
@@ -566,7 +616,12 @@ fn check_ref_attr<F: Fn() -> FieldPath>(
                 file: Some(loc.file.clone()),
                 location: Some(loc),
                 path: p.to_string(),
-                message: format!("${{{r}}}: {} has no attribute `{attr}`: expected one of {}", r.target.ty, known.join(", ")),
+                message: format!(
+                    "${{{r}}}: {} has no attribute `{attr}`: {}expected one of {}",
+                    r.target.ty,
+                    crate::spec::did_you_mean_hint(attr, known.iter().copied()),
+                    known.join(", ")
+                ),
             });
         }
     }

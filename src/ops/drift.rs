@@ -75,10 +75,10 @@ pub struct Recorded {
 ///
 /// # Errors
 /// The state cannot be written (it is then unchanged).
-pub fn record_observed(
+pub async fn record_observed(
     ws: &Workspace,
     mut state: State,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     observed: &Observed,
 ) -> Result<(State, Recorded), OpsError> {
     let mut done = Recorded::default();
@@ -100,7 +100,7 @@ pub fn record_observed(
     }
     if done != Recorded::default() {
         state.serial += 1;
-        ws.backend.write(&state, lock)?;
+        ws.backend.write(&state, lock).await?;
     }
     Ok((state, done))
 }
@@ -150,8 +150,8 @@ pub async fn import(
             addr.ty
         ))
     })?;
-    let lock = ws.backend.lock("import", lock_timeout)?;
-    let mut state = super::load_locked(ws, &lock)?;
+    let lock = ws.backend.lock("import", lock_timeout).await?;
+    let mut state = super::load_locked(ws, lock.as_ref()).await?;
     if state.resources.contains_key(address) {
         return Err(OpsError::Usage(format!(
             "{address}: already managed (in state {}); to adopt another object at this address, forget this one first with `anvil state rm {address}`",
@@ -193,7 +193,7 @@ pub async fn import(
     record.updated_at = now;
     state.resources.insert(address.to_string(), record.clone());
     state.serial += 1;
-    ws.backend.write(&state, &lock)?;
+    ws.backend.write(&state, lock.as_ref()).await?;
     Ok(Imported {
         address: address.to_string(),
         record,

@@ -75,19 +75,31 @@ pub fn load_workspace(inputs: &Inputs, registry: Registry) -> Result<Workspace, 
 ///
 /// # Errors
 /// As [`load_workspace`], or the state cannot be read.
-pub fn load_workspace_and_state(
+pub async fn load_workspace_and_state(
     inputs: &Inputs,
     registry: Registry,
 ) -> Result<(Workspace, State), OpsError> {
     let (ws, st) = load(inputs, registry, true)?;
     let st = match st {
         Some(st) => st?,
-        None => ws.backend.load()?,
+        None => ws.backend.load().await?,
     };
     Ok((ws, st))
 }
 
 type Preloaded = Option<Result<State, StateError>>;
+
+/// Run the backend's async `load` to completion on a plain (non-runtime) thread: on the
+/// caller's runtime when there is one (remote backends need its IO driver), else inline.
+fn load_blocking(
+    backend: &dyn StateBackend,
+    runtime: Option<&tokio::runtime::Handle>,
+) -> Result<State, StateError> {
+    match runtime {
+        Some(rt) => rt.block_on(backend.load()),
+        None => futures::executor::block_on(backend.load()),
+    }
+}
 
 fn load(
     inputs: &Inputs,
@@ -129,11 +141,12 @@ fn load(
     let backend = state::open(inputs.state_url.as_deref(), &name);
     // Reading state needs only the workspace name: a read-only caller gets it read on
     // the other core while the model is built.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let (model, preloaded) = std::thread::scope(|scope| {
         let preload = match (&backend, preload_state) {
             (Ok(b), true) => Some(scope.spawn(|| {
                 let t = std::time::Instant::now();
-                let st = b.load();
+                let st = load_blocking(b.as_ref(), runtime.as_ref());
                 tracing::debug!(elapsed = ?t.elapsed(), "state loaded");
                 st
             })),
@@ -146,7 +159,7 @@ fn load(
             h.join().unwrap_or_else(|_| {
                 Err(StateError::Io {
                     action: "read",
-                    path: PathBuf::from(name.clone()),
+                    location: name.clone(),
                     source: std::io::Error::other("the state reader thread panicked"),
                 })
             })
@@ -289,10 +302,10 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
 ///
 /// # Errors
 /// The state cannot be read or written.
-pub fn load_locked(ws: &Workspace, lock: &state::LockHandle) -> Result<State, OpsError> {
-    let st = ws.backend.load()?;
-    if ws.backend.has_journal() {
-        ws.backend.write(&st, lock)?;
+pub async fn load_locked(ws: &Workspace, lock: &dyn state::Lock) -> Result<State, OpsError> {
+    let st = ws.backend.load().await?;
+    if ws.backend.has_journal().await {
+        ws.backend.write(&st, lock).await?;
         tracing::info!(state = %ws.backend.describe(), "folded the journal of an interrupted run into the state");
     }
     Ok(st)
@@ -303,13 +316,13 @@ pub fn load_locked(ws: &Workspace, lock: &state::LockHandle) -> Result<State, Op
 /// # Errors
 /// The lock cannot be taken, an address is not recorded (nothing is removed then), or
 /// the state cannot be read or written.
-pub fn state_rm(
+pub async fn state_rm(
     backend: &dyn StateBackend,
     addresses: &[String],
     lock_timeout: std::time::Duration,
 ) -> Result<(), OpsError> {
-    let lock = backend.lock("state rm", lock_timeout)?;
-    let mut st = backend.load()?;
+    let lock = backend.lock("state rm", lock_timeout).await?;
+    let mut st = backend.load().await?;
     for a in addresses {
         if st.resources.remove(a).is_none() {
             return Err(OpsError::Usage(format!(
@@ -319,7 +332,7 @@ pub fn state_rm(
         }
     }
     st.serial += 1;
-    backend.write(&st, &lock)?;
+    backend.write(&st, lock.as_ref()).await?;
     Ok(())
 }
 
@@ -328,7 +341,7 @@ pub fn state_rm(
 /// # Errors
 /// The lock cannot be taken, the source is not recorded, the destination is taken or
 /// not an address of the same type, or the state cannot be read or written.
-pub fn state_mv(
+pub async fn state_mv(
     backend: &dyn StateBackend,
     source: &str,
     destination: &str,
@@ -336,8 +349,8 @@ pub fn state_mv(
 ) -> Result<(), OpsError> {
     let dest = crate::model::Address::parse(destination)
         .map_err(|e| OpsError::Usage(format!("destination {e}")))?;
-    let lock = backend.lock("state mv", lock_timeout)?;
-    let mut st = backend.load()?;
+    let lock = backend.lock("state mv", lock_timeout).await?;
+    let mut st = backend.load().await?;
     if st.resources.contains_key(destination) {
         return Err(OpsError::Usage(format!(
             "{destination}: already in state {}; remove it first with `anvil state rm {destination}`",
@@ -359,7 +372,7 @@ pub fn state_mv(
     rec.updated_at = chrono::Utc::now();
     st.resources.insert(destination.to_string(), rec);
     st.serial += 1;
-    backend.write(&st, &lock)?;
+    backend.write(&st, lock.as_ref()).await?;
     Ok(())
 }
 
@@ -491,14 +504,14 @@ pub fn check_saved_plan(
 pub async fn run_apply(
     ws: &Workspace,
     state: State,
-    lock: &state::LockHandle,
+    lock: &dyn state::Lock,
     plan: &Plan,
     cfg: &ApplyConfig,
     io: Channels,
 ) -> Result<(State, Report), OpsError> {
     let mut state = state;
     apply::settle_pending(plan, &ws.model, &mut state);
-    let journal = ws.backend.journal(&state, lock)?;
+    let journal = ws.backend.journal(&state, lock).await?;
     Ok(apply::apply(plan, &ws.model, &ws.registry, state, journal, cfg, io).await?)
 }
 

@@ -11,6 +11,7 @@
 
 mod error;
 mod subst;
+mod suggest;
 mod types;
 mod validate;
 mod yaml;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
+pub use suggest::{did_you_mean, hint as did_you_mean_hint};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
     InstanceSpec, Lifecycle, Metadata, PlanSpec, ResourceSpec, ResourcesDoc, ResourcesKind,

@@ -232,6 +232,31 @@ fn unknown_field_points_at_the_key() {
 }
 
 #[test]
+fn unknown_fields_suggest_the_nearest_allowed_one() {
+    check_err(
+        &format!("{HEAD}  - type: null_resource\n    name: a\n    atributes: {{}}\n"),
+        "t.yaml:7:5: resources[0].atributes: unknown field `atributes`: did you mean \"attributes\"? (expected one of ",
+        "`depends_on`",
+    );
+    check_err(
+        &format!("{HEAD}  - {{type: a, name: b, lifecycle: {{prevent_destory: true}}}}\n"),
+        "t.yaml:5:36: resources[0].lifecycle.prevent_destory: unknown field `prevent_destory`: did you mean \"prevent_destroy\"?",
+        "",
+    );
+    check_err(
+        "apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: demo}\nresources: []\nresoucres: []\n",
+        "t.yaml:5:1: resoucres: unknown field `resoucres`: did you mean \"resources\"?",
+        "",
+    );
+    // Nothing near: no guess, just the list.
+    check_err(
+        &format!("{HEAD}  - type: null_resource\n    name: a\n    zzz: 1\n"),
+        "t.yaml:7:5: resources[0].zzz: unknown field `zzz`: expected one of ",
+        "",
+    );
+}
+
+#[test]
 fn wrong_types_say_what_was_expected() {
     check_err(
         &format!("{HEAD}  - type: 3\n    name: a\n"),

@@ -65,12 +65,27 @@ pub(crate) fn validate(
         let base = pointer_to_path(root, error.instance_path.as_str());
         match &error.kind {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let expected = expected_fields(&compiled.schema, &base);
+                let fields = expected_fields(&compiled.schema, &base);
+                let expected = if fields.is_empty() {
+                    "the fields in the schema".to_owned()
+                } else {
+                    fields
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 for key in unexpected {
                     let path = base.key(key.as_str());
+                    let message = match super::did_you_mean(key, fields.iter().map(String::as_str)) {
+                        Some(near) => format!(
+                            "unknown field `{key}`: did you mean \"{near}\"? (expected one of {expected})"
+                        ),
+                        None => format!("unknown field `{key}`: expected one of {expected}"),
+                    };
                     out.push(Violation {
                         pos: locate(root, &path),
-                        message: format!("unknown field `{key}`: expected one of {expected}"),
+                        message,
                         path,
                     });
                 }
@@ -256,8 +271,9 @@ pub(crate) fn locate(root: &Node, path: &FieldPath) -> Pos {
     pos
 }
 
-/// The fields the schema allows for the object at `path`, as "`a`, `b`, `c`".
-fn expected_fields(schema: &serde_json::Value, path: &FieldPath) -> String {
+/// The fields the schema allows for the object at `path` (empty when the schema does not
+/// say).
+fn expected_fields(schema: &serde_json::Value, path: &FieldPath) -> Vec<String> {
     let mut current = Some(schema);
     for seg in &path.0 {
         current = current.map(|s| deref(schema, s)).and_then(|s| match seg {
@@ -265,17 +281,12 @@ fn expected_fields(schema: &serde_json::Value, path: &FieldPath) -> String {
             Seg::Index(_) => s.get("items"),
         });
     }
-    let fields: Vec<String> = current
+    current
         .map(|s| deref(schema, s))
         .and_then(|s| s.get("properties"))
         .and_then(serde_json::Value::as_object)
-        .map(|p| p.keys().map(|k| format!("`{k}`")).collect())
-        .unwrap_or_default();
-    if fields.is_empty() {
-        "the fields in the schema".to_owned()
-    } else {
-        fields.join(", ")
-    }
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Follows local `$ref`s (`#/$defs/...`); gives up after a few hops.

@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::error::loc;
 use super::fsio::{self, Faults};
 use super::lock::{LockStatus, HELD, LOST};
 use super::{Operation, PendingOp, ResourceState, State, StateError};
@@ -132,8 +133,8 @@ fn header_line(lineage: uuid::Uuid, base_serial: u64) -> Vec<u8> {
 pub(crate) fn replay(
     state: &mut State,
     bytes: &[u8],
-    state_path: &Path,
-    journal_path: &Path,
+    state_loc: &str,
+    journal_loc: &str,
 ) -> Result<(), StateError> {
     let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     // The piece after the last newline is either empty or a torn write.
@@ -148,7 +149,7 @@ pub(crate) fn replay(
         Err(_) if count == 1 => return Ok(()),
         Err(e) => {
             return Err(StateError::JournalCorrupt {
-                path: journal_path.to_path_buf(),
+                journal: journal_loc.to_string(),
                 line: 1,
                 detail: format!("bad header: {e}"),
             })
@@ -156,7 +157,7 @@ pub(crate) fn replay(
     };
     if header.journal != JOURNAL_VERSION {
         return Err(StateError::JournalCorrupt {
-            path: journal_path.to_path_buf(),
+            journal: journal_loc.to_string(),
             line: 1,
             detail: format!(
                 "journal format version {} is not supported (expected {JOURNAL_VERSION})",
@@ -166,16 +167,16 @@ pub(crate) fn replay(
     }
     if header.lineage != state.lineage {
         return Err(StateError::LineageMismatch {
-            path: state_path.to_path_buf(),
-            other: journal_path.to_path_buf(),
+            location: state_loc.to_string(),
+            other: journal_loc.to_string(),
             expected: state.lineage,
             found: header.lineage,
         });
     }
     if header.base_serial > state.serial {
         return Err(StateError::JournalAhead {
-            path: state_path.to_path_buf(),
-            journal: journal_path.to_path_buf(),
+            location: state_loc.to_string(),
+            journal: journal_loc.to_string(),
             state_serial: state.serial,
             base_serial: header.base_serial,
         });
@@ -187,7 +188,7 @@ pub(crate) fn replay(
             Err(_) if i + 1 == count => break,
             Err(e) => {
                 return Err(StateError::JournalCorrupt {
-                    path: journal_path.to_path_buf(),
+                    journal: journal_loc.to_string(),
                     line: i + 1,
                     detail: e.to_string(),
                 })
@@ -203,21 +204,27 @@ pub(crate) fn replay(
 #[must_use = "a journal record is only durable once its Commit completes"]
 pub struct Commit {
     rx: oneshot::Receiver<Result<(), StateError>>,
-    path: Arc<PathBuf>,
+    location: Arc<str>,
 }
 
 impl Commit {
-    fn closed(path: &Path) -> StateError {
+    fn closed(location: &str) -> StateError {
         StateError::JournalFailed {
-            path: path.to_path_buf(),
-            detail: "the journal writer thread stopped".into(),
+            journal: location.to_string(),
+            detail: "the journal writer stopped".into(),
         }
     }
 
-    fn ready(result: Result<(), StateError>, path: Arc<PathBuf>) -> Commit {
+    /// A commit that completes when `rx` receives (for backends' journal writers).
+    pub(crate) fn new(rx: oneshot::Receiver<Result<(), StateError>>, location: Arc<str>) -> Commit {
+        Commit { rx, location }
+    }
+
+    /// A commit that is already complete with `result`.
+    pub(crate) fn ready(result: Result<(), StateError>, location: Arc<str>) -> Commit {
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(result);
-        Commit { rx, path }
+        Commit { rx, location }
     }
 
     /// Wait until durable.
@@ -227,7 +234,7 @@ impl Commit {
     pub async fn wait(self) -> Result<(), StateError> {
         match self.rx.await {
             Ok(r) => r,
-            Err(_) => Err(Self::closed(&self.path)),
+            Err(_) => Err(Self::closed(&self.location)),
         }
     }
 
@@ -241,7 +248,7 @@ impl Commit {
         // a runtime thread; it only blocks that thread.
         match futures::executor::block_on(self.rx) {
             Ok(r) => r,
-            Err(_) => Err(Self::closed(&self.path)),
+            Err(_) => Err(Self::closed(&self.location)),
         }
     }
 }
@@ -334,7 +341,8 @@ struct Inner {
 pub struct JournalWriter {
     inner: Mutex<Inner>,
     thread: Option<JoinHandle<()>>,
-    path: Arc<PathBuf>,
+    path: PathBuf,
+    location: Arc<str>,
     since_checkpoint: AtomicU64,
     /// Records between checkpoints: max(1024, resources at the last checkpoint), so a
     /// growing state is rewritten geometrically less often and apply stays linear.
@@ -351,7 +359,7 @@ impl JournalWriter {
         files: JournalFiles,
         base: &State,
         lock: Arc<LockStatus>,
-        lock_path: PathBuf,
+        lock_location: String,
         faults: Faults,
     ) -> Result<JournalWriter, StateError> {
         fsio::atomic_write(
@@ -361,7 +369,8 @@ impl JournalWriter {
             &faults,
         )?;
         let file = open_append(&files.journal)?;
-        let path = Arc::new(files.journal.clone());
+        let path = files.journal.clone();
+        let location: Arc<str> = Arc::from(loc(&path));
         let (tx, rx) = mpsc::channel();
         let fsyncs = Arc::new(AtomicU64::new(0));
         let worker = Worker {
@@ -372,14 +381,14 @@ impl JournalWriter {
             base_serial: base.serial,
             retained: HashMap::new(),
             lock,
-            lock_path,
+            lock_location,
             faults,
             failed: None,
         };
         let thread = std::thread::Builder::new()
             .name("anvil-journal".into())
             .spawn(move || worker.run(rx))
-            .map_err(|e| StateError::io("start writer thread for", path.as_ref(), e))?;
+            .map_err(|e| StateError::io("start writer thread for", &path, e))?;
         Ok(JournalWriter {
             inner: Mutex::new(Inner {
                 tx: Some(tx),
@@ -387,6 +396,7 @@ impl JournalWriter {
             }),
             thread: Some(thread),
             path,
+            location,
             since_checkpoint: AtomicU64::new(0),
             interval: AtomicU64::new(MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64)),
             fsyncs,
@@ -415,12 +425,9 @@ impl JournalWriter {
             .as_ref()
             .is_some_and(|tx| tx.send(make(done)).is_ok());
         if sent {
-            Commit {
-                rx,
-                path: self.path.clone(),
-            }
+            Commit::new(rx, self.location.clone())
         } else {
-            Commit::ready(Err(Commit::closed(&self.path)), self.path.clone())
+            Commit::ready(Err(Commit::closed(&self.location)), self.location.clone())
         }
     }
 
@@ -434,10 +441,10 @@ impl JournalWriter {
             Err(e) => {
                 return Commit::ready(
                     Err(StateError::Serialize {
-                        path: self.path.to_path_buf(),
+                        location: self.location.to_string(),
                         source: e,
                     }),
-                    self.path.clone(),
+                    self.location.clone(),
                 )
             }
         };
@@ -467,14 +474,14 @@ impl JournalWriter {
             resources: &state.resources,
             pending: &inner.pending,
         };
-        let snap = match super::local::encode(&view, &self.path) {
+        let snap = match super::local::encode(&view, &self.location) {
             Ok(bytes) => Snapshot {
                 bytes,
                 lineage: state.lineage,
                 serial: state.serial,
                 pending: inner.pending.clone(),
             },
-            Err(e) => return Commit::ready(Err(e), self.path.clone()),
+            Err(e) => return Commit::ready(Err(e), self.location.clone()),
         };
         self.send(&inner, |done| make(snap, done))
     }
@@ -509,11 +516,46 @@ impl JournalWriter {
         result
     }
 
+    /// [`JournalWriter::finish`] without blocking the thread.
+    ///
+    /// # Errors
+    /// As for [`JournalWriter::finish`].
+    pub async fn finish_async(mut self, state: &State) -> Result<(), StateError> {
+        let commit = self.send_snapshot(state, |snap, done| Cmd::Finish { snap, done });
+        let result = commit.wait().await;
+        // The thread ends right after a Finish, so joining it does not wait for work.
+        self.stop();
+        result
+    }
+
     fn stop(&mut self) {
         drop(self.inner().tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Journal for JournalWriter {
+    fn location(&self) -> String {
+        self.location.to_string()
+    }
+
+    fn append(&self, record: &JournalRecord) -> Commit {
+        JournalWriter::append(self, record)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        JournalWriter::checkpoint_due(self)
+    }
+
+    fn checkpoint(&self, state: &State) -> Commit {
+        JournalWriter::checkpoint(self, state)
+    }
+
+    async fn finish(self: Box<Self>, state: &State) -> Result<(), StateError> {
+        (*self).finish_async(state).await
     }
 }
 
@@ -543,7 +585,7 @@ struct Worker {
     /// a state that lags behind it must carry it over into the new journal.
     retained: HashMap<String, Entry>,
     lock: Arc<LockStatus>,
-    lock_path: PathBuf,
+    lock_location: String,
     faults: Faults,
     /// Set after a failed write or fsync: what is on disk is then unknown, so every later
     /// operation fails rather than risk a journal with holes.
@@ -579,17 +621,17 @@ impl Worker {
     fn check(&self) -> Result<(), StateError> {
         if let Some(detail) = &self.failed {
             return Err(StateError::JournalFailed {
-                path: self.files.journal.clone(),
+                journal: loc(&self.files.journal),
                 detail: detail.clone(),
             });
         }
         match self.lock.get() {
             HELD => Ok(()),
             LOST => Err(StateError::LockLost {
-                path: self.lock_path.clone(),
+                location: self.lock_location.clone(),
             }),
             _ => Err(StateError::JournalFailed {
-                path: self.files.journal.clone(),
+                journal: loc(&self.files.journal),
                 detail: "the state lock was released".into(),
             }),
         }
@@ -615,7 +657,7 @@ impl Worker {
                 .file
                 .as_mut()
                 .ok_or_else(|| StateError::JournalFailed {
-                    path: path.clone(),
+                    journal: loc(path),
                     detail: "the journal file is not open".into(),
                 })?;
             let io =
@@ -648,11 +690,11 @@ impl Worker {
                     let err = first.take().unwrap_or_else(|| {
                         if lost {
                             StateError::LockLost {
-                                path: self.lock_path.clone(),
+                                location: self.lock_location.clone(),
                             }
                         } else {
                             StateError::JournalFailed {
-                                path: self.files.journal.clone(),
+                                journal: loc(&self.files.journal),
                                 detail: detail.clone(),
                             }
                         }
@@ -679,16 +721,16 @@ impl Worker {
         self.check()?;
         if snap.lineage != self.lineage {
             return Err(StateError::LineageMismatch {
-                path: self.files.state.clone(),
-                other: self.files.journal.clone(),
+                location: loc(&self.files.state),
+                other: loc(&self.files.journal),
                 expected: snap.lineage,
                 found: self.lineage,
             });
         }
         if snap.serial < self.base_serial {
             return Err(StateError::StaleState {
-                path: self.files.state.clone(),
-                on_disk: self.base_serial,
+                location: loc(&self.files.state),
+                stored: self.base_serial,
                 ours: snap.serial,
             });
         }
@@ -724,7 +766,7 @@ impl Worker {
                     at: op.started_at,
                 };
                 let line = serde_json::to_vec(&intent).map_err(|e| StateError::Serialize {
-                    path: self.files.journal.clone(),
+                    location: loc(&self.files.journal),
                     source: e,
                 })?;
                 content.extend_from_slice(&line);

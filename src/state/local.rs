@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::error::loc;
 use super::fsio::{self, Faults};
 use super::journal::{self, JournalFiles};
 use super::lock::{self, Clock, LockFiles, LockHandle, SystemClock, DEFAULT_LEASE, HELD};
-use super::{JournalWriter, State, StateBackend, StateError, STATE_VERSION};
+use super::{Journal, JournalWriter, Lock, State, StateBackend, StateError, STATE_VERSION};
 
 /// Serialize a state document: pretty JSON (readable and diffable) plus a final newline.
-pub(crate) fn encode(state: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode(state: &impl serde::Serialize, location: &str) -> Result<Vec<u8>, StateError> {
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Serialize {
-        path: path.to_path_buf(),
+        location: location.to_string(),
         source: e,
     })?;
     bytes.push(b'\n');
@@ -33,21 +35,21 @@ struct Probe {
     serial: Option<u64>,
 }
 
-/// Parse a state document read from `path`.
-fn decode(bytes: &[u8], path: &Path) -> Result<State, StateError> {
+/// Parse a state document read from `location` (shared by every backend).
+pub(crate) fn decode(bytes: &[u8], location: &str) -> Result<State, StateError> {
     match serde_json::from_slice::<State>(bytes) {
         Ok(state) if state.version == STATE_VERSION => Ok(state),
         Ok(state) => Err(StateError::UnsupportedVersion {
-            path: path.to_path_buf(),
+            location: location.to_string(),
             found: state.version.into(),
         }),
         Err(e) => match serde_json::from_slice::<Probe>(bytes) {
             Ok(p) if p.version != u64::from(STATE_VERSION) => Err(StateError::UnsupportedVersion {
-                path: path.to_path_buf(),
+                location: location.to_string(),
                 found: p.version,
             }),
             _ => Err(StateError::Corrupt {
-                path: path.to_path_buf(),
+                location: location.to_string(),
                 detail: e.to_string(),
             }),
         },
@@ -125,7 +127,7 @@ impl LocalBackend {
         match lock::parse_duration(&v) {
             Some(d) if !d.is_zero() => Ok(d),
             _ => Err(StateError::InvalidLease {
-                path: self.lock_files.lock.clone(),
+                location: loc(&self.lock_files.lock),
                 value: v,
             }),
         }
@@ -134,13 +136,13 @@ impl LocalBackend {
     fn check_lock(&self, lock: &LockHandle) -> Result<(), StateError> {
         if lock.lock_path() != self.lock_files.lock {
             return Err(StateError::WrongLock {
-                path: self.path.clone(),
-                lock_path: lock.lock_path().to_path_buf(),
+                location: loc(&self.path),
+                lock: loc(lock.lock_path()),
             });
         }
         if lock.status().get() != HELD {
             return Err(StateError::LockLost {
-                path: self.lock_files.lock.clone(),
+                location: loc(&self.lock_files.lock),
             });
         }
         Ok(())
@@ -167,17 +169,17 @@ impl LocalBackend {
         if let Some(lineage) = lineage {
             if lineage != state.lineage {
                 return Err(StateError::LineageMismatch {
-                    path: self.path.clone(),
-                    other: self.path.clone(),
+                    location: loc(&self.path),
+                    other: loc(&self.path),
                     expected: state.lineage,
                     found: lineage,
                 });
             }
         }
         match serial {
-            Some(on_disk) if on_disk > state.serial => Err(StateError::StaleState {
-                path: self.path.clone(),
-                on_disk,
+            Some(stored) if stored > state.serial => Err(StateError::StaleState {
+                location: loc(&self.path),
+                stored,
                 ours: state.serial,
             }),
             _ => Ok(()),
@@ -225,33 +227,56 @@ impl LocalBackend {
             // continues a state that has gone missing.
             if journal.is_some_and(|j| j.contains(&b'\n')) {
                 return Err(StateError::OrphanJournal {
-                    path: self.path.clone(),
-                    journal: journal_path,
+                    location: loc(&self.path),
+                    journal: loc(&journal_path),
                 });
             }
             return Ok(State::new());
         };
-        let mut state = decode(&bytes, &self.path)?;
+        let mut state = decode(&bytes, &loc(&self.path))?;
         drop(bytes);
         if let Some(journal) = fsio::read_optional(&journal_path)
             .map_err(|e| StateError::io("read", &journal_path, e))?
         {
-            journal::replay(&mut state, &journal, &self.path, &journal_path)?;
+            journal::replay(&mut state, &journal, &loc(&self.path), &loc(&journal_path))?;
         }
         Ok(state)
     }
 }
 
-impl StateBackend for LocalBackend {
-    fn has_journal(&self) -> bool {
+/// The synchronous API, which the [`StateBackend`] impl wraps (tests and tools that work
+/// on files only may call it directly).
+impl LocalBackend {
+    /// Whether a journal lies beside the state file.
+    pub fn has_journal(&self) -> bool {
         self.journal_path().exists()
     }
 
-    fn describe(&self) -> String {
+    /// `file://PATH`.
+    pub fn describe(&self) -> String {
         format!("file://{}", self.path.display())
     }
 
-    fn load(&self) -> Result<State, StateError> {
+    /// Whether the state file or a journal exists.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn exists(&self) -> Result<bool, StateError> {
+        let journal = self.journal_path();
+        Ok(self
+            .path
+            .try_exists()
+            .map_err(|e| StateError::io("stat", &self.path, e))?
+            || journal
+                .try_exists()
+                .map_err(|e| StateError::io("stat", &journal, e))?)
+    }
+
+    /// See [`StateBackend::load`].
+    ///
+    /// # Errors
+    /// As for [`StateBackend::load`].
+    pub fn load(&self) -> Result<State, StateError> {
         // Loading takes no lock. If a writer checkpoints between our reading the state and
         // the journal, we see an old state with a newer journal; reading again resolves it.
         let mut attempts = 0;
@@ -266,7 +291,11 @@ impl StateBackend for LocalBackend {
         }
     }
 
-    fn lock(&self, operation: &str, timeout: Duration) -> Result<LockHandle, StateError> {
+    /// See [`StateBackend::lock`]; blocks while waiting.
+    ///
+    /// # Errors
+    /// As for [`StateBackend::lock`].
+    pub fn lock(&self, operation: &str, timeout: Duration) -> Result<LockHandle, StateError> {
         let lease = self.lease()?;
         lock::acquire(
             &self.lock_files,
@@ -277,22 +306,34 @@ impl StateBackend for LocalBackend {
         )
     }
 
-    fn force_unlock(&self, id: &str) -> Result<(), StateError> {
+    /// See [`StateBackend::force_unlock`].
+    ///
+    /// # Errors
+    /// As for [`StateBackend::force_unlock`].
+    pub fn force_unlock(&self, id: &str) -> Result<(), StateError> {
         self.lock_files.force_unlock(id)
     }
 
-    fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError> {
+    /// See [`StateBackend::write`].
+    ///
+    /// # Errors
+    /// As for [`StateBackend::write`].
+    pub fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError> {
         self.check_lock(lock)?;
         self.check_overwrite(self.read_stored()?.as_deref(), state)?;
         self.remove_stale_tmp();
-        let bytes = encode(state, &self.path)?;
+        let bytes = encode(state, &loc(&self.path))?;
         fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
         // The written state contains everything the journal recorded.
         fsio::remove_durably(&self.journal_path(), &self.faults)?;
         Ok(())
     }
 
-    fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError> {
+    /// See [`StateBackend::journal`].
+    ///
+    /// # Errors
+    /// As for [`StateBackend::journal`].
+    pub fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError> {
         self.check_lock(lock)?;
         let stored = self.read_stored()?;
         self.check_overwrite(stored.as_deref(), base)?;
@@ -303,7 +344,7 @@ impl StateBackend for LocalBackend {
             .map_err(|e| StateError::io("stat", &journal_path, e))?;
         // The journal continues the stored state, so that state must be exactly `base`.
         // Write it unless it already is (and no older journal sits on top of it).
-        let bytes = encode(base, &self.path)?;
+        let bytes = encode(base, &loc(&self.path))?;
         if old_journal || stored.as_deref() != Some(bytes.as_slice()) {
             fsio::atomic_write(&self.path, &bytes, Some(&self.backup_path()), &self.faults)?;
         }
@@ -315,9 +356,64 @@ impl StateBackend for LocalBackend {
             },
             base,
             lock.status(),
-            self.lock_files.lock.clone(),
+            loc(&self.lock_files.lock),
             self.faults.clone(),
         )
+    }
+
+    fn own_lock<'a>(&self, lock: &'a dyn Lock) -> Result<&'a LockHandle, StateError> {
+        lock.as_any()
+            .downcast_ref::<LockHandle>()
+            .ok_or_else(|| StateError::WrongLock {
+                location: loc(&self.path),
+                lock: lock.location(),
+            })
+    }
+}
+
+#[async_trait]
+impl StateBackend for LocalBackend {
+    fn describe(&self) -> String {
+        LocalBackend::describe(self)
+    }
+
+    async fn load(&self) -> Result<State, StateError> {
+        LocalBackend::load(self)
+    }
+
+    async fn exists(&self) -> Result<bool, StateError> {
+        LocalBackend::exists(self)
+    }
+
+    async fn lock(&self, operation: &str, timeout: Duration) -> Result<Box<dyn Lock>, StateError> {
+        // Waiting polls with sleeps: keep it off the async workers.
+        let me = self.clone();
+        let operation = operation.to_string();
+        let handle = super::blocking(&loc(&self.lock_files.lock), move || {
+            LocalBackend::lock(&me, &operation, timeout)
+        })
+        .await?;
+        Ok(Box::new(handle))
+    }
+
+    async fn force_unlock(&self, id: &str) -> Result<(), StateError> {
+        LocalBackend::force_unlock(self, id)
+    }
+
+    async fn write(&self, state: &State, lock: &dyn Lock) -> Result<(), StateError> {
+        LocalBackend::write(self, state, self.own_lock(lock)?)
+    }
+
+    async fn journal(&self, base: &State, lock: &dyn Lock) -> Result<Box<dyn Journal>, StateError> {
+        Ok(Box::new(LocalBackend::journal(
+            self,
+            base,
+            self.own_lock(lock)?,
+        )?))
+    }
+
+    async fn has_journal(&self) -> bool {
+        LocalBackend::has_journal(self)
     }
 }
 

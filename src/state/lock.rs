@@ -2,14 +2,16 @@
 //!
 //! The lock file is JSON naming the holder ([`LockInfo`]). Changes to it (take, renew,
 //! release, force-unlock) happen inside a short critical section guarded by an OS file
-//! lock (`flock`) on `<file>.lock.guard`, so two processes can never both see "free" and
-//! both write. The guard is *not* held while the lock is held: a holder that dies leaves
-//! only the JSON file behind, whose lease runs out by itself, because the holder renews
-//! `expires` every lease/3 from a background thread while the [`LockHandle`] lives.
+//! lock (`flock`) on the state's directory, so two processes can never both see "free"
+//! and both write. Locking the directory rather than a guard file leaves nothing behind
+//! (older versions left a `<file>.lock.guard` per workspace, which is removed when seen).
+//! The flock is *not* held while the lock is held: a holder that dies leaves only the JSON
+//! file behind, whose lease runs out by itself, because the holder renews `expires` every
+//! lease/3 from a background thread while the [`LockHandle`] lives.
 //!
 //! Time comes from a [`Clock`] so lease expiry is testable without sleeping.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::error::loc;
 use super::fsio::{self, Faults};
 use super::StateError;
 
@@ -106,31 +109,29 @@ impl LockStatus {
 #[derive(Debug, Clone)]
 pub(crate) struct LockFiles {
     pub(crate) lock: PathBuf,
-    pub(crate) guard: PathBuf,
+    /// The guard file older versions flocked; removed when found.
+    pub(crate) legacy_guard: PathBuf,
 }
 
 impl LockFiles {
     pub(crate) fn for_state(state: &Path) -> Self {
         LockFiles {
             lock: fsio::sibling(state, ".lock"),
-            guard: fsio::sibling(state, ".lock.guard"),
+            legacy_guard: fsio::sibling(state, ".lock.guard"),
         }
     }
 
-    /// Run `f` while holding the OS lock on the guard file.
+    /// Run `f` while holding the OS lock on the directory of the lock file.
     fn guarded<T>(&self, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
-        let dir = fsio::parent_dir(&self.guard);
+        let dir = fsio::parent_dir(&self.lock);
         std::fs::create_dir_all(dir).map_err(|e| StateError::io("create directory", dir, e))?;
-        let guard = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.guard)
-            .map_err(|e| StateError::io("open", &self.guard, e))?;
-        guard
-            .lock()
-            .map_err(|e| StateError::io("flock", &self.guard, e))?;
+        let guard = File::open(dir).map_err(|e| StateError::io("open", dir, e))?;
+        guard.lock().map_err(|e| StateError::io("flock", dir, e))?;
+        // No process of this version uses the old guard file, and one of an older version
+        // that might still flock it holds it only for an instant; best effort.
+        if self.legacy_guard.exists() {
+            let _ = std::fs::remove_file(&self.legacy_guard);
+        }
         let result = f();
         // Closing the file releases the flock as well; unlock explicitly to be prompt.
         let _ = File::unlock(&guard);
@@ -146,14 +147,14 @@ impl LockFiles {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StateError::LockCorrupt {
-                path: self.lock.clone(),
+                location: loc(&self.lock),
                 detail: e.to_string(),
             })
     }
 
     fn write(&self, info: &LockInfo) -> Result<(), StateError> {
         let mut bytes = serde_json::to_vec_pretty(info).map_err(|e| StateError::Serialize {
-            path: self.lock.clone(),
+            location: loc(&self.lock),
             source: e,
         })?;
         bytes.push(b'\n');
@@ -205,11 +206,11 @@ impl LockFiles {
     pub(crate) fn force_unlock(&self, id: &str) -> Result<(), StateError> {
         self.guarded(|| match self.read()? {
             None => Err(StateError::NotLocked {
-                path: self.lock.clone(),
+                location: loc(&self.lock),
             }),
             Some(info) if info.id == id => self.remove(),
             Some(info) => Err(StateError::LockIdMismatch {
-                path: self.lock.clone(),
+                location: loc(&self.lock),
                 requested: id.to_string(),
                 actual: Box::new(info),
             }),
@@ -261,7 +262,7 @@ pub(crate) fn acquire(
                 if waited >= timeout {
                     return Err(StateError::Locked {
                         info: Box::new(holder),
-                        path: files.lock.clone(),
+                        location: loc(&files.lock),
                     });
                 }
                 std::thread::sleep(POLL.min(timeout - waited));
@@ -368,6 +369,24 @@ impl LockHandle {
     }
 }
 
+impl super::Lock for LockHandle {
+    fn info(&self) -> &LockInfo {
+        LockHandle::info(self)
+    }
+
+    fn is_lost(&self) -> bool {
+        LockHandle::is_lost(self)
+    }
+
+    fn location(&self) -> String {
+        loc(&self.files.lock)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 impl Drop for LockHandle {
     fn drop(&mut self) {
         self.status.set_from_held(RELEASED);
@@ -432,11 +451,11 @@ mod tests {
         let clock = ManualClock::new();
         let h = acquire(&f, "apply", Duration::ZERO, DEFAULT_LEASE, clock.clone()).unwrap();
         let err = acquire(&f, "plan", Duration::ZERO, DEFAULT_LEASE, clock).unwrap_err();
-        let StateError::Locked { info, path } = &err else {
+        let StateError::Locked { info, location } = &err else {
             panic!("{err}")
         };
         assert_eq!(info.id, h.info().id);
-        assert_eq!(path, &f.lock);
+        assert_eq!(location, &loc(&f.lock));
         let msg = err.to_string();
         for needle in [
             h.info().who.as_str(),

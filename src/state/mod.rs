@@ -23,7 +23,9 @@
 //! | `state/demo.json.backup` | the checkpoint before it |
 //! | `state/demo.json.journal` | records since the last checkpoint (only while applying, or after a crash) |
 //! | `state/demo.json.lock` | the lock holder (JSON), while a writer runs |
-//! | `state/demo.json.lock.guard` | empty; flocked briefly to make lock changes atomic |
+//!
+//! Lock changes are made atomic by briefly flocking the `state/` directory itself, so no
+//! guard file is left behind.
 
 mod error;
 mod fsio;
@@ -36,10 +38,12 @@ mod tests;
 #[allow(dead_code)]
 mod vault_kv;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -259,9 +263,12 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 /// Where state lives: load it, lock it, write it, journal changes to it.
 ///
 /// Implementations must make [`StateBackend::write`] atomic and must make `load` succeed
-/// on whatever a killed writer left behind.
+/// on whatever a killed writer left behind. Every error names [`StateBackend::describe`]
+/// (never a password).
+#[async_trait]
 pub trait StateBackend: Send + Sync {
-    /// A URL-like description for messages, e.g. `file://state/demo.json`.
+    /// A URL-like description for messages, e.g. `file://state/demo.json` or
+    /// `postgres://anvil:***@db/anvil#demo`; passwords are always redacted.
     fn describe(&self) -> String;
 
     /// Read the current state, replaying the journal if one exists. A missing state is an
@@ -270,52 +277,174 @@ pub trait StateBackend: Send + Sync {
     /// # Errors
     /// The state or journal cannot be read, is corrupted, has an unknown version, or the
     /// journal belongs to another lineage.
-    fn load(&self) -> Result<State, StateError>;
+    async fn load(&self) -> Result<State, StateError>;
 
-    /// Take the exclusive write lock for `operation` (e.g. `"apply"`), waiting up to
-    /// `timeout` for another holder to release it or for its lease to run out.
+    /// Whether any state (or a journal) is stored, so read-only commands can say "no state
+    /// at X" instead of showing an empty state silently.
     ///
     /// # Errors
-    /// [`StateError::Locked`] naming the holder if still locked after `timeout`; IO errors.
-    fn lock(&self, operation: &str, timeout: Duration) -> Result<LockHandle, StateError>;
+    /// The backend cannot be reached.
+    async fn exists(&self) -> Result<bool, StateError>;
+
+    /// Take the exclusive write lock for `operation` (e.g. `"apply"`), waiting up to
+    /// `timeout` for another holder to release it or for its lease to run out. The lock is
+    /// renewed in the background while the returned [`Lock`] lives and released when it
+    /// is dropped.
+    ///
+    /// # Errors
+    /// [`StateError::Locked`] naming the holder if still locked after `timeout`; IO or
+    /// backend errors.
+    async fn lock(&self, operation: &str, timeout: Duration) -> Result<Box<dyn Lock>, StateError>;
 
     /// Remove the lock with id `id`, whoever holds it.
     ///
     /// # Errors
     /// No lock exists, or the current lock has another id (the error names it).
-    fn force_unlock(&self, id: &str) -> Result<(), StateError>;
+    async fn force_unlock(&self, id: &str) -> Result<(), StateError>;
 
     /// Replace the stored state with `state` atomically and drop the journal. The state is
     /// stored as given: callers bump `serial` when content changes.
     ///
     /// # Errors
     /// `lock` is not this backend's or was lost; the stored state has another lineage or a
-    /// higher serial; IO errors.
-    fn write(&self, state: &State, lock: &LockHandle) -> Result<(), StateError>;
+    /// higher serial; IO or backend errors.
+    async fn write(&self, state: &State, lock: &dyn Lock) -> Result<(), StateError>;
 
     /// Start journalling changes to `base` (normally the state just loaded). Must not be
-    /// mixed with [`StateBackend::write`] while the writer lives.
+    /// mixed with [`StateBackend::write`] while the journal lives.
     ///
     /// # Errors
     /// As for [`StateBackend::write`].
-    fn journal(&self, base: &State, lock: &LockHandle) -> Result<JournalWriter, StateError>;
+    async fn journal(&self, base: &State, lock: &dyn Lock) -> Result<Box<dyn Journal>, StateError>;
 
     /// Whether a journal left by an interrupted run lies beside the state (its records
     /// are already part of what `load` returns). A lock holder folds it in with `write`.
-    fn has_journal(&self) -> bool {
+    async fn has_journal(&self) -> bool {
         false
     }
 }
 
+/// Proof that this process holds a backend's state lock. Renewed in the background while
+/// it lives; dropping it stops renewal and releases the lock (if it is still ours).
+pub trait Lock: Send + Sync + std::fmt::Debug {
+    /// The lock as written when taken.
+    fn info(&self) -> &LockInfo;
+
+    /// True once renewal found that the lock no longer names us (our lease ran out and
+    /// someone else took it, or it was force-unlocked).
+    fn is_lost(&self) -> bool;
+
+    /// Where the lock lives, for messages (a file path or a redacted URL).
+    fn location(&self) -> String;
+
+    /// For backends to recognise their own lock type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Appends [`JournalRecord`]s durably during an apply, with group commit; see
+/// [`JournalWriter`] for the local one.
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Where the journal lives, for messages.
+    fn location(&self) -> String;
+
+    /// Queue `record`; the returned [`Commit`] completes once it is durable. Records are
+    /// stored in the order `append` is called; the cost is O(record).
+    fn append(&self, record: &JournalRecord) -> Commit;
+
+    /// True when enough records were appended since the last checkpoint that the engine
+    /// should call [`Journal::checkpoint`] (the journal has grown past the state's size).
+    fn checkpoint_due(&self) -> bool;
+
+    /// Store `state` as the new checkpoint and shorten the journal; see
+    /// [`JournalWriter::checkpoint`] for what `state` must contain.
+    fn checkpoint(&self, state: &State) -> Commit;
+
+    /// Final checkpoint of `state`, drop the journal, stop background work.
+    ///
+    /// # Errors
+    /// The checkpoint could not be stored (the journal then still holds every record), or
+    /// the lock was lost.
+    async fn finish(self: Box<Self>, state: &State) -> Result<(), StateError>;
+}
+
+/// Run blocking `f` off the async workers when a tokio runtime is around (lock waits poll
+/// with sleeps), inline otherwise (plain tests).
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => match h.spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) => Err(StateError::Io {
+                action: "run",
+                location: what.to_string(),
+                source: std::io::Error::other(format!("the state worker stopped: {e}")),
+            }),
+        },
+        Err(_) => f(),
+    }
+}
+
+/// `url` with any password replaced by `***` (userinfo `user:PASSWORD@` and a
+/// `password=` query or key-value parameter), for messages. Text that is not a URL is
+/// returned unchanged.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let rest = &out[rest_start..];
+        // The authority ends at the first '/', '?' or '#'; userinfo is before its last '@'.
+        let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let auth = &rest[..auth_end];
+        if let Some(at) = auth.rfind('@') {
+            let userinfo = &auth[..at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = rest_start + colon + 1;
+                let end = rest_start + at;
+                out.replace_range(start..end, "***");
+            }
+        }
+    }
+    // `password=...` in a query string or a key-value connection string.
+    let lower = out.to_ascii_lowercase();
+    let mut result = String::with_capacity(out.len());
+    let mut i = 0;
+    while let Some(pos) = lower[i..].find("password=") {
+        let key_start = i + pos;
+        let value_start = key_start + "password=".len();
+        let boundary_ok =
+            key_start == 0 || matches!(out.as_bytes()[key_start - 1], b'?' | b'&' | b' ' | b';');
+        result.push_str(&out[i..value_start]);
+        let value_end = out[value_start..]
+            .find(['&', ' ', ';', '#'])
+            .map_or(out.len(), |e| value_start + e);
+        if boundary_ok {
+            result.push_str("***");
+        } else {
+            result.push_str(&out[value_start..value_end]);
+        }
+        i = value_end;
+    }
+    result.push_str(&out[i..]);
+    result
+}
+
 /// Open the state backend for `url` (from `--state` / `ANVIL_STATE`) and `workspace`.
+/// Nothing is read or connected yet.
 ///
 /// * `None` → local file `state/<workspace>.json`, relative to the current directory;
 /// * `file://PATH` or a plain `PATH` → local file `PATH`, or `PATH/<workspace>.json` when
 ///   `PATH` ends with `/` or is an existing directory;
+/// * `postgres://…` / `postgresql://…` → tables in a PostgreSQL database, one row set per
+///   workspace (see docs/state.md);
+/// * `vault://MOUNT/PATH` → a KV v2 secret per workspace;
 /// * any other `scheme://` → [`StateError::UnsupportedBackend`].
 ///
 /// # Errors
-/// Unsupported URL scheme, or a workspace name that is not a plain file name.
+/// Unsupported URL scheme, an invalid URL, or a workspace name that is not a plain file
+/// name.
 pub fn open(url: Option<&str>, workspace: &str) -> Result<Box<dyn StateBackend>, StateError> {
     let valid_ws = !workspace.is_empty()
         && workspace != "."
@@ -334,16 +463,18 @@ pub fn open(url: Option<&str>, workspace: &str) -> Result<Box<dyn StateBackend>,
         Some(url) => {
             let raw = if let Some(rest) = url.strip_prefix("file://") {
                 rest
+            } else if let Some(backend) = remote(url, workspace) {
+                return backend;
             } else if url.contains("://") || url.is_empty() {
                 return Err(StateError::UnsupportedBackend {
-                    url: url.to_string(),
+                    url: redact_url(url),
                 });
             } else {
                 url
             };
             if raw.is_empty() {
                 return Err(StateError::UnsupportedBackend {
-                    url: url.to_string(),
+                    url: redact_url(url),
                 });
             }
             let p = PathBuf::from(raw);
@@ -355,4 +486,20 @@ pub fn open(url: Option<&str>, workspace: &str) -> Result<Box<dyn StateBackend>,
         }
     };
     Ok(Box::new(LocalBackend::new(path)))
+}
+
+/// The remote backend for `url`, if its scheme names one.
+fn remote(url: &str, workspace: &str) -> Option<Result<Box<dyn StateBackend>, StateError>> {
+    let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+    match scheme.as_str() {
+        "postgres" | "postgresql" => Some(Err(StateError::InvalidUrl {
+            url: redact_url(url),
+            detail: format!("the postgres:// backend is not built yet (workspace {workspace})"),
+        })),
+        "vault" => Some(Err(StateError::InvalidUrl {
+            url: redact_url(url),
+            detail: format!("the vault:// backend is not built yet (workspace {workspace})"),
+        })),
+        _ => None,
+    }
 }

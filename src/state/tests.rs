@@ -166,7 +166,7 @@ fn write_refuses_other_lineage_stale_serial_and_foreign_lock() {
         matches!(
             err,
             StateError::StaleState {
-                on_disk: 5,
+                stored: 5,
                 ours: 4,
                 ..
             }
@@ -185,7 +185,7 @@ fn write_refuses_other_lineage_stale_serial_and_foreign_lock() {
         matches!(
             err,
             StateError::StaleState {
-                on_disk: 6,
+                stored: 6,
                 ours: 5,
                 ..
             }
@@ -323,14 +323,26 @@ fn open_resolves_urls() {
         b.describe(),
         format!("file://{}", d.path().join("demo.json").display())
     );
-    for url in ["s3://bucket/key", "vault://kv/anvil", "postgres://db", ""] {
+    for url in ["s3://bucket/key", "ftp://host/x", ""] {
         let err = open(Some(url), "demo").err().unwrap();
         assert!(
             matches!(err, StateError::UnsupportedBackend { .. }),
             "{url}"
         );
-        assert!(err.to_string().contains(url) && err.to_string().contains("file://"));
+        let msg = err.to_string();
+        assert!(msg.contains(url) && msg.contains("file://"), "{msg}");
+        assert!(
+            msg.contains("postgres://") && msg.contains("vault://"),
+            "{msg}"
+        );
     }
+    // A password in an unsupported URL is never repeated.
+    let err = open(Some("s3://key:hunter2@bucket/x"), "demo")
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("s3://key:***@bucket/x"), "{msg}");
     for ws in ["", "..", "a/b", "x y"] {
         assert!(matches!(
             open(None, ws),
@@ -1033,4 +1045,104 @@ fn sigkill_at_random_instants() {
         last_committed = committed;
     }
     assert!(last_committed > 0, "the child never committed anything");
+}
+
+#[test]
+fn redact_url_hides_passwords_only() {
+    for (url, want) in [
+        (
+            "postgres://anvil:s3cr%40t@db:5432/x",
+            "postgres://anvil:***@db:5432/x",
+        ),
+        ("postgresql://anvil@db/x", "postgresql://anvil@db/x"),
+        (
+            "postgres://u:p@h/d?schema=a&password=zz",
+            "postgres://u:***@h/d?schema=a&password=***",
+        ),
+        ("postgres://u:p:q@h/d#frag@x", "postgres://u:***@h/d#frag@x"),
+        (
+            "postgres:///d?host=/tmp&password=pw",
+            "postgres:///d?host=/tmp&password=***",
+        ),
+        ("state/demo.json", "state/demo.json"),
+        (
+            "postgres://u:p@h/d?mypassword=keep",
+            "postgres://u:***@h/d?mypassword=keep",
+        ),
+    ] {
+        assert_eq!(redact_url(url), want, "{url}");
+    }
+}
+
+#[test]
+fn locking_leaves_no_guard_files_and_removes_old_ones() {
+    let d = dir();
+    let b = backend(d.path());
+    let state_dir = b.path().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    // Left behind by an older anvil.
+    let legacy = fsio::sibling(b.path(), ".lock.guard");
+    std::fs::write(&legacy, "").unwrap();
+    let lock = b.lock("apply", Duration::ZERO).unwrap();
+    assert!(lock.renew_now().unwrap());
+    b.write(&State::new(), &lock).unwrap();
+    drop(lock);
+    let mut names: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["demo.json".to_string()]);
+}
+
+/// The same steps as the CLI takes, through `Box<dyn StateBackend>` and the async traits.
+#[test]
+fn async_trait_round_trip_through_dyn_backend() {
+    futures::executor::block_on(async {
+        let d = dir();
+        let url = d.path().join("state").join("demo.json");
+        let b: Box<dyn StateBackend> = open(Some(url.to_str().unwrap()), "demo").unwrap();
+        assert!(!b.exists().await.unwrap());
+        let mut s = b.load().await.unwrap();
+        let lock = b.lock("apply", Duration::ZERO).await.unwrap();
+        assert!(!lock.is_lost());
+        assert_eq!(lock.info().operation, "apply");
+        assert!(
+            lock.location().ends_with("demo.json.lock"),
+            "{}",
+            lock.location()
+        );
+        let err = b.lock("plan", Duration::ZERO).await.unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        let j = b.journal(&s, lock.as_ref()).await.unwrap();
+        assert!(j.location().ends_with("demo.json.journal"));
+        let rec = JournalRecord::Applied {
+            serial: s.next_serial(),
+            address: "vault_mount.a".into(),
+            resource: res(1),
+        };
+        s.apply_record(&rec);
+        j.append(&rec).wait().await.unwrap();
+        assert!(b.has_journal().await);
+        j.finish(&s).await.unwrap();
+        assert!(!b.has_journal().await);
+        assert!(b.exists().await.unwrap());
+        assert_eq!(b.load().await.unwrap(), s);
+
+        // A lock of another backend is refused by name.
+        let other = LocalBackend::new(d.path().join("other.json"));
+        let foreign = StateBackend::lock(&other, "apply", Duration::ZERO)
+            .await
+            .unwrap();
+        let err = b.write(&s, foreign.as_ref()).await.unwrap_err();
+        assert!(matches!(err, StateError::WrongLock { .. }), "{err}");
+        assert!(err.to_string().contains("other.json.lock"), "{err}");
+        drop(lock);
+        let id = foreign.info().id.clone();
+        StateBackend::force_unlock(&other, &id).await.unwrap();
+        // The lock is gone, so it can be taken again at once.
+        StateBackend::lock(&other, "apply", Duration::ZERO)
+            .await
+            .unwrap();
+    });
 }
