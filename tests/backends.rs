@@ -141,9 +141,9 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("show --json is not JSON ({e}): {}", stdout(&o)))
     }
 
-    /// `anvil state list` lines.
+    /// `anvil state list .` lines (the workspace named by the spec in the directory).
     fn listed(&self) -> Vec<String> {
-        let o = self.run(&["state", "list"]);
+        let o = self.run(&["state", "list", "."]);
         assert_code(&o, 0);
         stdout(&o).lines().map(str::to_string).collect()
     }
@@ -365,10 +365,10 @@ fn killed_holder(b: Backend) {
         .and_then(|r| r.split('`').next())
         .expect("lock id in the error")
         .to_string();
-    let o = f.run(&["force-unlock", "not-the-id"]);
+    let o = f.run(&["force-unlock", "not-the-id", "."]);
     assert_code(&o, 1);
     assert!(stderr(&o).contains(&id), "{}", stderr(&o));
-    assert_code(&f.run(&["force-unlock", &id]), 0);
+    assert_code(&f.run(&["force-unlock", &id, "."]), 0);
     f.s.write("spec.yaml", &slow_spec("killed", 0));
     assert_code(&f.run(&["apply", "--auto-approve"]), 0);
 }
@@ -427,7 +427,7 @@ fn sigkill_500(b: Backend) {
         let _ = child.kill();
         let _ = child.wait();
         // Every command reads what the killed run left without error.
-        let o = f.run_env(&["state", "list"], &lease);
+        let o = f.run_env(&["state", "list", "."], &lease);
         assert_code(&o, 0);
         let recorded = stdout(&o).lines().count();
         if recorded > 0 && recorded < N {
@@ -543,7 +543,7 @@ macro_rules! conformance_ignored {
 macro_rules! all_backends {
     ($($body:ident),+ $(,)?) => {
         conformance!(file, super::Backend::File, $($body),+);
-        conformance_ignored!(vault, super::Backend::Vault, "the vault:// backend is being built", $($body),+);
+        conformance!(vault, super::Backend::Vault, $($body),+);
         conformance_ignored!(
             postgres,
             super::Backend::Postgres,

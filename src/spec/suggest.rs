@@ -69,11 +69,17 @@ mod tests {
             Some("maxmemory")
         );
         assert_eq!(
-            did_you_mean("null_resource.bsae", ["null_resource.base", "null_resource.app"]),
+            did_you_mean(
+                "null_resource.bsae",
+                ["null_resource.base", "null_resource.app"]
+            ),
             Some("null_resource.base")
         );
         assert_eq!(
-            did_you_mean("nul_resource", ["bosh_deployment", "null_resource", "vault_secret"]),
+            did_you_mean(
+                "nul_resource",
+                ["bosh_deployment", "null_resource", "vault_secret"]
+            ),
             Some("null_resource")
         );
     }

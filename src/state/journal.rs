@@ -271,7 +271,7 @@ struct StateView<'a> {
 }
 
 /// Update a pending list for `record` exactly as [`State::apply_record`] does.
-fn apply_pending(pending: &mut Vec<PendingOp>, record: &JournalRecord) {
+pub(crate) fn apply_pending(pending: &mut Vec<PendingOp>, record: &JournalRecord) {
     pending.retain(|p| p.address != record.address());
     if let JournalRecord::Intent {
         address,

@@ -225,7 +225,7 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn whoami() -> (String, String) {
+pub(crate) fn whoami() -> (String, String) {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))

@@ -34,8 +34,7 @@ mod local;
 mod lock;
 #[cfg(test)]
 mod tests;
-// Used by the Vault backend (being wired in); the client is complete on its own.
-#[allow(dead_code)]
+mod vault;
 mod vault_kv;
 
 use std::any::Any;
@@ -52,6 +51,7 @@ pub use error::StateError;
 pub use journal::{Commit, JournalRecord, JournalWriter};
 pub use local::LocalBackend;
 pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
+pub use vault::{VaultBackend, VaultJournal, VaultLock};
 
 /// Format version of the state document this build reads and writes.
 pub const STATE_VERSION: u32 = 1;
@@ -496,10 +496,9 @@ fn remote(url: &str, workspace: &str) -> Option<Result<Box<dyn StateBackend>, St
             url: redact_url(url),
             detail: format!("the postgres:// backend is not built yet (workspace {workspace})"),
         })),
-        "vault" => Some(Err(StateError::InvalidUrl {
-            url: redact_url(url),
-            detail: format!("the vault:// backend is not built yet (workspace {workspace})"),
-        })),
+        "vault" => {
+            Some(VaultBackend::open(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
+        }
         _ => None,
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,89 +51,62 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b',')
     .add(b'$');
 
-/// Why a Vault state URL is unusable or a Vault call failed. Every message names the
-/// state URL and says what to do.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum KvError {
+/// What kind of failure a [`KvError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvErrorKind {
     /// The `vault://` URL itself is malformed.
-    #[error("state URL {url}: {detail}; use vault://MOUNT/PATH, e.g. vault://secret/anvil/state (the token comes from VAULT_TOKEN, the server from VAULT_ADDR)")]
-    BadUrl {
-        /// The URL (with anything that looks like credentials removed).
-        url: String,
-        /// What is wrong.
-        detail: String,
-    },
+    BadUrl,
     /// The environment does not say where or as whom to reach Vault.
-    #[error("state URL {url}: {detail}")]
-    Config {
-        /// The state URL.
-        url: String,
-        /// What is missing and what to set.
-        detail: String,
-    },
+    Config,
     /// Vault could not be reached or its answer not read.
-    #[error("state URL {url}: cannot reach Vault at {endpoint}: {detail}; check that VAULT_ADDR is right and Vault is running and reachable")]
-    Unreachable {
-        /// The state URL.
-        url: String,
-        /// `METHOD VAULT_ADDR/v1/PATH`.
-        endpoint: String,
-        /// The transport error.
-        detail: String,
-    },
-    /// Vault refused the token.
-    #[error("state URL {url}: Vault at {endpoint} answered permission denied; set VAULT_TOKEN to a valid token whose policy allows reading and writing {paths}")]
-    Denied {
-        /// The state URL.
-        url: String,
-        /// `METHOD VAULT_ADDR/v1/PATH`.
-        endpoint: String,
-        /// The secrets the token needs, e.g. `secret/data/anvil/state/*`.
-        paths: String,
-    },
+    Unreachable,
+    /// Vault refused the token (403).
+    Denied,
     /// The mount is missing or is not a KV version 2 engine.
-    #[error("state URL {url}: {detail}; the Vault state backend needs a KV version 2 mount: enable one (`vault secrets enable -path={mount} kv-v2`), upgrade a v1 mount (`vault kv enable-versioning {mount}/`) or name another mount in the URL")]
-    NotKv2 {
-        /// The state URL.
-        url: String,
-        /// The mount.
-        mount: String,
-        /// What was found.
-        detail: String,
-    },
+    NotKv2,
     /// A check-and-set write found another version than expected.
-    #[error("state URL {url}: {endpoint}: check-and-set mismatch (expected version {expected}): another writer changed the secret; run the command again")]
-    CasMismatch {
-        /// The state URL.
-        url: String,
-        /// `METHOD VAULT_ADDR/v1/PATH`.
-        endpoint: String,
-        /// The version we wrote against.
-        expected: u64,
-    },
-    /// Any other refusal or unexpected answer.
-    #[error("state URL {url}: Vault at {endpoint} answered {status}: {detail}")]
-    Http {
-        /// The state URL.
-        url: String,
-        /// `METHOD VAULT_ADDR/v1/PATH`.
-        endpoint: String,
-        /// The HTTP status.
-        status: u16,
-        /// Vault's `errors`, or what was wrong with the answer.
-        detail: String,
-    },
+    CasMismatch,
+    /// Any other refusal or unexpected answer, with its HTTP status.
+    Http(u16),
+}
+
+/// Why a Vault state URL is unusable or a Vault call failed: what happened (naming the
+/// endpoint, never the token) and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state URL {url}: {detail}; {hint}")]
+pub struct KvError {
+    /// What kind of failure.
+    pub kind: KvErrorKind,
+    /// The state URL (anything that looks like credentials removed).
+    pub url: String,
+    /// What happened, naming `METHOD VAULT_ADDR/v1/PATH` when Vault was asked.
+    pub detail: String,
+    /// What the user can do about it.
+    pub hint: String,
 }
 
 impl KvError {
-    /// Whether repeating the same call may succeed (transport errors, 429, 5xx).
-    pub fn retryable(&self) -> bool {
-        match self {
-            KvError::Unreachable { .. } => true,
-            KvError::Http { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
+    fn new(
+        kind: KvErrorKind,
+        url: &str,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        KvError {
+            kind,
+            url: url.to_string(),
+            detail: detail.into(),
+            hint: hint.into(),
         }
     }
+}
+
+const URL_HINT: &str = "use vault://MOUNT/PATH, e.g. vault://secret/anvil/state (the token comes from VAULT_TOKEN, the server from VAULT_ADDR)";
+
+fn kv2_hint(mount: &str) -> String {
+    format!(
+        "the Vault state backend needs a KV version 2 mount: enable one (`vault secrets enable -path={mount} kv-v2`), upgrade a v1 mount (`vault kv enable-versioning {mount}/`) or name another mount in the URL"
+    )
 }
 
 /// A parsed `vault://MOUNT/PATH` state URL.
@@ -155,10 +128,8 @@ impl VaultUrl {
     /// [`KvError::BadUrl`]: not `vault://`, no mount, empty/`.`/`..` segments, control
     /// characters, a query or fragment, or credentials in the URL.
     pub fn parse(url: &str) -> Result<VaultUrl, KvError> {
-        let bad = |shown: &str, detail: &str| KvError::BadUrl {
-            url: shown.to_string(),
-            detail: detail.to_string(),
-        };
+        let bad =
+            |shown: &str, detail: &str| KvError::new(KvErrorKind::BadUrl, shown, detail, URL_HINT);
         let Some(rest) = url.strip_prefix("vault://") else {
             return Err(bad(url, "not a vault:// URL"));
         };
@@ -196,11 +167,12 @@ impl VaultUrl {
         }
         let mount = segs.remove(0);
         if ["sys", "auth", "cubbyhole", "identity"].contains(&mount.as_str()) {
-            return Err(KvError::NotKv2 {
-                url: url.to_string(),
-                detail: format!("`{mount}` is a Vault system path, not a KV v2 mount"),
-                mount,
-            });
+            return Err(KvError::new(
+                KvErrorKind::NotKv2,
+                url,
+                format!("`{mount}` is a Vault system path, not a KV v2 mount"),
+                kv2_hint("secret"),
+            ));
         }
         Ok(VaultUrl {
             url: url.to_string(),
@@ -265,9 +237,13 @@ impl KvConfig {
     /// is not http(s).
     pub fn from_vars(url: &str, var: impl Fn(&str) -> Option<String>) -> Result<KvConfig, KvError> {
         let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
-        let config = |detail: String| KvError::Config {
-            url: url.to_string(),
-            detail,
+        let config = |detail: String| {
+            KvError::new(
+                KvErrorKind::Config,
+                url,
+                detail,
+                "set VAULT_ADDR and VAULT_TOKEN (and VAULT_CACERT, VAULT_NAMESPACE if needed) in the environment",
+            )
         };
         let Some(addr) = var("VAULT_ADDR") else {
             return Err(config(
@@ -319,6 +295,8 @@ pub struct Secret {
 #[derive(Clone)]
 pub struct KvClient {
     http: reqwest::Client,
+    /// `VAULT_CACERT`, kept to build [`KvClient::fresh`] copies.
+    root: Option<reqwest::Certificate>,
     addr: String,
     token: String,
     namespace: Option<String>,
@@ -341,13 +319,15 @@ impl KvClient {
     /// # Errors
     /// [`KvError::Config`] when `VAULT_CACERT` cannot be read or parsed.
     pub fn new(url: VaultUrl, config: &KvConfig) -> Result<KvClient, KvError> {
-        let cfg = |detail: String| KvError::Config {
-            url: url.url.clone(),
-            detail,
+        let cfg = |detail: String| {
+            KvError::new(
+                KvErrorKind::Config,
+                &url.url,
+                detail,
+                "point VAULT_CACERT at the PEM CA certificate of the Vault server, or unset it",
+            )
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT);
+        let mut root = None;
         if let Some(path) = &config.cacert {
             let pem = std::fs::read(path).map_err(|e| {
                 cfg(format!(
@@ -359,13 +339,13 @@ impl KvClient {
                     "VAULT_CACERT {path} is not a PEM certificate: {e}; point it at a PEM CA certificate"
                 ))
             })?;
-            builder = builder.add_root_certificate(cert);
+            root = Some(cert);
         }
-        let http = builder
-            .build()
+        let http = http_client(root.as_ref())
             .map_err(|e| cfg(format!("cannot build the HTTP client for Vault: {e}")))?;
         Ok(KvClient {
             http,
+            root,
             addr: config.addr.clone(),
             token: config.token.clone(),
             namespace: config.namespace.clone(),
@@ -373,9 +353,14 @@ impl KvClient {
         })
     }
 
-    /// `VAULT_ADDR`.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// A copy with its own HTTP connection pool, for use on another tokio runtime (a
+    /// pool's connections belong to the runtime that opened them).
+    pub fn fresh(&self) -> KvClient {
+        let mut c = self.clone();
+        if let Ok(http) = http_client(self.root.as_ref()) {
+            c.http = http;
+        }
+        c
     }
 
     fn endpoint(&self, method: &Method, api: &str) -> String {
@@ -390,7 +375,7 @@ impl KvClient {
         &self,
         method: Method,
         api: &str,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
         accept: &[StatusCode],
     ) -> Result<(StatusCode, Value), KvError> {
         let url = format!("{}/v1/{api}", self.addr);
@@ -403,13 +388,22 @@ impl KvClient {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
-        let unreachable = |e: reqwest::Error| KvError::Unreachable {
-            url: self.url.url.clone(),
-            endpoint: self.endpoint(&method, api),
-            // reqwest's message includes the URL, which holds no secret.
-            detail: error_chain(&e),
+        let unreachable = |e: reqwest::Error| {
+            KvError::new(
+                KvErrorKind::Unreachable,
+                &self.url.url,
+                format!(
+                    "cannot reach Vault at {}: {}",
+                    self.endpoint(&method, api),
+                    // reqwest's message includes the URL, which holds no secret.
+                    error_chain(&e)
+                ),
+                "check that VAULT_ADDR is right and Vault is running and reachable",
+            )
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -433,22 +427,38 @@ impl KvClient {
             })
             .unwrap_or_default();
         if status == StatusCode::FORBIDDEN {
-            return Err(KvError::Denied {
-                url: self.url.url.clone(),
-                endpoint: self.endpoint(&method, api),
-                paths: self.url.policy_paths(),
-            });
+            return Err(KvError::new(
+                KvErrorKind::Denied,
+                &self.url.url,
+                format!(
+                    "Vault at {} answered permission denied",
+                    self.endpoint(&method, api)
+                ),
+                format!(
+                    "set VAULT_TOKEN to a valid token whose policy allows reading and writing {}",
+                    self.url.policy_paths()
+                ),
+            ));
         }
-        Err(KvError::Http {
-            url: self.url.url.clone(),
-            endpoint: self.endpoint(&method, api),
-            status: status.as_u16(),
-            detail: if errors.is_empty() {
-                "no error message".into()
+        let code = status.as_u16();
+        Err(KvError::new(
+            KvErrorKind::Http(code),
+            &self.url.url,
+            format!(
+                "Vault at {} answered {status}: {}",
+                self.endpoint(&method, api),
+                if errors.is_empty() {
+                    "no error message"
+                } else {
+                    errors.as_str()
+                }
+            ),
+            if code == 429 || code >= 500 {
+                "Vault is unavailable, sealed or overloaded; try again when it is healthy"
             } else {
-                errors
+                "check the state URL and the token's policy"
             },
-        })
+        ))
     }
 
     /// Checks the token (`auth/token/lookup-self`) and that the URL's mount is a KV
@@ -462,17 +472,15 @@ impl KvClient {
         self.call(Method::GET, "auth/token/lookup-self", None, &[])
             .await?;
         let mount = self.url.mount.clone();
-        let not_kv2 = |detail: String| KvError::NotKv2 {
-            url: self.url.url.clone(),
-            mount: mount.clone(),
-            detail,
+        let not_kv2 = |detail: String| {
+            KvError::new(KvErrorKind::NotKv2, &self.url.url, detail, kv2_hint(&mount))
         };
         let ui = format!("sys/internal/ui/mounts/{}", segment(&mount));
         let info = match self.call(Method::GET, &ui, None, &[]).await {
             Ok((_, answer)) => answer.get("data").cloned().unwrap_or(Value::Null),
             // Vault answers 403 (not 404) for a path under no mount; the token itself is
             // valid (lookup-self passed), so look in the mount table.
-            Err(KvError::Denied { .. }) | Err(KvError::Http { status: 404, .. }) => {
+            Err(e) if matches!(e.kind, KvErrorKind::Denied | KvErrorKind::Http(404)) => {
                 match self.call(Method::GET, "sys/mounts", None, &[]).await {
                     Ok((_, table)) => {
                         let data = table.get("data").unwrap_or(&table);
@@ -486,7 +494,7 @@ impl KvClient {
                             }
                         }
                     }
-                    Err(KvError::Denied { .. }) => {
+                    Err(e) if e.kind == KvErrorKind::Denied => {
                         return Err(not_kv2(format!(
                             "Vault at {} has no mount `{mount}` that this token may use",
                             self.addr
@@ -564,49 +572,36 @@ impl KvClient {
     /// # Errors
     /// [`KvError::CasMismatch`] when another writer got there first; other refusals.
     pub async fn write(&self, key: &str, data: &Value, cas: u64) -> Result<u64, KvError> {
+        let bytes = serde_json::to_vec(data).unwrap_or_else(|_| b"{}".to_vec());
+        self.write_raw(key, &bytes, cas).await
+    }
+
+    /// Like [`KvClient::write`] with `data` already serialized (a JSON object), so a big
+    /// state is serialized once, straight into the request body.
+    ///
+    /// # Errors
+    /// As [`KvClient::write`].
+    pub async fn write_raw(&self, key: &str, data: &[u8], cas: u64) -> Result<u64, KvError> {
         let api = self.api("data", key);
-        let body = json!({ "options": { "cas": cas }, "data": data });
-        match self.call(Method::POST, &api, Some(&body), &[]).await {
+        let mut body = Vec::with_capacity(data.len() + 40);
+        body.extend_from_slice(format!("{{\"options\":{{\"cas\":{cas}}},\"data\":").as_bytes());
+        body.extend_from_slice(data);
+        body.push(b'}');
+        match self.call(Method::POST, &api, Some(body), &[]).await {
             Ok((_, answer)) => Ok(answer
                 .pointer("/data/version")
                 .and_then(Value::as_u64)
                 .unwrap_or(cas + 1)),
-            Err(KvError::Http {
-                status: 400,
-                detail,
-                endpoint,
-                url,
-            }) if detail.contains("check-and-set") => Err(KvError::CasMismatch {
-                url,
-                endpoint,
-                expected: cas,
-            }),
+            Err(e) if e.kind == KvErrorKind::Http(400) && e.detail.contains("check-and-set") => {
+                Err(KvError::new(
+                    KvErrorKind::CasMismatch,
+                    &self.url.url,
+                    format!("{} (expected version {cas})", e.detail),
+                    "another writer changed the secret; run the command again",
+                ))
+            }
             Err(e) => Err(e),
         }
-    }
-
-    /// The keys directly under `dir` (folders end in `/`); empty when there are none.
-    ///
-    /// # Errors
-    /// Vault refuses or cannot be reached.
-    pub async fn list(&self, dir: &str) -> Result<Vec<String>, KvError> {
-        let api = format!("{}?list=true", self.api("metadata", dir));
-        let (status, answer) = self
-            .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
-        }
-        Ok(answer
-            .pointer("/data/keys")
-            .and_then(Value::as_array)
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default())
     }
 
     /// Deletes every version and the metadata of `key` (afterwards `cas = 0` writes it
@@ -620,6 +615,16 @@ impl KvClient {
             .await?;
         Ok(())
     }
+}
+
+fn http_client(root: Option<&reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(cert) = root {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    builder.build()
 }
 
 /// One percent-encoded path segment.
@@ -687,7 +692,7 @@ mod tests {
         }
         for sys in ["vault://sys/x", "vault://cubbyhole/x", "vault://auth/x"] {
             let e = VaultUrl::parse(sys).unwrap_err();
-            assert!(matches!(e, KvError::NotKv2 { .. }), "{sys}: {e}");
+            assert_eq!(e.kind, KvErrorKind::NotKv2, "{sys}: {e}");
             assert!(e.to_string().contains(sys), "{e}");
         }
     }
@@ -781,30 +786,5 @@ mod tests {
         .unwrap();
         let e = KvClient::new(VaultUrl::parse("vault://secret/s").unwrap(), &c).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    /// The client against the in-process simulator is exercised by the black-box tests
-    /// (tests/backends.rs); here only what needs no server.
-    #[test]
-    fn retryable_kinds() {
-        let un = KvError::Unreachable {
-            url: "u".into(),
-            endpoint: "e".into(),
-            detail: "d".into(),
-        };
-        assert!(un.retryable());
-        let busy = KvError::Http {
-            url: "u".into(),
-            endpoint: "e".into(),
-            status: 503,
-            detail: "sealed".into(),
-        };
-        assert!(busy.retryable());
-        let cas = KvError::CasMismatch {
-            url: "u".into(),
-            endpoint: "e".into(),
-            expected: 3,
-        };
-        assert!(!cas.retryable());
     }
 }
