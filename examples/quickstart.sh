@@ -2,10 +2,16 @@
 # The quickstart: plan and apply the examples against the built-in simulators with local
 # state. It builds anvil (release), starts `anvil sim bosh` and `anvil sim vault` on free
 # loopback ports, then for each example runs plan, apply, and plan again (which must be
-# empty), and stops the simulators on exit.
+# empty), and stops the simulators on exit (also on Ctrl-C or a failed step).
 #
-#   bash examples/quickstart.sh            # from the repository root
-#   ANVIL=target/debug/anvil bash examples/quickstart.sh   # use an existing binary
+#   bash examples/quickstart.sh                             # from a clone of anvil
+#   CARGO_TARGET_DIR=/tmp/t bash examples/quickstart.sh     # cargo builds (and it runs) there
+#   ANVIL_SKIP_BUILD=1 bash examples/quickstart.sh          # use the release binary already built
+#   ANVIL=target/debug/anvil bash examples/quickstart.sh    # use this binary, no cargo at all
+#
+# The binary is the one cargo builds: `cargo metadata` says where cargo's target directory
+# is (CARGO_TARGET_DIR and build.target-dir are honoured), and the script runs
+# TARGET_DIR/release/anvil from there, saying so when it is missing.
 #
 # State goes to state/quickstart.json (null resources) and state/foundation.json (the
 # Foundation). The simulators keep everything in memory, so the Foundation's state from
@@ -13,28 +19,86 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -z "${ANVIL:-}" ]]; then
-  cargo build --release --quiet
-  ANVIL=target/release/anvil
-fi
-
+cargo=${CARGO:-cargo}
 tmp=$(mktemp -d)
+# The simulators' process ids. They are started from this shell (never inside `$(…)`, a
+# subshell whose changes to this array would be lost), so cleanup can stop them.
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  local p
+  for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
+  # Wait, so no simulator outlives the script (and its port is free when it returns).
+  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+# Bash runs the EXIT trap on `exit`, not when killed by a signal: turn signals into exits.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# Starts a simulator on 127.0.0.1:0 and prints the URL from its first line.
+die() {
+  echo "quickstart: $*" >&2
+  exit 1
+}
+
+# Where cargo puts what it builds, from `cargo metadata` (honours CARGO_TARGET_DIR).
+target_dir() {
+  local meta dir
+  if ! meta=$("$cargo" metadata --format-version 1 --no-deps 2>"$tmp/metadata.err"); then
+    cat "$tmp/metadata.err" >&2
+    die "\`$cargo metadata\` failed in $PWD, so the script cannot tell where cargo builds anvil: run it from a clone of anvil with cargo installed, or set ANVIL=/path/to/anvil"
+  fi
+  dir=$(printf '%s' "$meta" | grep -o '"target_directory":"[^"]*"' | head -n1 |
+    sed -e 's/^"target_directory":"//' -e 's/"$//')
+  [[ -n "$dir" ]] || die "\`$cargo metadata\` did not say where cargo's target directory is; set ANVIL=/path/to/anvil"
+  printf '%s\n' "$dir"
+}
+
+if [[ -n "${ANVIL:-}" ]]; then
+  if [[ "$ANVIL" != */* ]]; then
+    # A bare name: the binary on PATH, as a shell would run it.
+    ANVIL=$(command -v "$ANVIL") || die "ANVIL=$ANVIL: no such command on PATH; set ANVIL to the path of the anvil binary"
+  fi
+  [[ -f "$ANVIL" && -x "$ANVIL" ]] ||
+    die "ANVIL=$ANVIL is not an executable file: build anvil with \`cargo build --release\` or point ANVIL at the binary"
+else
+  dir=$(target_dir)
+  if [[ "${ANVIL_SKIP_BUILD:-}" != 1 ]]; then
+    echo "Building anvil: $cargo build --release (target directory $dir)"
+    "$cargo" build --release --quiet --bin anvil
+  fi
+  ANVIL=$dir/release/anvil
+  if [[ ! -f "$ANVIL" || ! -x "$ANVIL" ]]; then
+    from="cargo's target directory"
+    [[ -n "${CARGO_TARGET_DIR:-}" ]] && from="CARGO_TARGET_DIR"
+    die "no anvil binary at $ANVIL ($dir is $from): build it with \`cargo build --release\` (drop ANVIL_SKIP_BUILD=1), or set ANVIL=/path/to/anvil"
+  fi
+fi
+echo "Using $ANVIL"
+
+# Starts a simulator on 127.0.0.1:0 in the background. Runs in this shell, so its pid is
+# recorded for cleanup.
 start_sim() {
-  local name=$1 prefix=$2; shift 2
+  local name=$1
+  shift
   "$ANVIL" sim "$name" --listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   pids+=($!)
+  echo $! >"$tmp/$name.pid"
+}
+
+# Prints the URL a started simulator announces on its first line (reads files only, so
+# it may run in a subshell).
+sim_url() {
+  local name=$1 prefix=$2 pid
+  pid=$(cat "$tmp/$name.pid")
   for _ in $(seq 1 100); do
-    if [[ -s "$tmp/$name.out" ]]; then
+    # A whole first line: the announcement is written with its newline.
+    if [[ $(wc -l <"$tmp/$name.out") -ge 1 ]]; then
       head -n1 "$tmp/$name.out" | sed "s|^$prefix||"
       return
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      break
     fi
     sleep 0.1
   done
@@ -43,8 +107,10 @@ start_sim() {
   exit 1
 }
 
-BOSH_ENVIRONMENT=$(start_sim bosh "anvil sim bosh listening on ")
-VAULT_ADDR=$(start_sim vault "anvil sim vault listening on " --token root)
+start_sim bosh
+start_sim vault --token root
+BOSH_ENVIRONMENT=$(sim_url bosh "anvil sim bosh listening on ")
+VAULT_ADDR=$(sim_url vault "anvil sim vault listening on ")
 export BOSH_ENVIRONMENT VAULT_ADDR
 export BOSH_CLIENT=admin BOSH_CLIENT_SECRET=admin VAULT_TOKEN=root
 unset BOSH_CA_CERT VAULT_CACERT VAULT_NAMESPACE VAULT_ROLE_ID VAULT_SECRET_ID ANVIL_STATE

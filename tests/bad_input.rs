@@ -54,6 +54,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("reference to unknown attribute", res("  - {type: null_resource, name: a}\n  - type: null_resource\n    name: b\n    attributes: { triggers: { p: \"${null_resource.a.nope}\" } }\n").into_bytes(), "has no attribute `nope`"),
         ("missing metadata name", b"apiVersion: anvil/v1\nkind: Resources\nmetadata: {}\n".to_vec(), "bad.yaml:3:"),
         ("document is a list", b"- apiVersion: anvil/v1\n".to_vec(), "bad.yaml:1:1"),
+        ("misspelt reference suggests the declared address", res("  - {type: null_resource, name: base}\n  - type: null_resource\n    name: b\n    attributes: { triggers: { p: \"${null_resource.bsae.id}\" } }\n").into_bytes(), "bad.yaml:9:19: resources[1].attributes.triggers: null_resource.bsae is not declared (did you mean \"null_resource.base\"?)"),
+        ("misspelt resource type suggests the known type", res("  - type: nul_resource\n    name: a\n").into_bytes(), "bad.yaml:6:5: resources[0].type: unknown resource type `nul_resource`: did you mean \"null_resource\"?"),
+        ("misspelt attribute suggests the known attribute", res("  - type: null_resource\n    name: a\n    attributes: { trigers: {} }\n").into_bytes(), "bad.yaml:8:19: resources[0].attributes.trigers: unknown attribute `trigers` for null_resource: did you mean \"triggers\"?"),
+        ("misspelt field suggests the allowed field", res("  - type: null_resource\n    name: a\n    atributes: {}\n").into_bytes(), "bad.yaml:8:5: resources[0].atributes: unknown field `atributes`: did you mean \"attributes\"?"),
+        ("misspelt referenced attribute suggests the output", res("  - {type: null_resource, name: a}\n  - type: null_resource\n    name: b\n    attributes: { triggers: { p: \"${null_resource.a.idd}\" } }\n").into_bytes(), "null_resource has no attribute `idd`: did you mean \"id\"?"),
     ]
 }
 

@@ -110,6 +110,26 @@ fn cases() -> Vec<(&'static str, String, Vec<String>)> {
             vec!["bad.yaml:9:".into(), "catalog.services[0].plans[0].id: invalid id `redis.small`".into()],
         ),
         (
+            "misspelt plan",
+            foundation("", &inst(A, "redis-smal")),
+            vec!["bad.yaml:21:5: instances[0].plan: unknown plan `redis-smal` for service `redis`: expected one of redis-small (small), redis-none (none) (did you mean \"redis-small\"?)".into()],
+        ),
+        (
+            "misspelt service",
+            foundation("", "  - id: 6a1c2b9e-3f0d-4c7a-9b1e-2d5f8a7c4e01\n    service: rdis\n    plan: small\n"),
+            vec!["bad.yaml:20:5: instances[0].service: unknown service `rdis`: expected one of redis (did you mean \"redis\"?)".into()],
+        ),
+        (
+            "misspelt instance parameter",
+            foundation("", &format!("{}    parameters: {{ ndoes: 3 }}\n", inst(A, "small"))),
+            vec!["bad.yaml:22:19: instances[0].parameters.ndoes: unknown parameter for plan redis-small; did you mean \"nodes\"? (the plan's template uses: nodes; its defaults set: nodes)".into()],
+        ),
+        (
+            "instance parameter nothing uses",
+            foundation("", &format!("{}    parameters:\n      nodes: 2\n      colour: blue\n", inst(A, "small"))),
+            vec!["bad.yaml:24:7: instances[0].parameters.colour: unknown parameter for plan redis-small: neither its template (t.yml.tmpl) nor its defaults use it; remove it, or use it in the template as ${params.colour}".into()],
+        ),
+        (
             "unknown field in an instance",
             foundation("", &format!("{}    size: big\n", inst(A, "small"))),
             vec!["bad.yaml:22:5: instances[0].size: unknown field `size`".into()],

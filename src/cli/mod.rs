@@ -84,6 +84,9 @@ struct SpecArgs {
     /// Read variables from a YAML or JSON file (repeatable).
     #[arg(long = "var-file")]
     var_files: Vec<PathBuf>,
+    /// List the YAML files a directory scan skipped because they hold no anvil document.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -311,6 +314,18 @@ pub fn run() -> Result<i32> {
     rt.block_on(dispatch(cli, color))
 }
 
+/// With --verbose, says on stderr which YAML files a directory scan skipped.
+fn note_skipped(verbose: bool, ws: &Workspace) {
+    if verbose && !ws.skipped.is_empty() {
+        let list: Vec<String> = ws.skipped.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "skipped {} non-anvil YAML file(s): {}",
+            list.len(),
+            list.join(", ")
+        );
+    }
+}
+
 fn inputs(spec: &SpecArgs, state: &Option<String>) -> Inputs {
     Inputs {
         paths: spec.paths.clone(),
@@ -334,6 +349,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     match cli.command {
         Command::Validate(spec) => {
             let ws = ops::load_workspace(&inputs(&spec, &cli.state), Registry::builtin())?;
+            note_skipped(spec.verbose, &ws);
             println!(
                 "The spec is valid: {} resource(s) in workspace `{}` from {} file(s).",
                 ws.model.len(),
@@ -346,6 +362,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             let (ws, state) =
                 ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
                     .await?;
+            note_skipped(a.spec.verbose, &ws);
             let opts = plan_options(&a.flags, a.destroy);
             let observed = if a.flags.refresh {
                 ops::refresh(&ws.registry, &state, a.flags.parallelism).await?
@@ -392,6 +409,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
                 }
                 return apply_refresh_only(
                     inputs(&a.spec, &cli.state),
+                    a.spec.verbose,
                     plan_options(&a.flags, false),
                     &a.flags,
                     a.auto_approve,
@@ -405,6 +423,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             let opts = plan_options(&a.flags, false);
             plan_and_apply(
                 inputs(&a.spec, &cli.state),
+                a.spec.verbose,
                 opts,
                 &a.flags,
                 a.auto_approve,
@@ -418,6 +437,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             let (ws, state) =
                 ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
                     .await?;
+            note_skipped(a.spec.verbose, &ws);
             let opts = plan_options(&a.flags, false);
             let (report, _) =
                 ops::drift(&ws, &state, &opts, a.flags.refresh, a.flags.parallelism).await?;
@@ -432,6 +452,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         }
         Command::Import(a) => {
             let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            note_skipped(a.spec.verbose, &ws);
             let imp = ops::import(&ws, &a.address, &a.id, a.lock_timeout).await?;
             println!(
                 "Imported {} (ID `{}`) into state {}.",
@@ -450,6 +471,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
             let opts = plan_options(&a.flags, true);
             plan_and_apply(
                 inputs(&a.spec, &cli.state),
+                a.spec.verbose,
                 opts,
                 &a.flags,
                 a.auto_approve,
@@ -492,6 +514,7 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         Command::State(cmd) => state_command(cmd, &cli.state).await,
         Command::Graph(a) => {
             let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
+            note_skipped(a.spec.verbose, &ws);
             print!("{}", output::render_graph(&ws.model, &a.format));
             Ok(0)
         }
@@ -590,6 +613,7 @@ fn confirm(what: &str, auto_approve: bool) -> Result<bool> {
 #[allow(clippy::too_many_arguments)]
 async fn plan_and_apply(
     inp: Inputs,
+    verbose: bool,
     opts: PlanOptions,
     flags: &PlanFlags,
     auto_approve: bool,
@@ -598,6 +622,7 @@ async fn plan_and_apply(
     what: &str,
 ) -> Result<i32> {
     let ws = ops::load_workspace(&inp, Registry::builtin())?;
+    note_skipped(verbose, &ws);
     let lock = ws.backend.lock(what, lock_timeout).await?;
     let state = ops::load_locked(&ws, lock.as_ref()).await?;
     let observed = if flags.refresh {
@@ -624,6 +649,7 @@ async fn plan_and_apply(
 /// recorded, ask, and record it. No provider changes anything.
 async fn apply_refresh_only(
     inp: Inputs,
+    verbose: bool,
     opts: PlanOptions,
     flags: &PlanFlags,
     auto_approve: bool,
@@ -633,6 +659,7 @@ async fn apply_refresh_only(
         bail!("--refresh-only records what the real world has, so it must read it: drop --refresh=false");
     }
     let ws = ops::load_workspace(&inp, Registry::builtin())?;
+    note_skipped(verbose, &ws);
     let lock = ws
         .backend
         .lock("apply --refresh-only", lock_timeout)
@@ -758,6 +785,7 @@ async fn execute(
         crate::apply::Channels {
             events: tx,
             cancel: cancel_rx,
+            abort: crate::providers::CancellationToken::new(),
         },
     )
     .await;
@@ -863,6 +891,7 @@ impl SpecArgs {
             paths: vec![path],
             vars: vec![],
             var_files: vec![],
+            verbose: false,
         }
     }
 }

@@ -8,8 +8,9 @@
 //!   (`{id}/metadata`), kept in Vault when the instance goes (`retain_on_delete`).
 //!
 //! Checks, each located: instance ids are UUIDs and unique, services and plans exist,
-//! service and plan ids are unique, plans and services are within their `limit`, and
-//! templates name only parameters the instance or plan sets. No IO: templates were read
+//! service and plan ids are unique, plans and services are within their `limit`,
+//! templates name only parameters the instance or plan sets, and instances set only
+//! parameters the plan's template or defaults use (with a "did you mean"). No IO: templates were read
 //! by the loader into [`Document::attachments`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,12 +44,11 @@ pub const INDEX_MANAGED_ELSEWHERE: &[&str] = &[
 ];
 
 /// The resources of one Foundation document, each with the index of the instance it
-/// came from (for error locations), and provider settings (environment-variable names to
-/// values) taken from its `director` and `vault` blocks.
+/// came from (for error locations). Each names the provider instance its Foundation's
+/// `alias` selects (`bosh.ALIAS`, `vault.ALIAS`; the default instances without one).
 #[derive(Debug, Default)]
 pub struct Normalised {
     pub resources: Vec<(usize, ResourceSpec)>,
-    pub settings: BTreeMap<String, String>,
 }
 
 /// The deployment name of an instance: `{plan_id}-{instance_id}`.
@@ -81,10 +81,8 @@ fn is_uuid(s: &str) -> bool {
 /// Normalises one Foundation document. Problems go to `errors`; resources are only
 /// produced for instances without problems.
 pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>) -> Normalised {
-    let mut out = Normalised {
-        settings: settings(f),
-        ..Normalised::default()
-    };
+    let mut out = Normalised::default();
+    let alias = f.alias.as_deref();
     let mount = f.vault.mount.as_deref().unwrap_or(DEFAULT_MOUNT);
 
     // The catalog: unique service ids, unique plan ids across services.
@@ -152,10 +150,13 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
         ids.insert(&inst.id, i);
         let Some(&si) = services.get(inst.service.as_str()) else {
             let known: Vec<&str> = f.catalog.services.iter().map(|s| s.id.as_str()).collect();
+            let hint = crate::spec::did_you_mean(&inst.service, known.iter().copied())
+                .map(|k| format!(" (did you mean \"{k}\"?)"))
+                .unwrap_or_default();
             errors.push(doc.error_at(
                 &ip.key("service"),
                 format!(
-                    "unknown service `{}`: expected one of {}",
+                    "unknown service `{}`: expected one of {}{hint}",
                     inst.service,
                     known.join(", ")
                 ),
@@ -174,10 +175,18 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
                 .iter()
                 .map(|p| format!("{} ({})", p.id, p.name))
                 .collect();
+            // A plan is named by id or by name: suggest from both.
+            let names = service
+                .plans
+                .iter()
+                .flat_map(|p| [p.id.as_str(), p.name.as_str()]);
+            let hint = crate::spec::did_you_mean(&inst.plan, names)
+                .map(|k| format!(" (did you mean \"{k}\"?)"))
+                .unwrap_or_default();
             errors.push(doc.error_at(
                 &ip.key("plan"),
                 format!(
-                    "unknown plan `{}` for service `{}`: expected one of {}",
+                    "unknown plan `{}` for service `{}`: expected one of {}{hint}",
                     inst.plan,
                     service.id,
                     known.join(", ")
@@ -239,34 +248,75 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
         let service = &f.catalog.services[si];
         let plan = &service.plans[pi];
         let inst = &f.instances[i];
+        let unknown = unknown_parameters(doc, i, plan, inst);
+        if !unknown.is_empty() {
+            errors.extend(unknown);
+            continue;
+        }
         match render_instance(doc, i, service, plan, inst) {
             Ok(manifest) => out
                 .resources
-                .extend(instance_resources(service, plan, inst, mount, manifest).map(|r| (i, r))),
+                .extend(
+                instance_resources(service, plan, inst, mount, manifest).map(|mut r| {
+                    if let Some(a) = alias {
+                        let provider = if r.ty.starts_with("bosh_") { "bosh" } else { "vault" };
+                        r.provider = Some(format!("{provider}.{a}"));
+                    }
+                    (i, r)
+                }),
+            ),
             Err(e) => errors.push(e),
         }
     }
     out
 }
 
-/// Provider settings named by the environment variables they stand for (also used by
-/// `anvil reconcile` to reach the Director and Vault).
+/// The typed-settings maps of a Foundation's `director` and `vault` blocks, as the
+/// `bosh` and `vault` providers read them (`environment`, `client`, `client_secret`,
+/// `ca_cert`; `address`, `cacert`, `namespace`). Blank fields are left out, so they fall
+/// back to the environment.
 #[must_use]
-pub fn settings(f: &FoundationDoc) -> BTreeMap<String, String> {
-    let mut s = BTreeMap::new();
-    let mut put = |k: &str, v: &Option<String>| {
+pub fn provider_settings(
+    f: &FoundationDoc,
+) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
+    fn put(m: &mut serde_json::Map<String, Value>, k: &str, v: &Option<String>) {
         if let Some(v) = v.as_ref().filter(|v| !v.trim().is_empty()) {
-            s.insert(k.to_string(), v.clone());
+            m.insert(k.to_string(), Value::String(v.clone()));
         }
-    };
-    put("BOSH_ENVIRONMENT", &f.director.url);
-    put("BOSH_CA_CERT", &f.director.ca_cert);
-    put("BOSH_CLIENT", &f.director.client);
-    put("BOSH_CLIENT_SECRET", &f.director.client_secret);
-    put("VAULT_ADDR", &f.vault.addr);
-    put("VAULT_CACERT", &f.vault.ca_cert);
-    put("VAULT_NAMESPACE", &f.vault.namespace);
-    s
+    }
+    let (mut bosh, mut vault) = (serde_json::Map::new(), serde_json::Map::new());
+    put(&mut bosh, "environment", &f.director.url);
+    put(&mut bosh, "ca_cert", &f.director.ca_cert);
+    put(&mut bosh, "client", &f.director.client);
+    put(&mut bosh, "client_secret", &f.director.client_secret);
+    put(&mut vault, "address", &f.vault.addr);
+    put(&mut vault, "cacert", &f.vault.ca_cert);
+    put(&mut vault, "namespace", &f.vault.namespace);
+    (bosh, vault)
+}
+
+/// The provider instances a Foundation configures: `bosh.ALIAS` and `vault.ALIAS` with
+/// an `alias` (even with no settings: then all from the environment), else the default
+/// `bosh` and `vault` instances when its blocks set anything. `origin` is left for the
+/// caller to locate.
+#[must_use]
+pub fn provider_instances(f: &FoundationDoc) -> Vec<super::ProviderInstance> {
+    let (bosh, vault) = provider_settings(f);
+    [("bosh", bosh), ("vault", vault)]
+        .into_iter()
+        .filter(|(_, s)| f.alias.is_some() || !s.is_empty())
+        .map(|(p, settings)| super::ProviderInstance {
+            provider: p.to_string(),
+            alias: f.alias.clone(),
+            settings,
+            origin: SpecError {
+                location: None,
+                file: None,
+                path: String::new(),
+                message: String::new(),
+            },
+        })
+        .collect()
 }
 
 /// A string attribute value that the model reads back literally (`${` escaped).
@@ -292,6 +342,7 @@ fn instance_resources(
         ]),
         depends_on: Vec::new(),
         lifecycle: Lifecycle::default(),
+        provider: None,
     };
     let index = ResourceSpec {
         ty: "vault_index_entry".into(),
@@ -325,6 +376,7 @@ fn instance_resources(
                 .collect(),
             ..Lifecycle::default()
         },
+        provider: None,
     };
     // Kept in Vault when the instance goes. `{id}/manifest` is written at creation and
     // from then on kept in step with the Director by `anvil reconcile` (as Blacksmith's
@@ -347,6 +399,7 @@ fn instance_resources(
         ]),
         depends_on: vec![format!("bosh_deployment.{deployment}")],
         lifecycle: kept_synced,
+        provider: None,
     };
     let metadata_secret = ResourceSpec {
         ty: "vault_secret".into(),
@@ -370,6 +423,7 @@ fn instance_resources(
         ]),
         depends_on: Vec::new(),
         lifecycle: kept,
+        provider: None,
     };
     [bosh, index, manifest_secret, metadata_secret].into_iter()
 }
@@ -381,6 +435,87 @@ fn merged_params(plan: &PlanSpec, inst: &InstanceSpec) -> BTreeMap<String, Value
         p.insert(k.clone(), v.clone());
     }
     p
+}
+
+/// An error for each instance parameter that neither the plan's defaults nor its
+/// template uses: it would be accepted and silently do nothing (a misspelt `maxmemroy`
+/// leaves the default `maxmemory` in place). Each is located at the parameter's key and
+/// offers the nearest name the plan knows.
+fn unknown_parameters(
+    doc: &Document,
+    i: usize,
+    plan: &PlanSpec,
+    inst: &InstanceSpec,
+) -> Vec<SpecError> {
+    // A template that was not loaded is reported when rendering.
+    let Some(template) = doc.attachments.get(&plan.manifest) else {
+        return Vec::new();
+    };
+    let used = template_params(&template.text);
+    let mut out = Vec::new();
+    for key in inst.parameters.keys() {
+        if used.contains(key) || plan.parameters.contains_key(key) {
+            continue;
+        }
+        let list = |names: &mut dyn Iterator<Item = &String>| {
+            let v: Vec<&str> = names.map(String::as_str).collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let known = format!(
+            "the plan's template uses: {}; its defaults set: {}",
+            list(&mut used.iter()),
+            list(&mut plan.parameters.keys())
+        );
+        let candidates = used
+            .iter()
+            .chain(plan.parameters.keys())
+            .map(String::as_str);
+        let message = match crate::spec::did_you_mean(key, candidates) {
+            Some(near) => format!(
+                "unknown parameter for plan {}; did you mean \"{near}\"? ({known})",
+                plan.id
+            ),
+            None => format!(
+                "unknown parameter for plan {}: neither its template ({}) nor its defaults use it; remove it, or use it in the template as ${{params.{key}}} ({known})",
+                plan.id, plan.manifest
+            ),
+        };
+        out.push(doc.error_at(
+            &instance_path(i).key("parameters").key(key.as_str()),
+            message,
+        ));
+    }
+    out
+}
+
+/// The parameter names a template substitutes (`${params.NAME...}`, first segment), on
+/// the lines it renders (whole comment lines are left as written, so they use nothing).
+fn template_params(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                break;
+            };
+            let mut parts = after[..end].trim().split('.');
+            if parts.next() == Some("params") {
+                if let Some(name) = parts.next().filter(|n| !n.is_empty()) {
+                    out.insert(name.to_string());
+                }
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    out
 }
 
 /// The namespaces a manifest template substitutes; any other `${...}` passes through.
@@ -673,6 +808,13 @@ mod tests {
             render("  # see ${params.nope}\na: ${instance.id}", &lookup).unwrap(),
             "  # see ${params.nope}\na: abc"
         );
+    }
+
+    #[test]
+    fn template_params_are_the_names_rendered_lines_use() {
+        let t = "a: ${params.maxmemory}\nb: ${ params.net.name }-${params.port}\n# ${params.commented}\nc: ${instance.id} ${params.}\nd: ${params.open\n";
+        let used: Vec<String> = template_params(t).into_iter().collect();
+        assert_eq!(used, ["maxmemory", "net", "port"]);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Workspace {
     pub name: String,
     /// The spec files read, in order.
     pub files: Vec<PathBuf>,
+    /// YAML files a directory scan skipped because they hold no anvil document.
+    pub skipped: Vec<PathBuf>,
     pub model: Model,
     pub registry: Registry,
     pub backend: Box<dyn StateBackend>,
@@ -167,13 +169,20 @@ fn load(
         (model, preloaded)
     });
     let model = model?;
-    registry.configure(&model.settings);
+    registry.configure(&model.providers).map_err(|errs| {
+        SpecErrors(
+            errs.into_iter()
+                .map(|(i, e)| model.providers[i].error(e.message))
+                .collect(),
+        )
+    })?;
     let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());
     h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
     let digest = format!("sha256:{}", hex::encode(h.finalize()));
     let files = spec.files.clone();
+    let skipped = spec.skipped.clone();
     // The located YAML trees are only needed for errors, which are all reported by now:
     // free them on another thread while the caller goes on (big specs hold millions of
     // small allocations).
@@ -182,6 +191,7 @@ fn load(
         Workspace {
             name,
             files,
+            skipped,
             model,
             registry,
             backend,
@@ -271,7 +281,7 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
                 };
                 attrs.insert(k.clone(), v.clone());
             }
-            let p = registry.for_type(&c.ty)?.clone();
+            let p = registry.get(&c.provider)?.clone();
             Some((i, c.address.clone(), c.ty.clone(), attrs, p))
         })
         .collect::<Vec<_>>();

@@ -5,6 +5,8 @@
 //! limits) → envelope checks (`apiVersion`, `kind`) → `${env:NAME}` / `${var.NAME}`
 //! substitution (`subst`) → JSON Schema validation (`validate`) → typed
 //! deserialisation. Then all documents must share one `metadata.name`, the workspace.
+//! A directory scan skips YAML files with no anvil document (CI pipelines, BOSH
+//! manifests) and lists them in [`Spec::skipped`]; files named explicitly are checked.
 //!
 //! This module only reads files. It does not resolve `${TYPE.NAME.ATTR}` references or
 //! unescape `$${`; the model does.
@@ -30,7 +32,7 @@ pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use suggest::{did_you_mean, hint as did_you_mean_hint};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
-    InstanceSpec, Lifecycle, Metadata, PlanSpec, ResourceSpec, ResourcesDoc, ResourcesKind,
+    InstanceSpec, Lifecycle, Metadata, PlanSpec, ProviderEntries, ResourceSpec, ResourcesDoc, ResourcesKind,
     ServiceSpec, VaultSpec, API_VERSION, KINDS,
 };
 
@@ -60,6 +62,9 @@ pub struct Spec {
     pub digest: String,
     /// The files loaded, in order.
     pub files: Vec<PathBuf>,
+    /// YAML files a directory scan found that hold no anvil document (CI pipelines, BOSH
+    /// manifests, compose files), in order. They are not loaded and not in the digest.
+    pub skipped: Vec<PathBuf>,
 }
 
 impl Spec {
@@ -195,29 +200,79 @@ fn at(file: &Path, pos: Pos, path: &FieldPath, message: impl Into<String>) -> Sp
 /// Loads, validates and types every spec document under `paths`.
 ///
 /// A path is a file or a directory; a directory means every `*.yaml` / `*.yml` file below
-/// it (recursively, sorted by path, skipping hidden entries whose names start with `.`).
-/// A file named twice is loaded once.
+/// it (recursively, sorted by path, skipping hidden entries whose names start with `.`)
+/// that holds an anvil document: a directory also holds CI pipelines, BOSH manifests and
+/// the like, so a file found by the scan whose documents have neither an `anvil/…`
+/// `apiVersion` nor an anvil `kind` is skipped and listed in [`Spec::skipped`]. A file
+/// named explicitly is always loaded. A file named twice is loaded once.
 ///
 /// # Errors
 ///
 /// Returns every problem found (up to [`MAX_ERRORS`]), each naming its file and, where
 /// possible, `line:column` and field path: unreadable paths, directories without spec
-/// files, files that are not UTF-8 YAML or have no documents, unknown `apiVersion` or
-/// `kind`, unset variables, schema violations, and documents naming different workspaces.
+/// files (saying how many foreign YAML files were skipped), files that are not UTF-8
+/// YAML or have no documents, unknown `apiVersion` or `kind`, unset variables, schema
+/// violations, and documents naming different workspaces.
 pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Spec, SpecErrors> {
     let mut errors = Errors::default();
-    let files = collect_files(paths, &mut errors);
+    let collected = collect_files(paths, &mut errors);
     let mut loader = Loader::new(opts);
-    for file in &files {
+    let mut files = Vec::with_capacity(collected.files.len());
+    let mut skipped = Vec::new();
+    for (file, scanned) in collected.files {
         if errors.full() {
             break;
         }
-        match read_text(file, &mut loader.hasher) {
-            Ok(text) => loader.load_text(file, &text, &mut errors),
-            Err(e) => errors.push(e),
+        match read_text(&file) {
+            Ok(text) => {
+                if loader.load_text(&file, &text, scanned, &mut errors) {
+                    files.push(file);
+                } else {
+                    skipped.push(file);
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                files.push(file);
+            }
         }
     }
-    loader.finish(files, errors)
+    for (dir, found) in &collected.dirs {
+        if !found.is_empty() && found.iter().all(|f| skipped.contains(f)) {
+            errors.push(SpecError::file(
+                dir,
+                format!(
+                    "directory has no spec files: {} YAML file(s) below it were skipped because none of their documents has `apiVersion: {API_VERSION}` (run with --verbose to list them); add a spec file or name one explicitly",
+                    found.len()
+                ),
+            ));
+        }
+    }
+    let mut spec = loader.finish(files, errors)?;
+    spec.skipped = skipped;
+    Ok(spec)
+}
+
+/// Whether a file found by a directory scan is meant for anvil: some document has an
+/// `apiVersion` starting with `anvil/` or an anvil `kind` (in any case). Such a file is
+/// loaded, so a wrong `apiVersion` on a `kind: Resources` document is still reported.
+/// When the YAML does not parse, the text is searched for `anvil/` instead: a broken
+/// anvil spec must be reported, not skipped.
+fn is_anvil_stream(stream: &yaml::Stream, text: &str) -> bool {
+    let broken = stream.fatal.is_some() || stream.docs.iter().any(|d| !d.errors.is_empty());
+    if broken {
+        return text.contains("anvil/");
+    }
+    stream.docs.iter().any(|d| is_anvil_document(&d.root))
+}
+
+fn is_anvil_document(root: &Node) -> bool {
+    let string = |key: &str| match root.get(key).map(|e| &e.value.value) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    string("apiVersion").is_some_and(|v| v.starts_with("anvil/"))
+        || string("kind").is_some_and(|k| KINDS.iter().any(|known| known.eq_ignore_ascii_case(k)))
 }
 
 /// Like [`load`], for one file's text already in memory; `file` is only used in errors
@@ -229,8 +284,7 @@ pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Spec, SpecErrors> {
 pub fn load_str(file: &Path, text: &str, opts: &LoadOptions) -> Result<Spec, SpecErrors> {
     let mut errors = Errors::default();
     let mut loader = Loader::new(opts);
-    hash_file(&mut loader.hasher, file, text.as_bytes());
-    loader.load_text(file, text, &mut errors);
+    loader.load_text(file, text, false, &mut errors);
     loader.finish(vec![file.to_path_buf()], errors)
 }
 
@@ -249,24 +303,58 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn load_text(&mut self, file: &Path, text: &str, errors: &mut Errors) {
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    /// Loads the documents of one file and feeds it into the digest. A file a directory
+    /// scan found (`scanned`) that is not meant for anvil is skipped: returns `false`.
+    fn load_text(&mut self, file: &Path, raw: &str, scanned: bool, errors: &mut Errors) -> bool {
+        let text = raw.strip_prefix('\u{feff}').unwrap_or(raw);
         if let Some(pos) = nul_position(text) {
+            hash_file(&mut self.hasher, file, raw.as_bytes());
             errors.push(at(
                 file,
                 pos,
                 &FieldPath::root(),
                 "file contains a NUL byte: expected UTF-8 YAML text (is this a binary file?)",
             ));
-            return;
+            return true;
         }
         let t = std::time::Instant::now();
         let stream = yaml::parse_stream(text);
         tracing::debug!(elapsed = ?t.elapsed(), file = %file.display(), "yaml parsed");
+        let foreign = !is_anvil_stream(&stream, text);
+        if scanned && foreign {
+            return false;
+        }
+        hash_file(&mut self.hasher, file, raw.as_bytes());
         let no_docs = stream.docs.is_empty() && stream.fatal.is_none();
+        // Named explicitly but plainly something else (mappings without an anvil
+        // `apiVersion` or `kind`): one error saying so reads better than a missing
+        // `apiVersion` and `kind` per document.
+        if foreign
+            && !no_docs
+            && stream.fatal.is_none()
+            && stream
+                .docs
+                .iter()
+                .all(|d| d.errors.is_empty() && matches!(d.root.value, Value::Map(_)))
+        {
+            let pos = stream
+                .docs
+                .first()
+                .map_or(Pos { line: 1, column: 1 }, |d| d.root.pos);
+            errors.push(at(
+                file,
+                pos,
+                &FieldPath::root(),
+                format!(
+                    "missing field `apiVersion`: expected `{API_VERSION}`; no document in this file has it or a `kind` of {}, so it is not an anvil spec (a CI pipeline or a BOSH manifest?): name only spec files, or their directory (a directory scan skips such files)",
+                    KINDS.join(", ")
+                ),
+            ));
+            return true;
+        }
         for raw in stream.docs {
             if errors.full() {
-                return;
+                return true;
             }
             if raw.errors.is_empty() {
                 if let Some(mut doc) = check_document(file, raw.index, raw.root, self.opts, errors)
@@ -292,6 +380,7 @@ impl<'a> Loader<'a> {
                 format!("no documents: expected at least one `apiVersion: {API_VERSION}` document"),
             ));
         }
+        true
     }
 
     fn finish(self, files: Vec<PathBuf>, mut errors: Errors) -> Result<Spec, SpecErrors> {
@@ -301,6 +390,7 @@ impl<'a> Loader<'a> {
             documents: self.documents,
             digest: format!("sha256:{}", hex::encode(self.hasher.finalize())),
             files,
+            skipped: Vec::new(),
         })
     }
 }
@@ -320,8 +410,9 @@ fn read_attachments(doc: &mut Document, hasher: &mut Sha256, errors: &mut Errors
                 continue;
             }
             let path = base.join(&plan.manifest);
-            match read_text(&path, hasher) {
+            match read_text(&path) {
                 Ok(text) => {
+                    hash_file(hasher, &path, text.as_bytes());
                     attachments.insert(plan.manifest.clone(), Attachment { path, text });
                 }
                 Err(e) => {
@@ -380,7 +471,9 @@ fn hash_file(hasher: &mut Sha256, file: &Path, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
-fn read_text(file: &Path, hasher: &mut Sha256) -> Result<String, SpecError> {
+/// Reads a spec file or template as UTF-8 text (at most [`MAX_FILE_BYTES`]). The caller
+/// feeds it into the digest when it is used.
+fn read_text(file: &Path) -> Result<String, SpecError> {
     let meta = fs::metadata(file).map_err(|e| io_error(file, &e))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(SpecError::file(
@@ -405,7 +498,6 @@ fn read_text(file: &Path, hasher: &mut Sha256) -> Result<String, SpecError> {
             ),
         ));
     }
-    hash_file(hasher, file, &bytes);
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         // `good` is valid UTF-8 by construction; fall back to a lossy view just in case.
@@ -450,9 +542,17 @@ fn is_spec_file(path: &Path) -> bool {
     )
 }
 
+/// The files to read, each with whether a directory scan found it (`true`) or it was named
+/// explicitly; and each directory named with the YAML files found below it.
+#[derive(Default)]
+struct Collected {
+    files: Vec<(PathBuf, bool)>,
+    dirs: Vec<(PathBuf, Vec<PathBuf>)>,
+}
+
 /// Expands directories into their spec files; keeps argument order and drops repeats.
-fn collect_files(paths: &[PathBuf], errors: &mut Errors) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+fn collect_files(paths: &[PathBuf], errors: &mut Errors) -> Collected {
+    let mut out = Collected::default();
     let mut seen = HashSet::new();
     for path in paths {
         let meta = match fs::metadata(path) {
@@ -464,7 +564,10 @@ fn collect_files(paths: &[PathBuf], errors: &mut Errors) -> Vec<PathBuf> {
         };
         if !meta.is_dir() {
             if seen.insert(path.clone()) {
-                out.push(path.clone());
+                out.files.push((path.clone(), false));
+            } else if let Some(f) = out.files.iter_mut().find(|(f, _)| f == path) {
+                // Named explicitly after a directory scan found it: never skipped.
+                f.1 = false;
             }
             continue;
         }
@@ -477,11 +580,12 @@ fn collect_files(paths: &[PathBuf], errors: &mut Errors) -> Vec<PathBuf> {
             ));
         }
         found.sort();
-        for f in found {
+        for f in &found {
             if seen.insert(f.clone()) {
-                out.push(f);
+                out.files.push((f.clone(), true));
             }
         }
+        out.dirs.push((path.clone(), found));
     }
     out
 }
@@ -688,8 +792,7 @@ fn check_document(
 /// Returns the problems found, each naming the file: unreadable, not UTF-8, not YAML,
 /// more than one document, not a mapping, or a name that is not a valid variable name.
 pub fn load_var_file(path: &Path) -> Result<BTreeMap<String, serde_json::Value>, SpecErrors> {
-    let mut hasher = Sha256::new();
-    let text = read_text(path, &mut hasher)?;
+    let text = read_text(path)?;
     parse_var_text(path, &text)
 }
 

@@ -763,6 +763,133 @@ fn loads_directories_sorted_and_recursively() {
     assert_eq!(both.files.len(), 3);
 }
 
+const PIPELINE: &str =
+    "resources:\n  - name: repo\n    type: git\njobs:\n  - name: test\n    plan: [{get: repo}]\n";
+const BOSH_MANIFEST: &str = "name: redis\nreleases: [{name: redis, version: latest}]\ninstance_groups:\n  - name: redis\n    instances: 1\n";
+const K8S: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: apps/v1\nkind: Deployment\n";
+
+#[test]
+fn directory_scan_skips_yaml_that_is_not_for_anvil() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("ci")).unwrap();
+    std::fs::write(root.join("main.yaml"), GOOD).unwrap();
+    std::fs::write(root.join("ci/pipeline.yml"), PIPELINE).unwrap();
+    std::fs::write(root.join("redis.yml"), BOSH_MANIFEST).unwrap();
+    std::fs::write(root.join("k8s.yaml"), K8S).unwrap();
+    std::fs::write(
+        root.join("docker-compose.yml"),
+        "services:\n  db: {image: postgres}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("empty.yaml"), "# nothing\n").unwrap();
+    // Not YAML at all (a Helm template) and no `anvil/` in it: not ours either.
+    std::fs::write(root.join("helm.yaml"), "{{- if .Values.x }}\nkind: [\n").unwrap();
+    let spec = load(&[root.to_path_buf()], &opts()).unwrap();
+    assert_eq!(spec.files, [root.join("main.yaml")]);
+    assert_eq!(
+        spec.skipped,
+        [
+            root.join("ci/pipeline.yml"),
+            root.join("docker-compose.yml"),
+            root.join("empty.yaml"),
+            root.join("helm.yaml"),
+            root.join("k8s.yaml"),
+            root.join("redis.yml"),
+        ]
+    );
+    assert_eq!(spec.documents.len(), 1);
+    // Skipped files are not part of the spec: changing one leaves the digest alone.
+    std::fs::write(root.join("redis.yml"), "name: other\n").unwrap();
+    let again = load(&[root.to_path_buf()], &opts()).unwrap();
+    assert_eq!(spec.digest, again.digest);
+    // ... and the digest is the one of the spec file alone, as before skipping existed.
+    let alone = load(&[root.join("main.yaml")], &opts()).unwrap();
+    assert_eq!(alone.digest, spec.digest);
+    assert!(alone.skipped.is_empty());
+}
+
+#[test]
+fn files_meant_for_anvil_are_still_checked_in_a_directory_scan() {
+    let cases: [(&str, &str); 4] = [
+        // An anvil kind with a wrong apiVersion.
+        (
+            "apiVersion: v1\nkind: Resources\nmetadata: {name: demo}\n",
+            "x.yaml:1:1: apiVersion: unsupported apiVersion `v1`",
+        ),
+        // An anvil kind in the wrong case, without apiVersion.
+        (
+            "kind: resources\nmetadata: {name: demo}\n",
+            "x.yaml:1:1: missing field `apiVersion`",
+        ),
+        // An anvil apiVersion with an unknown kind.
+        (
+            "apiVersion: anvil/v1\nkind: Deployment\n",
+            "x.yaml:2:1: kind: unknown kind `Deployment`",
+        ),
+        // Broken YAML that mentions anvil.
+        (
+            "apiVersion: anvil/v1\nkind: Resources\nmetadata: {name: [\n",
+            "x.yaml:4:",
+        ),
+    ];
+    for (text, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("x.yaml"), text).unwrap();
+        let e = load(&[dir.path().to_path_buf()], &opts()).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&format!("{}", dir.path().join(want).display())),
+            "{text:?}: {shown}"
+        );
+    }
+}
+
+#[test]
+fn a_foreign_file_named_explicitly_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("redis.yml");
+    std::fs::write(&manifest, BOSH_MANIFEST).unwrap();
+    std::fs::write(dir.path().join("main.yaml"), GOOD).unwrap();
+    let want = format!("{}:1:1: missing field `apiVersion`", manifest.display());
+    let e = load(std::slice::from_ref(&manifest), &opts()).unwrap_err();
+    assert_eq!(
+        e.0.len(),
+        1,
+        "one error for the file, not one per missing field: {e}"
+    );
+    let e = e.to_string();
+    assert!(e.starts_with(&want), "{e}");
+    assert!(
+        e.contains("not an anvil spec (a CI pipeline or a BOSH manifest?)"),
+        "{e}"
+    );
+    // Also when the directory holding it is named first.
+    let e = load(&[dir.path().to_path_buf(), manifest.clone()], &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with(&want), "{e}");
+}
+
+#[test]
+fn directory_with_only_foreign_yaml_is_an_error_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.yml"), PIPELINE).unwrap();
+    std::fs::write(dir.path().join("redis.yml"), BOSH_MANIFEST).unwrap();
+    let e = load(&[dir.path().to_path_buf()], &opts()).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{}: directory has no spec files: 2 YAML file(s) below it were skipped",
+            dir.path().display()
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("--verbose"), "{shown}");
+}
+
 #[test]
 fn directory_without_spec_files_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
