@@ -14,6 +14,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -97,6 +98,15 @@ impl KvError {
             url: url.to_string(),
             detail: detail.into(),
             hint: hint.into(),
+        }
+    }
+
+    /// Whether repeating the same call may succeed (transport errors, 429, 5xx).
+    pub fn retryable(&self) -> bool {
+        match self.kind {
+            KvErrorKind::Unreachable => true,
+            KvErrorKind::Http(status) => status == 429 || status >= 500,
+            _ => false,
         }
     }
 }
@@ -371,6 +381,26 @@ impl KvClient {
 
     /// One request: returns the status and the JSON body (`Null` when empty). Statuses
     /// in `accept` come back as they are; other non-2xx become errors.
+    /// [`KvClient::call`] for a request without a body that may be repeated (GET,
+    /// DELETE), retried with backoff while the failure is transient. Writes are not
+    /// retried: a check-and-set write that may have landed cannot be repeated blindly.
+    async fn call_retried(
+        &self,
+        method: Method,
+        api: &str,
+        accept: &[StatusCode],
+    ) -> Result<(StatusCode, Value), KvError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(3)
+            .with_jitter();
+        (|| self.call(method.clone(), api, None, accept))
+            .retry(backoff)
+            .when(KvError::retryable)
+            .await
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -431,7 +461,7 @@ impl KvClient {
                 KvErrorKind::Denied,
                 &self.url.url,
                 format!(
-                    "Vault at {} answered permission denied",
+                    "Vault answered 403 permission denied to {}",
                     self.endpoint(&method, api)
                 ),
                 format!(
@@ -445,7 +475,7 @@ impl KvClient {
             KvErrorKind::Http(code),
             &self.url.url,
             format!(
-                "Vault at {} answered {status}: {}",
+                "Vault answered {status} to {}: {}",
                 self.endpoint(&method, api),
                 if errors.is_empty() {
                     "no error message"
@@ -469,19 +499,19 @@ impl KvClient {
     /// [`KvError::Denied`] for a bad token, [`KvError::NotKv2`] for a missing or non-KV-v2
     /// mount, transport errors.
     pub async fn check(&self) -> Result<(), KvError> {
-        self.call(Method::GET, "auth/token/lookup-self", None, &[])
+        self.call_retried(Method::GET, "auth/token/lookup-self", &[])
             .await?;
         let mount = self.url.mount.clone();
         let not_kv2 = |detail: String| {
             KvError::new(KvErrorKind::NotKv2, &self.url.url, detail, kv2_hint(&mount))
         };
         let ui = format!("sys/internal/ui/mounts/{}", segment(&mount));
-        let info = match self.call(Method::GET, &ui, None, &[]).await {
+        let info = match self.call_retried(Method::GET, &ui, &[]).await {
             Ok((_, answer)) => answer.get("data").cloned().unwrap_or(Value::Null),
             // Vault answers 403 (not 404) for a path under no mount; the token itself is
             // valid (lookup-self passed), so look in the mount table.
             Err(e) if matches!(e.kind, KvErrorKind::Denied | KvErrorKind::Http(404)) => {
-                match self.call(Method::GET, "sys/mounts", None, &[]).await {
+                match self.call_retried(Method::GET, "sys/mounts", &[]).await {
                     Ok((_, table)) => {
                         let data = table.get("data").unwrap_or(&table);
                         match data.get(format!("{mount}/")) {
@@ -546,7 +576,7 @@ impl KvClient {
     pub async fn read(&self, key: &str) -> Result<Secret, KvError> {
         let api = self.api("data", key);
         let (status, answer) = self
-            .call(Method::GET, &api, None, &[StatusCode::NOT_FOUND])
+            .call_retried(Method::GET, &api, &[StatusCode::NOT_FOUND])
             .await?;
         // A soft-deleted latest version answers 404 but still carries its metadata, so
         // the version is right for the next check-and-set either way.
@@ -611,7 +641,7 @@ impl KvClient {
     /// Vault refuses or cannot be reached.
     pub async fn delete_all(&self, key: &str) -> Result<(), KvError> {
         let api = self.api("metadata", key);
-        self.call(Method::DELETE, &api, None, &[StatusCode::NOT_FOUND])
+        self.call_retried(Method::DELETE, &api, &[StatusCode::NOT_FOUND])
             .await?;
         Ok(())
     }
@@ -786,5 +816,16 @@ mod tests {
         .unwrap();
         let e = KvClient::new(VaultUrl::parse("vault://secret/s").unwrap(), &c).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn transient_failures_are_retryable_and_refusals_are_not() {
+        let e = |kind| KvError::new(kind, "u", "d", "h");
+        assert!(e(KvErrorKind::Unreachable).retryable());
+        assert!(e(KvErrorKind::Http(503)).retryable());
+        assert!(e(KvErrorKind::Http(429)).retryable());
+        assert!(!e(KvErrorKind::Http(400)).retryable());
+        assert!(!e(KvErrorKind::Denied).retryable());
+        assert!(!e(KvErrorKind::CasMismatch).retryable());
     }
 }
