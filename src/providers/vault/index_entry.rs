@@ -79,9 +79,9 @@ fn stamp(
         return Ok(());
     };
     let Some(stamps) = stamps.as_object() else {
-        return Err(ProviderError::invalid(format!(
-            "attribute `stamp_on_create` must be a map of key to `unix` or `rfc3339`"
-        )));
+        return Err(ProviderError::invalid(
+            "attribute `stamp_on_create` must be a map of key to `unix` or `rfc3339`",
+        ));
     };
     let now = chrono::Utc::now();
     for (key, format) in stamps {
