@@ -60,11 +60,15 @@ fn basic_auth_over_tls_apply_diff_update_delete() {
         &["apply", "--auto-approve", "spec.yaml"],
     );
     assert_code(&o, 0);
+    // The stage is said once, then its task lines (the Director's stage text is not
+    // repeated on every line).
+    let out = stdout(&o);
     assert!(
-        stdout(&o).contains("bosh_deployment.redis-a: Updating instance redis/0 (started)"),
-        "{}",
-        stdout(&o)
+        out.contains("bosh_deployment.redis-a: Updating instance\n")
+            && out.contains("bosh_deployment.redis-a: redis/0 (started)"),
+        "{out}"
     );
+    assert!(!out.contains("Preparing deployment Preparing deployment"), "{out}");
     assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
     let st = s.state_json("boshws");
     assert!(st.to_string().contains("task_id"), "{st}");

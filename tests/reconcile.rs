@@ -109,7 +109,9 @@ impl Env {
         let text = format!("name: {name}\n{manifest}");
         self.rt.block_on(async {
             let task = c.deploy(name, &text, |_| false).await.unwrap().unwrap();
-            c.follow_task(task, name, &|_| {}).await.unwrap();
+            c.follow_task(task, name, &|_| {}, &Default::default())
+                .await
+                .unwrap();
         });
     }
 
@@ -117,7 +119,9 @@ impl Env {
         let c = self.bosh();
         self.rt.block_on(async {
             let task = c.delete_deployment(name).await.unwrap().unwrap();
-            c.follow_task(task, name, &|_| {}).await.unwrap();
+            c.follow_task(task, name, &|_| {}, &Default::default())
+                .await
+                .unwrap();
         });
     }
 

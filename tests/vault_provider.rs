@@ -210,6 +210,7 @@ async fn fifty_concurrent_index_writers_lose_nothing() {
                     attributes: &attrs,
                     prior: None,
                     progress: Arc::new(|_| {}),
+                    cancel: Default::default(),
                 })
                 .await
         }));
@@ -304,6 +305,7 @@ async fn an_update_keeps_the_fields_other_writers_own() {
             attributes: a,
             prior: None,
             progress: Arc::new(|_| {}),
+            cancel: Default::default(),
         }
     }
     let first = attrs("small");
@@ -363,6 +365,7 @@ async fn missing_mount_and_bad_token_are_explained() {
                 attributes: &attrs,
                 prior: None,
                 progress: Arc::new(|_| {}),
+                cancel: Default::default(),
             })
             .await
             .expect_err("must fail")
@@ -415,6 +418,7 @@ async fn approle_login_is_used_without_a_token() {
             attributes: &attrs,
             prior: None,
             progress: Arc::new(|_| {}),
+            cancel: Default::default(),
         })
         .await
         .expect("create with AppRole");

@@ -10,7 +10,9 @@
 
 use crate::model::{Address, Lookup, Model, PValue, Reference};
 use crate::plan::{self, Action, Plan, ReplaceOrder};
-use crate::providers::{Applied, ChangeRequest, ProgressFn, Provider, ProviderError, Registry};
+use crate::providers::{
+    Applied, CancellationToken, ChangeRequest, ProgressFn, Provider, ProviderError, Registry,
+};
 use crate::state::{
     fingerprint, Journal, JournalRecord, Operation, RecordedLifecycle, ResourceState, State,
     StateError,
@@ -427,6 +429,10 @@ pub struct Channels {
     pub events: mpsc::UnboundedSender<Event>,
     /// Becomes `true` when the run should stop starting new work.
     pub cancel: watch::Receiver<bool>,
+    /// Cancelled when in-flight provider work must stop too (not on a first interrupt,
+    /// which drains): handed to every provider call, so a BOSH task being followed
+    /// stops waiting.
+    pub abort: CancellationToken,
 }
 
 type Outcome = Result<Option<Applied>, ProviderError>;
@@ -448,7 +454,11 @@ pub async fn apply(
     cfg: &ApplyConfig,
     io: Channels,
 ) -> Result<(State, Report), ApplyError> {
-    let Channels { events, mut cancel } = io;
+    let Channels {
+        events,
+        mut cancel,
+        abort,
+    } = io;
     let nodes = build_graph(plan, model, &state, registry)?;
     let schemas = registry.schemas();
     let mut report = Report::default();
@@ -552,13 +562,14 @@ pub async fn apply(
                 });
             });
             let ty = address.split('.').next().unwrap_or_default().to_string();
+            let abort = abort.clone();
             running.spawn(async move {
                 if let Err(e) = commit.wait().await {
                     return (i, Err(ProviderError::new(format!("the state journal could not be written, so {address} was not touched: {e}"))));
                 }
                 let out = match op {
-                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress }).await.map(Some),
-                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress }).await.map(Some),
+                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, cancel: abort }).await.map(Some),
+                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, cancel: abort }).await.map(Some),
                     Op::Delete => match &prior {
                         Some(p) => provider.delete(&address, p).await.map(|_| None),
                         None => Ok(None),

@@ -168,7 +168,11 @@ impl Harness {
             state,
             Box::new(journal),
             &ApplyConfig { parallelism },
-            Channels { events: tx, cancel },
+            Channels {
+                events: tx,
+                cancel,
+                abort: crate::providers::CancellationToken::new(),
+            },
         )
         .await
         .unwrap();

@@ -785,6 +785,7 @@ async fn execute(
         crate::apply::Channels {
             events: tx,
             cancel: cancel_rx,
+            abort: crate::providers::CancellationToken::new(),
         },
     )
     .await;

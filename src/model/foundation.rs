@@ -44,12 +44,11 @@ pub const INDEX_MANAGED_ELSEWHERE: &[&str] = &[
 ];
 
 /// The resources of one Foundation document, each with the index of the instance it
-/// came from (for error locations), and provider settings (environment-variable names to
-/// values) taken from its `director` and `vault` blocks.
+/// came from (for error locations). Each names the provider instance its Foundation's
+/// `alias` selects (`bosh.ALIAS`, `vault.ALIAS`; the default instances without one).
 #[derive(Debug, Default)]
 pub struct Normalised {
     pub resources: Vec<(usize, ResourceSpec)>,
-    pub settings: BTreeMap<String, String>,
 }
 
 /// The deployment name of an instance: `{plan_id}-{instance_id}`.
@@ -82,10 +81,8 @@ fn is_uuid(s: &str) -> bool {
 /// Normalises one Foundation document. Problems go to `errors`; resources are only
 /// produced for instances without problems.
 pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>) -> Normalised {
-    let mut out = Normalised {
-        settings: settings(f),
-        ..Normalised::default()
-    };
+    let mut out = Normalised::default();
+    let alias = f.alias.as_deref();
     let mount = f.vault.mount.as_deref().unwrap_or(DEFAULT_MOUNT);
 
     // The catalog: unique service ids, unique plan ids across services.
@@ -259,31 +256,67 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
         match render_instance(doc, i, service, plan, inst) {
             Ok(manifest) => out
                 .resources
-                .extend(instance_resources(service, plan, inst, mount, manifest).map(|r| (i, r))),
+                .extend(
+                instance_resources(service, plan, inst, mount, manifest).map(|mut r| {
+                    if let Some(a) = alias {
+                        let provider = if r.ty.starts_with("bosh_") { "bosh" } else { "vault" };
+                        r.provider = Some(format!("{provider}.{a}"));
+                    }
+                    (i, r)
+                }),
+            ),
             Err(e) => errors.push(e),
         }
     }
     out
 }
 
-/// Provider settings named by the environment variables they stand for (also used by
-/// `anvil reconcile` to reach the Director and Vault).
+/// The typed-settings maps of a Foundation's `director` and `vault` blocks, as the
+/// `bosh` and `vault` providers read them (`environment`, `client`, `client_secret`,
+/// `ca_cert`; `address`, `cacert`, `namespace`). Blank fields are left out, so they fall
+/// back to the environment.
 #[must_use]
-pub fn settings(f: &FoundationDoc) -> BTreeMap<String, String> {
-    let mut s = BTreeMap::new();
-    let mut put = |k: &str, v: &Option<String>| {
+pub fn provider_settings(
+    f: &FoundationDoc,
+) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
+    fn put(m: &mut serde_json::Map<String, Value>, k: &str, v: &Option<String>) {
         if let Some(v) = v.as_ref().filter(|v| !v.trim().is_empty()) {
-            s.insert(k.to_string(), v.clone());
+            m.insert(k.to_string(), Value::String(v.clone()));
         }
-    };
-    put("BOSH_ENVIRONMENT", &f.director.url);
-    put("BOSH_CA_CERT", &f.director.ca_cert);
-    put("BOSH_CLIENT", &f.director.client);
-    put("BOSH_CLIENT_SECRET", &f.director.client_secret);
-    put("VAULT_ADDR", &f.vault.addr);
-    put("VAULT_CACERT", &f.vault.ca_cert);
-    put("VAULT_NAMESPACE", &f.vault.namespace);
-    s
+    }
+    let (mut bosh, mut vault) = (serde_json::Map::new(), serde_json::Map::new());
+    put(&mut bosh, "environment", &f.director.url);
+    put(&mut bosh, "ca_cert", &f.director.ca_cert);
+    put(&mut bosh, "client", &f.director.client);
+    put(&mut bosh, "client_secret", &f.director.client_secret);
+    put(&mut vault, "address", &f.vault.addr);
+    put(&mut vault, "cacert", &f.vault.ca_cert);
+    put(&mut vault, "namespace", &f.vault.namespace);
+    (bosh, vault)
+}
+
+/// The provider instances a Foundation configures: `bosh.ALIAS` and `vault.ALIAS` with
+/// an `alias` (even with no settings: then all from the environment), else the default
+/// `bosh` and `vault` instances when its blocks set anything. `origin` is left for the
+/// caller to locate.
+#[must_use]
+pub fn provider_instances(f: &FoundationDoc) -> Vec<super::ProviderInstance> {
+    let (bosh, vault) = provider_settings(f);
+    [("bosh", bosh), ("vault", vault)]
+        .into_iter()
+        .filter(|(_, s)| f.alias.is_some() || !s.is_empty())
+        .map(|(p, settings)| super::ProviderInstance {
+            provider: p.to_string(),
+            alias: f.alias.clone(),
+            settings,
+            origin: SpecError {
+                location: None,
+                file: None,
+                path: String::new(),
+                message: String::new(),
+            },
+        })
+        .collect()
 }
 
 /// A string attribute value that the model reads back literally (`${` escaped).
@@ -309,6 +342,7 @@ fn instance_resources(
         ]),
         depends_on: Vec::new(),
         lifecycle: Lifecycle::default(),
+        provider: None,
     };
     let index = ResourceSpec {
         ty: "vault_index_entry".into(),
@@ -342,6 +376,7 @@ fn instance_resources(
                 .collect(),
             ..Lifecycle::default()
         },
+        provider: None,
     };
     // Kept in Vault when the instance goes. `{id}/manifest` is written at creation and
     // from then on kept in step with the Director by `anvil reconcile` (as Blacksmith's
@@ -364,6 +399,7 @@ fn instance_resources(
         ]),
         depends_on: vec![format!("bosh_deployment.{deployment}")],
         lifecycle: kept_synced,
+        provider: None,
     };
     let metadata_secret = ResourceSpec {
         ty: "vault_secret".into(),
@@ -387,6 +423,7 @@ fn instance_resources(
         ]),
         depends_on: Vec::new(),
         lifecycle: kept,
+        provider: None,
     };
     [bosh, index, manifest_secret, metadata_secret].into_iter()
 }

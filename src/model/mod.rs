@@ -76,14 +76,72 @@ pub struct Resource {
     pub lifecycle: Lifecycle,
 }
 
+/// A provider instance the spec configures: a `providers:` entry, or a Foundation's
+/// `director` (`bosh`) or `vault` block. `Debug` never shows setting values (they may be
+/// secrets).
+#[derive(Clone, PartialEq)]
+pub struct ProviderInstance {
+    /// The provider (`bosh`).
+    pub provider: String,
+    /// The alias (`east` in `bosh.east`); `None` for the default instance.
+    pub alias: Option<String>,
+    /// The provider's own settings, untyped here: the provider types them.
+    pub settings: serde_json::Map<String, Value>,
+    /// Where it was declared, for errors (message empty).
+    pub origin: SpecError,
+}
+
+impl fmt::Debug for ProviderInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderInstance")
+            .field("name", &self.name())
+            .field("keys", &self.settings.keys().collect::<Vec<_>>())
+            .field("origin", &self.origin.path)
+            .finish()
+    }
+}
+
+impl ProviderInstance {
+    /// The instance name recorded with resources: `bosh` or `bosh.east`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        instance_name(&self.provider, self.alias.as_deref())
+    }
+
+    /// A located error about this instance (a setting the provider refuses).
+    #[must_use]
+    pub fn error(&self, message: impl Into<String>) -> SpecError {
+        SpecError {
+            message: format!("provider instance `{}`: {}", self.name(), message.into()),
+            ..self.origin.clone()
+        }
+    }
+}
+
+/// `provider` or `provider.alias`.
+#[must_use]
+pub fn instance_name(provider: &str, alias: Option<&str>) -> String {
+    match alias {
+        Some(a) => format!("{provider}.{a}"),
+        None => provider.to_string(),
+    }
+}
+
+/// Whether `a` is a usable alias: lowercase letters, digits, `_` and `-`.
+fn valid_alias(a: &str) -> bool {
+    a.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && a.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 /// The resource graph. Edges run dependency → dependent.
 #[derive(Debug, Default)]
 pub struct Model {
     pub graph: DiGraph<Resource, ()>,
     index: HashMap<Address, NodeIndex>,
-    /// Provider settings the spec gives (a Foundation's `director` and `vault`), by the
-    /// environment variable each stands for (`BOSH_ENVIRONMENT`, `VAULT_ADDR`, ...).
-    pub settings: BTreeMap<String, String>,
+    /// The provider instances the spec configures (`providers:` blocks, Foundations'
+    /// `director`/`vault`), each once.
+    pub providers: Vec<ProviderInstance>,
 }
 
 impl Model {
@@ -303,6 +361,106 @@ impl<F: Fn() -> FieldPath> Lazy<F> {
     }
 }
 
+/// Collects the provider instances of every document: `providers:` entries and each
+/// Foundation's `director`/`vault` blocks. The same instance configured twice with the
+/// same settings counts once; with different settings it is an error naming both places.
+fn collect_providers(
+    spec: &Spec,
+    schemas: &Schemas,
+    out: &mut Vec<ProviderInstance>,
+    errors: &mut Vec<SpecError>,
+) {
+    let known: BTreeSet<&str> = schemas.values().map(|s| s.provider.as_str()).collect();
+    let mut add = |inst: ProviderInstance, errors: &mut Vec<SpecError>, hint: &str| {
+        match out.iter().find(|o| o.name() == inst.name()) {
+            Some(first) if first.settings != inst.settings => {
+                let at = first
+                    .origin
+                    .location
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                errors.push(SpecError {
+                    message: format!(
+                        "provider instance `{}` is configured differently at {at}: {hint}",
+                        inst.name()
+                    ),
+                    ..inst.origin
+                });
+            }
+            Some(_) => {}
+            None => out.push(inst),
+        }
+    };
+    for doc in &spec.documents {
+        let block = match &doc.body {
+            DocumentBody::Resources(r) => &r.providers,
+            DocumentBody::Foundation(f) => &f.providers,
+        };
+        for (name, entries) in block {
+            let ppath = FieldPath::root().key("providers").key(name);
+            if !known.contains(name.as_str()) {
+                errors.push(doc.error_at(
+                    &ppath,
+                    format!(
+                        "unknown provider `{name}`: {}expected one of {}",
+                        crate::spec::did_you_mean_hint(name, known.iter().copied()),
+                        known.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+                continue;
+            }
+            for (j, entry) in entries.entries() {
+                let epath = match j {
+                    Some(j) => ppath.index(j),
+                    None => ppath.clone(),
+                };
+                let mut settings: serde_json::Map<String, Value> =
+                    entry.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let alias = match settings.remove("alias") {
+                    None => None,
+                    Some(Value::String(a)) if valid_alias(&a) => Some(a),
+                    Some(other) => {
+                        let apath = epath.key("alias");
+                        errors.push(doc.error_at(
+                            &apath,
+                            format!("alias {other} is not usable: write lowercase letters, digits, `_` and `-`, e.g. `east`"),
+                        ));
+                        continue;
+                    }
+                };
+                add(
+                    ProviderInstance {
+                        provider: name.clone(),
+                        alias,
+                        settings,
+                        origin: doc.error_at(&epath, ""),
+                    },
+                    errors,
+                    "give each entry its own `alias`",
+                );
+            }
+        }
+        if let DocumentBody::Foundation(f) = &doc.body {
+            for inst in foundation::provider_instances(f) {
+                let path = FieldPath::root().key(if inst.provider == "bosh" {
+                    "director"
+                } else {
+                    "vault"
+                });
+                add(
+                    ProviderInstance {
+                        origin: doc.error_at(&path, ""),
+                        ..inst
+                    },
+                    errors,
+                    "several Foundations in one workspace with different Directors or Vaults each need an `alias` (their resources then use `bosh.ALIAS` and `vault.ALIAS`)",
+                );
+            }
+        }
+    }
+}
+
 /// Builds and checks the model of a loaded spec.
 ///
 /// # Errors
@@ -324,6 +482,9 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         message,
     };
 
+    collect_providers(spec, schemas, &mut model.providers, &mut errors);
+    let instances: BTreeSet<String> = model.providers.iter().map(ProviderInstance::name).collect();
+
     for (di, doc) in spec.documents.iter().enumerate() {
         let generated: Vec<(usize, ResourceSpec)>;
         let list: Box<dyn Iterator<Item = (Origin, &ResourceSpec)>> = match &doc.body {
@@ -335,17 +496,6 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
             ),
             DocumentBody::Foundation(f) => {
                 let n = foundation::normalise(doc, f, &mut errors);
-                for (k, v) in n.settings {
-                    match model.settings.get(&k) {
-                        Some(old) if *old != v => errors.push(doc.error_at(
-                            &FieldPath::root(),
-                            format!("{k} is `{v}` here but `{old}` in another Foundation document: one workspace talks to one Director and one Vault"),
-                        )),
-                        _ => {
-                            model.settings.insert(k, v);
-                        }
-                    }
-                }
                 generated = n.resources;
                 Box::new(generated.iter().map(|(i, r)| (Origin::Instance(*i), r)))
             }
@@ -375,6 +525,46 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                     ),
                 ));
                 continue;
+            };
+            let provider = match &rs.provider {
+                None => schema.provider.clone(),
+                Some(p) => {
+                    let (kind, alias) = match p.split_once('.') {
+                        Some((k, a)) => (k, Some(a)),
+                        None => (p.as_str(), None),
+                    };
+                    let ppath = rpath.key("provider");
+                    if kind != schema.provider {
+                        errors.push(err(
+                            Some(doc.locate(&ppath)),
+                            &ppath,
+                            format!(
+                                "{} is managed by the `{}` provider: write `provider: {}` or `provider: {}.ALIAS`, not `{p}`",
+                                rs.ty, schema.provider, schema.provider, schema.provider
+                            ),
+                        ));
+                        continue;
+                    }
+                    if alias.is_some() && !instances.contains(p) {
+                        let known: Vec<&str> = instances
+                            .iter()
+                            .filter(|n| n.starts_with(&format!("{kind}.")))
+                            .map(String::as_str)
+                            .collect();
+                        errors.push(err(
+                            Some(doc.locate(&ppath)),
+                            &ppath,
+                            format!(
+                                "no provider instance `{p}` is configured{}: {}add an entry with `alias: {}` under `providers: {{ {kind}: [...] }}` in a document of this workspace",
+                                if known.is_empty() { String::new() } else { format!(" (configured: {})", known.join(", ")) },
+                                crate::spec::did_you_mean_hint(p, known.iter().copied()),
+                                alias.unwrap_or_default()
+                            ),
+                        ));
+                        continue;
+                    }
+                    p.clone()
+                }
             };
             let mut attributes = BTreeMap::new();
             let mut site = Vec::new();
@@ -474,7 +664,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
             }
             let node = model.graph.add_node(Resource {
                 address: address.clone(),
-                provider: schema.provider.clone(),
+                provider,
                 attributes,
                 dependencies: deps.into_iter().collect(),
                 lifecycle: rs.lifecycle.clone(),

@@ -144,10 +144,11 @@ pub async fn import(
             addr.name
         )));
     };
-    let provider = ws.registry.for_type(&addr.ty).ok_or_else(|| {
+    // The instance the spec names (`bosh.east`), so the object is looked for there.
+    let provider = ws.registry.get(&resource.provider).ok_or_else(|| {
         OpsError::Usage(format!(
-            "{address}: no provider for type `{}` in this build",
-            addr.ty
+            "{address}: no provider instance `{}` for type `{}` in this build",
+            resource.provider, addr.ty
         ))
     })?;
     let lock = ws.backend.lock("import", lock_timeout).await?;
@@ -179,6 +180,7 @@ pub async fn import(
         }
     }
     let now = chrono::Utc::now();
+    record.provider = resource.provider.clone();
     record.dependencies = resource
         .dependencies
         .iter()

@@ -169,7 +169,13 @@ fn load(
         (model, preloaded)
     });
     let model = model?;
-    registry.configure(&model.settings);
+    registry.configure(&model.providers).map_err(|errs| {
+        SpecErrors(
+            errs.into_iter()
+                .map(|(i, e)| model.providers[i].error(e.message))
+                .collect(),
+        )
+    })?;
     let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());
@@ -275,7 +281,7 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
                 };
                 attrs.insert(k.clone(), v.clone());
             }
-            let p = registry.for_type(&c.ty)?.clone();
+            let p = registry.get(&c.provider)?.clone();
             Some((i, c.address.clone(), c.ty.clone(), attrs, p))
         })
         .collect::<Vec<_>>();

@@ -283,7 +283,8 @@ pub fn plan(
                     provider_diff: None,
                     address: addr,
                     ty: r.address.ty.clone(),
-                    provider: schema.provider.clone(),
+                    // The instance the spec names (`bosh.east`), recorded on apply.
+                    provider: r.provider.clone(),
                     action,
                     replace_order,
                     reasons,

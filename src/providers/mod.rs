@@ -3,15 +3,25 @@
 //!
 //! A provider declares schemas for its resource types (plain data), reads what exists,
 //! and creates, updates and deletes. The engine never knows more than this trait.
+//! Built-in providers are made of one small [`resource::ResourceType`] per type through
+//! the [`resource::Typed`] adapter. A registry holds several configured instances of one
+//! provider (Terraform's aliases): `bosh` is the default instance, `bosh.east` the one a
+//! `providers:` entry with `alias: east` (or a Foundation with `alias: east`) configures.
 
 pub mod bosh;
+pub mod error;
 pub mod null;
+pub mod resource;
+pub mod retry;
 pub mod vault;
 
-use crate::model::{ResourceSchema, Schemas};
+pub use error::{ErrorKind, ProviderError};
+pub use tokio_util::sync::CancellationToken;
+
+use crate::model::{ProviderInstance, ResourceSchema, Schemas};
 use crate::state::ResourceState;
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -58,24 +68,9 @@ pub struct ChangeRequest<'a> {
     /// The recorded object, for updates.
     pub prior: Option<&'a ResourceState>,
     pub progress: ProgressFn,
-}
-
-/// A provider call that failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ProviderError {
-    pub message: String,
-    /// Whether retrying the same call may succeed.
-    pub retryable: bool,
-}
-
-impl ProviderError {
-    pub fn new(message: impl Into<String>) -> ProviderError {
-        ProviderError {
-            message: message.into(),
-            retryable: false,
-        }
-    }
+    /// Cancelled when the run must stop now: long operations (a BOSH task being
+    /// followed) stop waiting and fail with [`ErrorKind::Cancelled`].
+    pub cancel: CancellationToken,
 }
 
 /// The seam between the engine and the real world.
@@ -85,6 +80,20 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Schemas of the resource types this provider owns.
     fn schemas(&self) -> Vec<ResourceSchema>;
+    /// A new instance of this provider configured by a `providers:` block entry (or a
+    /// Foundation's `director`/`vault` block), settings it lacks read from the
+    /// environment on first use.
+    ///
+    /// # Errors
+    /// The provider takes no settings, or they do not fit its typed configuration (the
+    /// message names the key).
+    fn configure(&self, settings: &Map<String, Value>) -> Result<Arc<dyn Provider>, ProviderError> {
+        let _ = settings;
+        Err(ProviderError::invalid(format!(
+            "the {} provider takes no settings",
+            self.name()
+        )))
+    }
     /// How many operations of this provider may run at once.
     fn concurrency_limit(&self) -> usize;
     /// Whether `read` asks anything outside anvil. A provider with no real world (`null`)
@@ -177,56 +186,96 @@ pub fn imported_record(
     }
 }
 
-/// The providers known to a run, by name, and which provider owns each type.
+/// The providers known to a run by instance name (`bosh`, `bosh.east`), and which
+/// provider owns each type.
 #[derive(Clone, Default)]
 pub struct Registry {
-    providers: BTreeMap<&'static str, Arc<dyn Provider>>,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
     schemas: Schemas,
 }
 
 impl Registry {
-    /// The built-in providers.
+    /// The built-in providers, each as its default instance configured from the
+    /// environment on first use.
     pub fn builtin() -> Registry {
         let mut r = Registry::default();
-        r.register(Arc::new(null::NullProvider));
-        r.register(Arc::new(vault::VaultProvider::new()));
-        r.register(Arc::new(bosh::BoshProvider::new()));
+        r.register(Arc::new(null::provider()));
+        r.register(Arc::new(vault::provider()));
+        r.register(Arc::new(bosh::provider()));
         r
     }
 
-    /// Applies provider settings the spec gives (a Foundation's `director` and `vault`, by
-    /// environment variable name): the built-in `bosh` and `vault` providers are made anew
-    /// to read them before the environment. Without settings nothing changes.
-    pub fn configure(&mut self, settings: &BTreeMap<String, String>) {
-        let has = |prefix: &str| settings.keys().any(|k| k.starts_with(prefix));
-        if has("BOSH_") && self.providers.contains_key("bosh") {
-            self.register(Arc::new(bosh::BoshProvider::with_settings(
-                settings.clone(),
-            )));
+    /// Adds the configured provider instances the spec declares (`providers:` blocks and
+    /// Foundations' `director`/`vault` blocks): each is made from its provider's default
+    /// instance with its own settings and registered under its instance name (an
+    /// unaliased one replaces the default instance).
+    ///
+    /// # Errors
+    /// Each instance that could not be configured, by its index in `instances`.
+    pub fn configure(
+        &mut self,
+        instances: &[ProviderInstance],
+    ) -> Result<(), Vec<(usize, ProviderError)>> {
+        let mut errors = Vec::new();
+        let mut made = Vec::new();
+        for (i, inst) in instances.iter().enumerate() {
+            let Some(base) = self.providers.get(&inst.provider) else {
+                errors.push((
+                    i,
+                    ProviderError::invalid(format!(
+                        "there is no provider `{}` in this build (known: {})",
+                        inst.provider,
+                        self.providers
+                            .keys()
+                            .filter(|k| !k.contains('.'))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                ));
+                continue;
+            };
+            match base.configure(&inst.settings) {
+                Ok(p) => made.push((inst.name(), p)),
+                Err(e) => errors.push((i, e)),
+            }
         }
-        if has("VAULT_") && self.providers.contains_key("vault") {
-            self.register(Arc::new(vault::VaultProvider::with_settings(
-                settings.clone(),
-            )));
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        for (name, p) in made {
+            self.providers.insert(name, p);
+        }
+        Ok(())
     }
 
+    /// Registers a provider as its default instance (under its name).
     pub fn register(&mut self, p: Arc<dyn Provider>) {
         for s in p.schemas() {
             self.schemas.insert(s.ty.clone(), s);
         }
-        self.providers.insert(p.name(), p);
+        self.providers.insert(p.name().to_string(), p);
+    }
+
+    /// Registers a provider as the instance `name` (`bosh.east`), for library use.
+    pub fn register_as(&mut self, name: &str, p: Arc<dyn Provider>) {
+        for s in p.schemas() {
+            self.schemas.insert(s.ty.clone(), s);
+        }
+        self.providers.insert(name.to_string(), p);
     }
 
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
     }
 
+    /// The provider instance by name as recorded in state or a plan: `bosh` is the
+    /// default instance, `bosh.east` an aliased one.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.providers.get(name)
     }
 
-    /// The provider owning a resource type.
+    /// The default instance of the provider owning a resource type.
     pub fn for_type(&self, ty: &str) -> Option<&Arc<dyn Provider>> {
         self.schemas
             .get(ty)

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use super::matcher::Catalog;
 use super::{Director, OpError, ReconcileError, Secret, SecretStore};
 use crate::model::foundation::{self, DEFAULT_MOUNT};
-use crate::providers::bosh::client::{self as bosh, BoshError};
-use crate::providers::vault::client::{self as vault, VaultError};
+use crate::providers::bosh::client as bosh;
+use crate::providers::vault::client as vault;
 use crate::spec::{self, DocumentBody, LoadOptions};
 
 /// What the reconciler takes from a Foundation document.
@@ -27,8 +27,10 @@ pub struct Foundation {
     pub file: PathBuf,
     /// The plans to match against.
     pub catalog: Catalog,
-    /// Connection settings from `director` and `vault`, by environment variable name.
-    pub settings: BTreeMap<String, String>,
+    /// The Director's typed settings from `director` (unset fields: `BOSH_*`).
+    pub bosh: bosh::Settings,
+    /// Vault's typed settings from `vault` (unset fields: `VAULT_*`).
+    pub vault: vault::Settings,
     /// The KV v2 mount holding the index and instance secrets.
     pub mount: String,
 }
@@ -68,17 +70,33 @@ pub fn load_foundation(
         }
     }
     match found.as_slice() {
-        [(doc, f)] => Ok(Foundation {
+        [(doc, f)] => {
+            let (b, v) = foundation::provider_settings(f);
+            // The same typed settings `anvil apply` gives the bosh and vault providers.
+            let typed = |what: &str, m: serde_json::Map<String, Value>| {
+                ReconcileError::Foundation(format!(
+                    "{}: the {what} settings do not fit ({m_keys}); fix the Foundation",
+                    doc.file.display(),
+                    m_keys = m.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            };
+            let bosh: bosh::Settings = serde_json::from_value(Value::Object(b.clone()))
+                .map_err(|_| typed("director", b))?;
+            let vault: vault::Settings = serde_json::from_value(Value::Object(v.clone()))
+                .map_err(|_| typed("vault", v))?;
+            Ok(Foundation {
             name: f.metadata.name.clone(),
             file: doc.file.clone(),
             catalog: Catalog::from_foundation(doc, f),
-            settings: foundation::settings(f),
+            bosh,
+            vault,
             mount: f
                 .vault
                 .mount
                 .clone()
                 .unwrap_or_else(|| DEFAULT_MOUNT.to_string()),
-        }),
+        })
+        }
         [] => Err(ReconcileError::Foundation(format!(
             "{}: no `kind: Foundation` document found; --foundation must point at the \
              Foundation whose catalog deployments are matched against",
@@ -99,22 +117,15 @@ pub fn load_foundation(
 /// The Director client as a [`Director`].
 pub struct BoshDirector(pub bosh::Client);
 
-fn from_bosh(e: BoshError) -> OpError {
-    OpError {
-        message: e.message,
-        retryable: e.retryable,
-        cas_mismatch: false,
-    }
-}
 
 #[async_trait]
 impl Director for BoshDirector {
     async fn deployment_names(&self) -> Result<Vec<String>, OpError> {
-        self.0.deployment_names().await.map_err(from_bosh)
+        self.0.deployment_names().await
     }
 
     async fn manifest(&self, name: &str) -> Result<Option<String>, OpError> {
-        self.0.manifest(name).await.map_err(from_bosh)
+        self.0.manifest(name).await
     }
 }
 
@@ -124,13 +135,6 @@ pub struct VaultStore {
     pub mount: String,
 }
 
-fn from_vault(e: VaultError) -> OpError {
-    OpError {
-        message: e.message,
-        retryable: e.retryable,
-        cas_mismatch: e.cas_mismatch,
-    }
-}
 
 #[async_trait]
 impl SecretStore for VaultStore {
@@ -138,7 +142,7 @@ impl SecretStore for VaultStore {
         self.client
             .read(&self.mount, path)
             .await
-            .map_err(from_vault)
+            
     }
 
     async fn write(
@@ -150,21 +154,21 @@ impl SecretStore for VaultStore {
         self.client
             .write(&self.mount, path, data, cas)
             .await
-            .map_err(from_vault)
+            
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>, OpError> {
         self.client
             .list(&self.mount, path)
             .await
-            .map_err(from_vault)
+            
     }
 
     async fn delete(&self, path: &str) -> Result<(), OpError> {
         self.client
             .delete_all(&self.mount, path)
             .await
-            .map_err(from_vault)
+            
     }
 }
 
@@ -178,14 +182,13 @@ pub async fn connect(
     f: &Foundation,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(BoshDirector, VaultStore), ReconcileError> {
-    let var = |n: &str| f.settings.get(n).cloned().or_else(|| env(n));
-    let bosh_config = bosh::Config::from_vars(var).map_err(|e| {
+    let bosh_config = bosh::Config::resolve(&f.bosh, &env).map_err(|e| {
         ReconcileError::Connect(format!(
             "{}: the Director: {e} (or set `director:` in the Foundation)",
             f.file.display()
         ))
     })?;
-    let vault_config = vault::Config::from_vars(var).map_err(|e| {
+    let vault_config = vault::Config::resolve(&f.vault, &env).map_err(|e| {
         ReconcileError::Connect(format!(
             "{}: Vault: {e} (or set `vault.addr` in the Foundation)",
             f.file.display()

@@ -45,28 +45,9 @@ pub use settings::{Resolved, Settings, SettingsError, Source};
 /// The reason written into `orphaned_reason`.
 pub const ORPHANED_REASON: &str = "no_bosh_deployment";
 
-/// A failed call to the Director or Vault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct OpError {
-    /// Names the endpoint and what to do.
-    pub message: String,
-    /// Whether the same call may succeed later (connection errors, 5xx, 429).
-    pub retryable: bool,
-    /// A Vault check-and-set mismatch: someone else wrote the key in between.
-    pub cas_mismatch: bool,
-}
-
-impl OpError {
-    /// A permanent error.
-    pub fn new(message: impl Into<String>) -> OpError {
-        OpError {
-            message: message.into(),
-            retryable: false,
-            cas_mismatch: false,
-        }
-    }
-}
+/// A failed call to the Director or Vault: the providers' error, whose kind decides
+/// retries (transient errors and check-and-set conflicts are retried).
+pub type OpError = crate::providers::ProviderError;
 
 /// The Director, as far as the reconciler needs it.
 #[async_trait]
@@ -96,7 +77,7 @@ pub trait SecretStore: Send + Sync {
     /// absent). Returns the new version.
     ///
     /// # Errors
-    /// Vault refuses ([`OpError::cas_mismatch`] on a CAS mismatch) or cannot be asked.
+    /// Vault refuses (kind `Conflict` on a CAS mismatch) or cannot be asked.
     async fn write(
         &self,
         path: &str,

@@ -12,7 +12,9 @@
 //!    is retried `retry_attempts` times with a delay growing by `retry_delay` each time,
 //!    then reported; the others go on.
 //! 5. Write every index change of the run in one check-and-set read-modify-write of
-//!    `db`, re-read and re-applied on a CAS conflict. One write per run, not per
+//!    `db` (the one shared with the `vault_index_entry` type,
+//!    `providers::vault::index::read_modify_write`), re-read and re-applied on a CAS
+//!    conflict. One write per run, not per
 //!    instance, keeps a 10,000-entry index from being rewritten 10,000 times; the
 //!    changes are per-key merges, so concurrent writers of other keys lose nothing.
 
@@ -20,12 +22,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
+
+use crate::providers::retry::{self, Policy};
+use crate::providers::vault::index;
+use crate::providers::ErrorKind;
 
 use super::matcher::{is_uuid, match_deployment, parse_manifest, Catalog, Match};
 use super::settings::Settings;
@@ -229,31 +234,28 @@ impl Reconciler {
     }
 
     /// Runs `op` until it succeeds, it fails for good, or `retry_attempts` retries are
-    /// spent; the n-th retry waits n × `retry_delay`.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, OpError>
+    /// spent; the n-th retry waits n × `retry_delay`. Transient errors and
+    /// check-and-set conflicts are retried (the one policy's runner, with the settings'
+    /// linear delays).
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, OpError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e)
-                    if (e.retryable || e.cas_mismatch)
-                        && attempt < self.settings.retry_attempts =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(self.settings.retry_delay * attempt).await;
-                }
-                Err(mut e) => {
-                    if attempt > 0 {
-                        e.message = format!("{} (after {attempt} retries)", e.message);
-                    }
-                    return Err(e);
-                }
+        let delay = self.settings.retry_delay;
+        let delays = (1..=self.settings.retry_attempts).map(move |n| delay * n);
+        retry::run_with(
+            delays,
+            |e: &OpError| e.is_transient() || e.is_conflict(),
+            op,
+        )
+        .await
+        .map_err(|(mut e, attempts)| {
+            if attempts > 1 {
+                e.message = format!("{} (after {} retries)", e.message, attempts - 1);
             }
-        }
+            e
+        })
     }
 
     /// One run. Never fails as a whole: what went wrong is in [`RunReport::errors`].
@@ -788,8 +790,8 @@ impl Reconciler {
                 .await
                 .map_err(|mut e| {
                     // Already there: a retry would not help.
-                    if e.cas_mismatch {
-                        e.cas_mismatch = false;
+                    if e.is_conflict() {
+                        e.kind = ErrorKind::Permanent;
                         e.message = format!(
                             "{} (backup {path} already exists; another reconciler may be \
                              running, run again)",
@@ -813,42 +815,36 @@ impl Reconciler {
         Ok((1, deleted))
     }
 
-    /// Applies the run's patches to `db` by check-and-set read-modify-write.
+    /// Applies the run's patches to `db` by the one check-and-set read-modify-write
+    /// ([`index::read_modify_write`], shared with the `vault_index_entry` type).
     /// Returns the patches that were not applied, and why.
     async fn write_index(&self, patches: &[Patch]) -> Result<Vec<Skipped>, OpError> {
-        let mut conflicts = 0;
-        loop {
-            let current = self.retry(|| self.store.read(INDEX_PATH)).await?;
-            let mut index = current.data.unwrap_or_default();
-            let applied = apply_patches(&mut index, patches);
-            if !applied.changed {
-                return Ok(applied.skipped);
-            }
-            let (index, version) = (&index, current.version);
-            let written = self
-                .retry(|| async move {
+        let policy = Policy {
+            attempts: MAX_CAS_CONFLICTS + 1,
+            ..Policy::CAS
+        };
+        let (_, skipped) = index::read_modify_write(
+            policy,
+            || self.retry(|| self.store.read(INDEX_PATH)),
+            |index, version| async move {
+                let index = &index;
+                self.retry(|| async move {
                     match self.store.write(INDEX_PATH, index, Some(version)).await {
-                        // A conflict is not cured by sending the same write again.
-                        Err(e) if e.cas_mismatch => Ok(Err(e)),
+                        // A conflict is not cured by sending the same write again: it
+                        // goes back to the read-modify-write, which reads first.
+                        Err(e) if e.is_conflict() => Ok(Err(e)),
                         other => other.map(Ok),
                     }
                 })
-                .await?;
-            match written {
-                Ok(_) => return Ok(applied.skipped),
-                Err(e) if conflicts < MAX_CAS_CONFLICTS => {
-                    conflicts += 1;
-                    tracing::debug!(conflicts, error = %e, "index CAS conflict; re-reading");
-                    tokio::time::sleep(Duration::from_millis(5 << conflicts.min(6))).await;
-                }
-                Err(e) => {
-                    return Err(OpError::new(format!(
-                        "{} (gave up after {conflicts} check-and-set conflicts; too many \
-                         concurrent writers on the index, run again)",
-                        e.message
-                    )))
-                }
-            }
-        }
+                .await?
+            },
+            |current| {
+                let mut index = current.cloned().unwrap_or_default();
+                let applied = apply_patches(&mut index, patches);
+                (applied.changed.then_some(index), applied.skipped)
+            },
+        )
+        .await?;
+        Ok(skipped)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::matcher::CatalogPlan;
 use super::run::{apply_patches, Patch};
+use crate::providers::ErrorKind;
 use super::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -38,11 +39,7 @@ impl Director for FakeDirector {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(OpError {
-                message: "bosh GET: 502".into(),
-                retryable: true,
-                cas_mismatch: false,
-            });
+            return Err(OpError::retryable("bosh GET: 502"));
         }
         Ok(self.deployments.lock().unwrap().get(name).cloned())
     }
@@ -128,21 +125,13 @@ impl SecretStore for MemStore {
         if let Some(n) = self.cas_conflicts.lock().unwrap().get_mut(path) {
             if *n > 0 {
                 *n -= 1;
-                return Err(OpError {
-                    message: "check-and-set mismatch".into(),
-                    retryable: false,
-                    cas_mismatch: true,
-                });
+                return Err(OpError::of(ErrorKind::Conflict, "check-and-set mismatch"));
             }
         }
         let mut g = self.secrets.lock().unwrap();
         let current = g.get(path).map_or(0, |(v, _)| *v);
         if cas.is_some_and(|c| c != current) {
-            return Err(OpError {
-                message: "check-and-set mismatch".into(),
-                retryable: false,
-                cas_mismatch: true,
-            });
+            return Err(OpError::of(ErrorKind::Conflict, "check-and-set mismatch"));
         }
         g.insert(path.to_string(), (current + 1, data.clone()));
         if let Some(hook) = self.on_write.lock().unwrap().as_ref() {
@@ -169,11 +158,7 @@ impl SecretStore for MemStore {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(OpError {
-                message: format!("vault DELETE {path}: 503"),
-                retryable: true,
-                cas_mismatch: false,
-            });
+            return Err(OpError::retryable(format!("vault DELETE {path}: 503")));
         }
         self.secrets.lock().unwrap().remove(path);
         Ok(())

@@ -44,9 +44,40 @@ pub struct ResourcesDoc {
     pub kind: ResourcesKind,
     /// Names the workspace; every document loaded together must share it.
     pub metadata: Metadata,
+    /// Provider instances and their settings (see [`ProviderEntries`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderEntries>,
     /// The resources, each addressed as `TYPE.NAME`.
     #[serde(default)]
     pub resources: Vec<ResourceSpec>,
+}
+
+/// The instances of one provider in a `providers:` block, by provider name (`bosh`,
+/// `vault`): one map, or a list of maps. An entry without `alias` configures the
+/// provider's default instance (`bosh`); one with `alias: east` configures `bosh.east`,
+/// which resources choose with `provider: bosh.east`. The other keys are the provider's
+/// own settings (`bosh`: environment, client, client_secret, ca_cert; `vault`: address,
+/// token, role_id, secret_id, cacert, namespace); what an entry leaves out falls back to
+/// the provider's environment variables (`BOSH_*`, `VAULT_*`). Write secrets as
+/// `${env:NAME}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ProviderEntries {
+    /// One instance.
+    One(BTreeMap<String, serde_json::Value>),
+    /// Several instances, each with a distinct `alias` (at most one without).
+    Many(Vec<BTreeMap<String, serde_json::Value>>),
+}
+
+impl ProviderEntries {
+    /// The entries with their index in a list (`None` for a single map).
+    #[must_use]
+    pub fn entries(&self) -> Vec<(Option<usize>, &BTreeMap<String, serde_json::Value>)> {
+        match self {
+            ProviderEntries::One(m) => vec![(None, m)],
+            ProviderEntries::Many(v) => v.iter().enumerate().map(|(i, m)| (Some(i), m)).collect(),
+        }
+    }
 }
 
 /// Document metadata.
@@ -81,6 +112,12 @@ pub struct ResourceSpec {
     /// How changes to this resource are applied.
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// The provider instance that manages it: `PROVIDER` (the default instance) or
+    /// `PROVIDER.ALIAS` (an instance a `providers:` entry with that `alias` configures).
+    /// Default: the type's provider's default instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z][a-z0-9_]*(\.[a-z0-9][a-z0-9_-]*)?$"))]
+    pub provider: Option<String>,
 }
 
 /// How changes to a resource are applied.
@@ -121,6 +158,16 @@ pub struct FoundationDoc {
     pub kind: FoundationKind,
     /// Names the workspace; every document loaded together must share it.
     pub metadata: Metadata,
+    /// The provider alias of this Foundation's Director and Vault: its resources use the
+    /// instances `bosh.ALIAS` and `vault.ALIAS`, configured by `director` and `vault`.
+    /// Without it they configure the default `bosh` and `vault` instances, so several
+    /// Foundations of one workspace with different Directors or Vaults each need one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub alias: Option<String>,
+    /// Provider instances and their settings, as in a `Resources` document.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderEntries>,
     /// The BOSH Director the instances are deployed to. Unset fields fall back to the
     /// `BOSH_*` environment variables.
     #[serde(default)]

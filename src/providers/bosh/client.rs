@@ -11,11 +11,14 @@
 //!   retries the request.
 //! - Redirects are never followed: a `302` to `/tasks/{id}` is how the Director hands out
 //!   a task, and [`Client::follow_task`] polls it.
-//! - Idempotent requests (GET, DELETE, the token request) are retried with exponential
-//!   backoff (200 ms × 2^n, at most [`MAX_ATTEMPTS`] attempts) on 5xx answers and
-//!   connection errors. Deploys have their own rule, see [`Client::deploy`].
+//! - Idempotent requests (GET, DELETE, the token request) are retried by the one policy
+//!   ([`Policy::HTTP`]: 200 ms doubling, 5 attempts) when the error's kind is transient
+//!   (5xx, 429, connection errors). Deploys have their own rule, see [`Client::deploy`].
+//! - Errors are [`ProviderError`]s: the kind from the HTTP status, the endpoint
+//!   `METHOD URL`, never the credentials.
 
-use crate::providers::url_segment;
+use crate::providers::retry::{self, Policy};
+use crate::providers::{url_segment, CancellationToken, ErrorKind, ProviderError};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -25,38 +28,65 @@ use tokio::sync::Mutex;
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How many times a retryable request is tried.
-pub const MAX_ATTEMPTS: u32 = 5;
-
 /// How often a running task is polled: the first polls come quickly (short tasks end
 /// within milliseconds), then every [`POLL_INTERVAL`].
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const FIRST_POLL: Duration = Duration::from_millis(5);
 
-/// A failed Director call or bad client configuration.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct BoshError {
-    /// What went wrong, naming the endpoint and what to do.
-    pub message: String,
-    /// The HTTP status, when the Director answered.
-    pub status: Option<u16>,
-    /// Whether repeating the same call may succeed (connection errors, 5xx).
-    pub retryable: bool,
+/// A failed Director call or bad client configuration: a [`ProviderError`] whose kind
+/// comes from the HTTP status and whose endpoint is the request's method and URL.
+pub type BoshError = ProviderError;
+
+fn config_error(message: impl Into<String>) -> BoshError {
+    ProviderError::invalid(message)
 }
 
-impl BoshError {
-    fn config(message: impl Into<String>) -> BoshError {
-        BoshError {
-            message: message.into(),
-            status: None,
-            retryable: false,
-        }
+/// The typed settings of a `bosh` provider instance, as a `providers:` entry (or a
+/// Foundation's `director` block) gives them. Unset fields fall back to the `BOSH_*`
+/// environment variables.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The Director URL or host (else `BOSH_ENVIRONMENT`).
+    pub environment: Option<String>,
+    /// The client name (else `BOSH_CLIENT`).
+    pub client: Option<String>,
+    /// The client secret (else `BOSH_CLIENT_SECRET`); write `${env:NAME}`.
+    pub client_secret: Option<String>,
+    /// The CA certificate, PEM text or a file path (else `BOSH_CA_CERT`).
+    pub ca_cert: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("environment", &self.environment)
+            .field("client", &self.client)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "(redacted)"),
+            )
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "(set)"))
+            .finish()
     }
 }
 
-/// Where and as whom to reach the Director.
-#[derive(Debug, Clone, Default)]
+impl Settings {
+    /// The value standing for the environment variable `name`, if set here.
+    fn var(&self, name: &str) -> Option<String> {
+        let v = match name {
+            "BOSH_ENVIRONMENT" => &self.environment,
+            "BOSH_CLIENT" => &self.client,
+            "BOSH_CLIENT_SECRET" => &self.client_secret,
+            "BOSH_CA_CERT" => &self.ca_cert,
+            _ => &None,
+        };
+        v.clone().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Where and as whom to reach the Director. `Debug` never shows the secret.
+#[derive(Clone, Default)]
 pub struct Config {
     /// `BOSH_ENVIRONMENT` as a URL (a bare host becomes `https://host:25555`).
     pub url: String,
@@ -68,7 +98,30 @@ pub struct Config {
     pub ca_cert: Option<String>,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.url)
+            .field("client", &self.client)
+            .field("secret", &"(redacted)")
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
 impl Config {
+    /// The configuration from typed settings, unset fields read through `env` (the
+    /// environment).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn resolve(
+        settings: &Settings,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, BoshError> {
+        Config::from_vars(|n| settings.var(n).or_else(|| env(n)))
+    }
+
     /// Reads the configuration from the environment.
     ///
     /// # Errors
@@ -83,7 +136,7 @@ impl Config {
     /// As [`Config::from_env`].
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Config, BoshError> {
         let Some(env) = var("BOSH_ENVIRONMENT") else {
-            return Err(BoshError::config(
+            return Err(config_error(
                 "BOSH_ENVIRONMENT is not set: a bosh resource is used, so set \
                  BOSH_ENVIRONMENT to the Director's URL or host, and BOSH_CLIENT and \
                  BOSH_CLIENT_SECRET",
@@ -91,7 +144,7 @@ impl Config {
         };
         let url = normalize_url(&env);
         let (Some(client), Some(secret)) = (var("BOSH_CLIENT"), var("BOSH_CLIENT_SECRET")) else {
-            return Err(BoshError::config(format!(
+            return Err(config_error(format!(
                 "no BOSH credentials for {url}: set BOSH_CLIENT and BOSH_CLIENT_SECRET"
             )));
         };
@@ -124,7 +177,7 @@ fn ca_pem(value: &str) -> Result<Vec<u8>, BoshError> {
         return Ok(value.as_bytes().to_vec());
     }
     std::fs::read(value).map_err(|e| {
-        BoshError::config(format!(
+        config_error(format!(
             "cannot read BOSH_CA_CERT {value}: {e}; set it to a PEM file or inline PEM"
         ))
     })
@@ -177,7 +230,7 @@ pub struct Task {
 }
 
 /// A connected Director client.
-#[derive(Debug)]
+/// A Director client. (No `Debug`: it holds credentials.)
 pub struct Client {
     http: reqwest::Client,
     config: Config,
@@ -197,10 +250,6 @@ fn chain(e: &reqwest::Error) -> String {
     s
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64 << attempt.min(6))
-}
-
 impl Client {
     /// Builds the HTTP client and discovers the auth type from `GET /info`.
     ///
@@ -214,12 +263,12 @@ impl Client {
         if let Some(ca) = &config.ca_cert {
             let pem = ca_pem(ca)?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                BoshError::config(format!("BOSH_CA_CERT is not a PEM certificate: {e}"))
+                config_error(format!("BOSH_CA_CERT is not a PEM certificate: {e}"))
             })?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| {
-            BoshError::config(format!("cannot build the HTTP client for BOSH: {e}"))
+            config_error(format!("cannot build the HTTP client for BOSH: {e}"))
         })?;
         let mut client = Client {
             http,
@@ -260,13 +309,23 @@ impl Client {
     }
 
     fn error(&self, method: &Method, path: &str, status: Option<u16>, what: &str) -> BoshError {
-        BoshError {
-            message: format!(
+        // The token URL is absolute; Director paths are relative to BOSH_ENVIRONMENT.
+        let url = if path.contains("://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.config.url)
+        };
+        let e = ProviderError::of(
+            status.map_or(ErrorKind::Permanent, ErrorKind::from_status),
+            format!(
                 "bosh {method} {path} (BOSH_ENVIRONMENT={}): {what}",
                 self.config.url
             ),
-            status,
-            retryable: false,
+        )
+        .at(format!("{method} {url}"));
+        match status {
+            Some(s) => e.with_status(s),
+            None => e,
         }
     }
 
@@ -289,16 +348,18 @@ impl Client {
             None,
             &format!("request failed: {text}; {hint}"),
         );
-        err.retryable = !tls;
+        err.kind = if tls {
+            ErrorKind::Permanent
+        } else {
+            ErrorKind::Retryable
+        };
         err
     }
 
-    /// A fresh UAA token.
+    /// A fresh UAA token, the request retried by [`Policy::HTTP`] on transient errors.
     async fn fetch_token(&self, token_url: &str) -> Result<String, BoshError> {
         let m = Method::POST;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let once = || async {
             let resp = self
                 .http
                 .post(token_url)
@@ -307,20 +368,19 @@ impl Client {
                 .form(&[("grant_type", "client_credentials")])
                 .send()
                 .await;
-            let err = match resp {
+            match resp {
                 Ok(r) if r.status().is_success() => {
                     let v: Value = r.json().await.unwrap_or(Value::Null);
-                    return v
-                        .get("access_token")
+                    v.get("access_token")
                         .and_then(Value::as_str)
                         .map(str::to_string)
                         .ok_or_else(|| {
                             self.error(&m, token_url, Some(200), "the UAA answer has no token")
-                        });
+                        })
                 }
                 Ok(r) => {
                     let status = r.status();
-                    let mut e = self.error(
+                    Err(self.error(
                         &m,
                         token_url,
                         Some(status.as_u16()),
@@ -328,17 +388,14 @@ impl Client {
                             "UAA refused the token request ({status}); check BOSH_CLIENT and \
                              BOSH_CLIENT_SECRET"
                         ),
-                    );
-                    e.retryable = status.is_server_error();
-                    e
+                    ))
                 }
-                Err(e) => self.send_error(&m, token_url, &e),
-            };
-            if !err.retryable || attempt >= MAX_ATTEMPTS {
-                return Err(err);
+                Err(e) => Err(self.send_error(&m, token_url, &e)),
             }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
+        };
+        retry::run(Policy::HTTP, retry::transient, once)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// The bearer token, fetched when absent or when `stale` is the one that failed.
@@ -398,7 +455,7 @@ impl Client {
             let headers = resp.headers().clone();
             let text = resp.text().await.map_err(|e| {
                 let mut err = self.send_error(method, path, &e);
-                err.retryable = true;
+                err.kind = ErrorKind::Retryable;
                 err
             })?;
             if status == StatusCode::UNAUTHORIZED && used.is_some() && stale.is_none() {
@@ -437,12 +494,10 @@ impl Client {
             }
             _ => format!("the Director answered {}: {description}", a.status),
         };
-        let mut e = self.error(method, path, Some(code), &what);
-        e.retryable = a.status.is_server_error();
-        e
+        self.error(method, path, Some(code), &what)
     }
 
-    /// An idempotent request, retried with backoff on 5xx and connection errors.
+    /// An idempotent request, retried by [`Policy::HTTP`] on transient errors.
     /// Statuses below 400 and those in `accept` are returned; others become errors.
     async fn request(
         &self,
@@ -462,19 +517,16 @@ impl Client {
         range: Option<u64>,
         accept: &[StatusCode],
     ) -> Result<Answer, BoshError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let err = match self.send_once(&method, path, body, range).await {
-                Ok(a) if a.status.as_u16() < 400 || accept.contains(&a.status) => return Ok(a),
-                Ok(a) => self.refusal(&method, path, &a),
-                Err(e) => e,
-            };
-            if !err.retryable || attempt >= MAX_ATTEMPTS {
-                return Err(err);
+        let once = || async {
+            match self.send_once(&method, path, body, range).await {
+                Ok(a) if a.status.as_u16() < 400 || accept.contains(&a.status) => Ok(a),
+                Ok(a) => Err(self.refusal(&method, path, &a)),
+                Err(e) => Err(e),
             }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
+        };
+        retry::run(Policy::HTTP, retry::transient, once)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// The manifest text of a deployment, `None` when it does not exist.
@@ -593,10 +645,9 @@ impl Client {
     ) -> Result<Option<u64>, BoshError> {
         let m = Method::POST;
         let path = "/deployments";
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            if attempt > 1 {
+        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let once = || async {
+            if attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
                 if let Some(id) = self.active_tasks(name).await?.first() {
                     return Ok(Some(*id));
                 }
@@ -606,18 +657,17 @@ impl Client {
                     }
                 }
             }
-            let err = match self.send_once(&m, path, Body::Yaml(manifest), None).await {
+            match self.send_once(&m, path, Body::Yaml(manifest), None).await {
                 Ok(a) => match a.task_id() {
-                    Some(id) => return Ok(Some(id)),
-                    None => self.refusal(&m, path, &a),
+                    Some(id) => Ok(Some(id)),
+                    None => Err(self.refusal(&m, path, &a)),
                 },
-                Err(e) => e,
-            };
-            if !err.retryable || attempt >= MAX_ATTEMPTS {
-                return Err(err);
+                Err(e) => Err(e),
             }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
+        };
+        retry::run(Policy::HTTP, retry::transient, once)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Starts `DELETE /deployments/{name}?force=true`; `None` when it does not exist.
@@ -696,12 +746,32 @@ impl Client {
     }
 
     /// Polls a task until it ends, passing each new event line (formatted by
-    /// [`event_line`]) to `progress`. `done` is success; `error`, `cancelled` and
-    /// `timeout` are errors naming `deployment`, the task id and the task's result.
+    /// [`Progress`], so a stage's text is said once) to `progress`. `done` is success;
+    /// `error`, `cancelled` and `timeout` are errors naming `deployment`, the task id
+    /// and the task's result. When `cancel` fires, waiting stops at once with an
+    /// [`ErrorKind::Cancelled`] error (the task itself goes on on the Director).
     ///
     /// # Errors
-    /// The task failed, or the Director stopped answering.
+    /// The task failed, the Director stopped answering, or `cancel` fired.
     pub async fn follow_task(
+        &self,
+        id: u64,
+        deployment: &str,
+        progress: &(dyn Fn(&str) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<(), BoshError> {
+        tokio::select! {
+            r = self.poll_task(id, deployment, progress) => r,
+            () = cancel.cancelled() => Err(ProviderError::cancelled(format!(
+                "deployment {deployment}: stopped following BOSH task {id} because the run \
+                 was cancelled; the task goes on: see `bosh task {id}` on {}",
+                self.config.url
+            ))
+            .at(format!("GET {}/tasks/{id}", self.config.url))),
+        }
+    }
+
+    async fn poll_task(
         &self,
         id: u64,
         deployment: &str,
@@ -709,6 +779,7 @@ impl Client {
     ) -> Result<(), BoshError> {
         let mut offset = 0u64;
         let mut pending = String::new();
+        let mut lines = Progress::default();
         let mut wait = FIRST_POLL;
         loop {
             let task = self.task(id).await?;
@@ -717,22 +788,19 @@ impl Client {
             pending.push_str(&new);
             while let Some(pos) = pending.find('\n') {
                 let line: String = pending.drain(..=pos).collect();
-                if let Some(msg) = event_line(&line) {
+                for msg in lines.event(&line) {
                     progress(&msg);
                 }
             }
             match task.state.as_str() {
                 "done" => return Ok(()),
                 "error" | "cancelled" | "timeout" => {
-                    return Err(BoshError {
-                        message: format!(
-                            "deployment {deployment}: BOSH task {id} ended in state `{}`: {} \
-                             (see `bosh task {id}` on {})",
-                            task.state, task.result, self.config.url
-                        ),
-                        status: None,
-                        retryable: false,
-                    })
+                    return Err(ProviderError::new(format!(
+                        "deployment {deployment}: BOSH task {id} ended in state `{}`: {} \
+                         (see `bosh task {id}` on {})",
+                        task.state, task.result, self.config.url
+                    ))
+                    .at(format!("GET {}/tasks/{id}", self.config.url)))
                 }
                 _ => {
                     tokio::time::sleep(wait).await;
@@ -789,24 +857,47 @@ impl Client {
     }
 }
 
-/// A short progress line for one event line of a task, e.g.
-/// `Updating instance redis/0 (started)`; `None` for lines that are not events.
-#[must_use]
-pub fn event_line(line: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(line.trim()).ok()?;
-    if let Some(msg) = v.pointer("/error/message").and_then(Value::as_str) {
-        return Some(format!("error: {msg}"));
+/// Turns a task's event lines into progress lines, saying each stage's text once: the
+/// first event of a stage gives `Updating instance` on its own line, its task events
+/// then only `redis/0 (started)`, so the Director's stage text is not repeated on every
+/// line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    stage: Option<String>,
+}
+
+impl Progress {
+    /// The progress lines for one event line (none for lines that are not events).
+    pub fn event(&mut self, line: &str) -> Vec<String> {
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            return Vec::new();
+        };
+        if let Some(msg) = v.pointer("/error/message").and_then(Value::as_str) {
+            return vec![format!("error: {msg}")];
+        }
+        let Some(stage) = v.get("stage").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let task = v.get("task").and_then(Value::as_str);
+        if self.stage.as_deref() != Some(stage) {
+            self.stage = Some(stage.to_string());
+            // A stage whose only task repeats its name is said once, with the state.
+            if task.is_some_and(|t| t != stage) {
+                out.push(stage.to_string());
+            }
+        }
+        let state = v.get("state").and_then(Value::as_str);
+        let what = match task {
+            Some(t) if t != stage => t.to_string(),
+            _ => stage.to_string(),
+        };
+        out.push(match state {
+            Some(st) => format!("{what} ({st})"),
+            None => what,
+        });
+        out
     }
-    let stage = v.get("stage").and_then(Value::as_str)?;
-    let mut s = stage.to_string();
-    if let Some(t) = v.get("task").and_then(Value::as_str) {
-        s.push(' ');
-        s.push_str(t);
-    }
-    if let Some(st) = v.get("state").and_then(Value::as_str) {
-        s.push_str(&format!(" ({st})"));
-    }
-    Some(s)
 }
 
 #[cfg(test)]
@@ -845,14 +936,81 @@ mod tests {
     }
 
     #[test]
-    fn event_lines_are_short() {
-        let l = r#"{"time":1,"stage":"Updating instance","tags":["redis"],"total":3,"task":"redis/0","index":1,"state":"started","progress":0}"#;
+    fn progress_says_the_stage_once() {
+        let ev = |stage: &str, task: &str, state: &str| {
+            format!(r#"{{"time":1,"stage":"{stage}","tags":["redis"],"total":3,"task":"{task}","index":1,"state":"{state}","progress":0}}"#)
+        };
+        let mut p = Progress::default();
+        let mut out = Vec::new();
+        for l in [
+            ev("Preparing deployment", "Preparing deployment", "started"),
+            ev("Preparing deployment", "Preparing deployment", "finished"),
+            ev("Updating instance", "redis/0", "started"),
+            ev("Updating instance", "redis/0", "finished"),
+            ev("Updating instance", "redis/1", "started"),
+            r#"{"time":1,"error":{"code":1,"message":"boom"}}"#.to_string(),
+            "junk".to_string(),
+        ] {
+            out.extend(p.event(&l));
+        }
         assert_eq!(
-            event_line(l).as_deref(),
-            Some("Updating instance redis/0 (started)")
+            out,
+            [
+                "Preparing deployment (started)",
+                "Preparing deployment (finished)",
+                "Updating instance",
+                "redis/0 (started)",
+                "redis/0 (finished)",
+                "redis/1 (started)",
+                "error: boom",
+            ]
         );
-        let e = r#"{"time":1,"error":{"code":1,"message":"boom"}}"#;
-        assert_eq!(event_line(e).as_deref(), Some("error: boom"));
-        assert_eq!(event_line("junk"), None);
+        assert_eq!(out.iter().filter(|l| l.contains("Updating instance")).count(), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_stops_following_a_task() {
+        // A Director that never answers: only cancellation can end the wait.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let client = Client {
+            http: reqwest::Client::new(),
+            config: Config {
+                url: format!("http://{addr}"),
+                client: "admin".into(),
+                secret: "s3cret".into(),
+                ca_cert: None,
+            },
+            auth: Auth::Basic,
+            token: Mutex::new(None),
+        };
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = client
+            .follow_task(7, "d", &|_: &str| {}, &cancel)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert!(e.message.contains("bosh task 7") && !e.message.contains("s3cret"), "{}", e.message);
+        assert_eq!(e.endpoint, Some(format!("GET http://{addr}/tasks/7")));
+    }
+
+    #[test]
+    fn settings_fill_in_before_the_environment() {
+        let s = Settings {
+            environment: Some("10.0.0.6".into()),
+            client_secret: Some("from-spec".into()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(&s, vars(&[("BOSH_CLIENT", "admin"), ("BOSH_CLIENT_SECRET", "env")])).unwrap();
+        assert_eq!((c.url.as_str(), c.client.as_str(), c.secret.as_str()), ("https://10.0.0.6:25555", "admin", "from-spec"));
+        assert!(!format!("{c:?} {s:?}").contains("from-spec"), "secrets never in Debug");
+    }
+
 }

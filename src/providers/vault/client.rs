@@ -2,11 +2,12 @@
 //! provider makes: AppRole login, the mount check, read, write with check-and-set and
 //! delete-all-versions (and list, for the reconciler's backups).
 //!
-//! Chosen over `vaultrs` because anvil needs five endpoints, reqwest was the only new
-//! dependency tree to compile, and owning the requests lets every error name the
-//! method, path and `VAULT_ADDR` and say what to do. TLS is rustls; `VAULT_CACERT` adds
+//! Kept instead of `vaultrs` for the measured reasons in docs/ARCHITECTURE.md ("Why not
+//! vaultrs"): anvil needs six endpoints, and owning the requests lets every error name
+//! the method, path and `VAULT_ADDR`, carry an [`ErrorKind`] and say what to do. TLS is rustls; `VAULT_CACERT` adds
 //! a root certificate. There is no insecure fallback.
 
+use crate::providers::{ErrorKind, ProviderError};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -14,33 +15,65 @@ use std::time::Duration;
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A failed Vault call or bad client configuration.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct VaultError {
-    /// What went wrong, naming the endpoint and what to do.
-    pub message: String,
-    /// The HTTP status, when Vault answered.
-    pub status: Option<u16>,
-    /// A check-and-set mismatch: someone else wrote the key in between.
-    pub cas_mismatch: bool,
-    /// Whether repeating the same call may succeed (network errors, 5xx, 429).
-    pub retryable: bool,
+/// A failed Vault call or bad client configuration: a [`ProviderError`] whose kind
+/// comes from the HTTP status (a check-and-set mismatch is [`ErrorKind::Conflict`]) and
+/// whose endpoint is the request's method and URL.
+pub type VaultError = ProviderError;
+
+fn config_error(message: impl Into<String>) -> VaultError {
+    ProviderError::invalid(message)
 }
 
-impl VaultError {
-    fn config(message: impl Into<String>) -> VaultError {
-        VaultError {
-            message: message.into(),
-            status: None,
-            cas_mismatch: false,
-            retryable: false,
-        }
+/// The typed settings of a `vault` provider instance, as a `providers:` entry (or a
+/// Foundation's `vault` block) gives them. Unset fields fall back to the `VAULT_*`
+/// environment variables.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The Vault address (else `VAULT_ADDR`).
+    pub address: Option<String>,
+    /// A token (else `VAULT_TOKEN`); write `${env:NAME}`, not the token.
+    pub token: Option<String>,
+    /// AppRole login (else `VAULT_ROLE_ID` / `VAULT_SECRET_ID`).
+    pub role_id: Option<String>,
+    pub secret_id: Option<String>,
+    /// A PEM CA file (else `VAULT_CACERT`).
+    pub cacert: Option<String>,
+    /// The Vault Enterprise namespace (else `VAULT_NAMESPACE`).
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .field("role_id", &self.role_id)
+            .field("secret_id", &self.secret_id.as_ref().map(|_| "(redacted)"))
+            .field("cacert", &self.cacert)
+            .field("namespace", &self.namespace)
+            .finish()
     }
 }
 
-/// Where and as whom to reach Vault.
-#[derive(Debug, Clone, Default)]
+impl Settings {
+    /// The value standing for the environment variable `name`, if set here.
+    fn var(&self, name: &str) -> Option<String> {
+        let v = match name {
+            "VAULT_ADDR" => &self.address,
+            "VAULT_TOKEN" => &self.token,
+            "VAULT_ROLE_ID" => &self.role_id,
+            "VAULT_SECRET_ID" => &self.secret_id,
+            "VAULT_CACERT" => &self.cacert,
+            "VAULT_NAMESPACE" => &self.namespace,
+            _ => &None,
+        };
+        v.clone().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Where and as whom to reach Vault. `Debug` never shows the token or secret id.
+#[derive(Clone, Default)]
 pub struct Config {
     /// `VAULT_ADDR`, e.g. `https://vault.example:8200`, without a trailing slash.
     pub addr: String,
@@ -54,7 +87,31 @@ pub struct Config {
     pub namespace: Option<String>,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .field("approle", &self.approle.as_ref().map(|(r, _)| (r, "(redacted)")))
+            .field("cacert", &self.cacert)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
 impl Config {
+    /// The configuration from typed settings, unset fields read through `env` (the
+    /// environment).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn resolve(
+        settings: &Settings,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, VaultError> {
+        Config::from_vars(|n| settings.var(n).or_else(|| env(n)))
+    }
+
     /// Reads the configuration from the environment.
     ///
     /// # Errors
@@ -69,7 +126,7 @@ impl Config {
     /// As [`Config::from_env`].
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Config, VaultError> {
         let Some(addr) = var("VAULT_ADDR") else {
-            return Err(VaultError::config(
+            return Err(config_error(
                 "VAULT_ADDR is not set: a vault resource is used, so set VAULT_ADDR to the \
                  Vault server's address (e.g. https://vault.example:8200) and VAULT_TOKEN \
                  (or VAULT_ROLE_ID and VAULT_SECRET_ID)",
@@ -82,7 +139,7 @@ impl Config {
             _ => None,
         };
         if token.is_none() && approle.is_none() {
-            return Err(VaultError::config(format!(
+            return Err(config_error(format!(
                 "no Vault credentials for {addr}: set VAULT_TOKEN, or VAULT_ROLE_ID and \
                  VAULT_SECRET_ID for AppRole login"
             )));
@@ -105,8 +162,8 @@ pub struct Secret {
     pub version: u64,
 }
 
-/// A logged-in KV v2 client.
-#[derive(Debug, Clone)]
+/// A logged-in KV v2 client. (No `Debug`: it holds the token.)
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     addr: String,
@@ -123,17 +180,17 @@ impl Client {
         let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
         if let Some(path) = &config.cacert {
             let pem = std::fs::read(path).map_err(|e| {
-                VaultError::config(format!(
+                config_error(format!(
                     "cannot read VAULT_CACERT {path}: {e}; point it at a PEM file"
                 ))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                VaultError::config(format!("VAULT_CACERT {path} is not a PEM certificate: {e}"))
+                config_error(format!("VAULT_CACERT {path} is not a PEM certificate: {e}"))
             })?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| {
-            VaultError::config(format!("cannot build the HTTP client for Vault: {e}"))
+            config_error(format!("cannot build the HTTP client for Vault: {e}"))
         })?;
         let mut client = Client {
             http,
@@ -172,14 +229,14 @@ impl Client {
     }
 
     fn error(&self, method: &Method, path: &str, status: Option<u16>, what: &str) -> VaultError {
-        VaultError {
-            message: format!(
-                "vault {method} /v1/{path} (VAULT_ADDR={}): {what}",
-                self.addr
-            ),
-            status,
-            cas_mismatch: false,
-            retryable: false,
+        let e = ProviderError::of(
+            status.map_or(ErrorKind::Permanent, ErrorKind::from_status),
+            format!("vault {method} /v1/{path} (VAULT_ADDR={}): {what}", self.addr),
+        )
+        .at(format!("{method} {}/v1/{path}", self.addr));
+        match status {
+            Some(s) => e.with_status(s),
+            None => e,
         }
     }
 
@@ -215,7 +272,7 @@ impl Client {
                     "request failed: {e}; check that VAULT_ADDR is right and Vault is reachable"
                 ),
             );
-            err.retryable = true;
+            err.kind = ErrorKind::Retryable;
             err
         })?;
         let status = resp.status();
@@ -226,7 +283,7 @@ impl Client {
                 Some(status.as_u16()),
                 &format!("reading the answer failed: {e}"),
             );
-            err.retryable = true;
+            err.kind = ErrorKind::Retryable;
             err
         })?;
         let json: Option<Value> = if text.trim().is_empty() {
@@ -261,8 +318,9 @@ impl Client {
             _ => format!("Vault answered {status}: {errors}"),
         };
         let mut err = self.error(&method, path, Some(code), &what);
-        err.cas_mismatch = code == 400 && is_cas_mismatch(&errors);
-        err.retryable = code == 429 || code >= 500;
+        if code == 400 && is_cas_mismatch(&errors) {
+            err.kind = ErrorKind::Conflict;
+        }
         Err(err)
     }
 
@@ -341,7 +399,7 @@ impl Client {
     /// check-and-set when `cas` is given. Returns the new version.
     ///
     /// # Errors
-    /// Vault refuses (a CAS mismatch sets [`VaultError::cas_mismatch`]) or cannot be asked.
+    /// Vault refuses (a CAS mismatch is [`ErrorKind::Conflict`]) or cannot be asked.
     pub async fn write(
         &self,
         mount: &str,
@@ -404,13 +462,10 @@ impl Client {
 /// refused when a segment is `.` or `..`, or anything holds a control character: the
 /// request could otherwise reach a different secret than the one named.
 fn api_path(mount: &str, kind: &str, path: &str) -> Result<String, VaultError> {
-    let bad = |what: &str| VaultError {
-        message: format!(
+    let bad = |what: &str| {
+        ProviderError::invalid(format!(
             "`{mount}/{path}` is not a usable secret path: {what}; use plain `/`-separated names"
-        ),
-        status: None,
-        retryable: false,
-        cas_mismatch: false,
+        ))
     };
     let mut out = Vec::new();
     for (i, part) in [mount, path].iter().enumerate() {

@@ -1,11 +1,12 @@
-//! The `null` provider: `null_resource`, which records its attributes and generates an
-//! `id`. Used for tests, benchmarks and glue. It has no real world: `read` returns what
+//! `null_resource`: records its attributes and generates an `id`; `read` returns what
 //! was recorded.
 //!
 //! Two attributes exist for testing anvil itself: `fail_on` (`create`, `update` or
 //! `delete`) makes that operation fail, and `sleep_ms` delays every operation.
 
-use super::{Applied, ChangeRequest, Provider, ProviderError};
+use super::NullContext;
+use crate::providers::resource::ResourceType;
+use crate::providers::{Applied, ChangeRequest, ProviderError};
 use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::state::ResourceState;
 use async_trait::async_trait;
@@ -13,7 +14,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub struct NullProvider;
+/// The `null_resource` type.
+pub struct NullResource;
 
 fn schema() -> ResourceSchema {
     let mut attributes = BTreeMap::new();
@@ -60,42 +62,27 @@ fn schema() -> ResourceSchema {
     }
 }
 
-async fn behave(
-    attrs: &BTreeMap<String, Value>,
-    op: &str,
-    address: &str,
-) -> Result<(), ProviderError> {
+async fn behave(attrs: &BTreeMap<String, Value>, op: &str) -> Result<(), ProviderError> {
     if let Some(ms) = attrs.get("sleep_ms").and_then(Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if attrs.get("fail_on").and_then(Value::as_str) == Some(op) {
         return Err(ProviderError::new(format!(
-            "{address}: {op} failed because `fail_on: {op}` is set (testing aid)"
+            "{op} failed because `fail_on: {op}` is set (testing aid)"
         )));
     }
     Ok(())
 }
 
 #[async_trait]
-impl Provider for NullProvider {
-    fn name(&self) -> &'static str {
-        "null"
-    }
-
-    fn schemas(&self) -> Vec<ResourceSchema> {
-        vec![schema()]
-    }
-
-    fn concurrency_limit(&self) -> usize {
-        usize::MAX
-    }
-
-    fn reads_real_world(&self) -> bool {
-        false
+impl ResourceType<NullContext> for NullResource {
+    fn schema(&self) -> ResourceSchema {
+        schema()
     }
 
     async fn read(
         &self,
+        _: &NullContext,
         _address: &str,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
@@ -104,29 +91,28 @@ impl Provider for NullProvider {
 
     /// Any non-empty ID becomes the `id` output; the attributes are taken from the spec
     /// when the import is recorded (there is no real object to read them from).
-    async fn import(
-        &self,
-        address: &str,
-        ty: &str,
-        id: &str,
-    ) -> Result<ResourceState, ProviderError> {
-        if ty != "null_resource" {
-            return Err(ProviderError::new(format!(
-                "{address}: the null provider has no resource type `{ty}`"
-            )));
-        }
+    async fn import(&self, _: &NullContext, id: &str) -> Result<ResourceState, ProviderError> {
         if id.trim().is_empty() {
-            return Err(ProviderError::new(format!(
-                "{address}: the import ID of a null_resource becomes its `id` and must not be empty"
-            )));
+            return Err(ProviderError::invalid(
+                "the import ID of a null_resource becomes its `id` and must not be empty",
+            ));
         }
         let mut outputs = BTreeMap::new();
         outputs.insert("id".to_string(), Value::String(id.to_string()));
-        Ok(super::imported_record(ty, "null", BTreeMap::new(), outputs))
+        Ok(crate::providers::imported_record(
+            "null_resource",
+            "null",
+            BTreeMap::new(),
+            outputs,
+        ))
     }
 
-    async fn create(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
-        behave(req.attributes, "create", req.address).await?;
+    async fn create(
+        &self,
+        _: &NullContext,
+        req: &ChangeRequest<'_>,
+    ) -> Result<Applied, ProviderError> {
+        behave(req.attributes, "create").await?;
         let mut outputs = BTreeMap::new();
         outputs.insert(
             "id".to_string(),
@@ -138,8 +124,12 @@ impl Provider for NullProvider {
         })
     }
 
-    async fn update(&self, req: ChangeRequest<'_>) -> Result<Applied, ProviderError> {
-        behave(req.attributes, "update", req.address).await?;
+    async fn update(
+        &self,
+        _: &NullContext,
+        req: &ChangeRequest<'_>,
+    ) -> Result<Applied, ProviderError> {
+        behave(req.attributes, "update").await?;
         let outputs = req.prior.map(|p| p.outputs.clone()).unwrap_or_default();
         Ok(Applied {
             attributes: req.attributes.clone(),
@@ -147,7 +137,12 @@ impl Provider for NullProvider {
         })
     }
 
-    async fn delete(&self, address: &str, recorded: &ResourceState) -> Result<(), ProviderError> {
-        behave(&recorded.attributes, "delete", address).await
+    async fn delete(
+        &self,
+        _: &NullContext,
+        _address: &str,
+        recorded: &ResourceState,
+    ) -> Result<(), ProviderError> {
+        behave(&recorded.attributes, "delete").await
     }
 }
