@@ -68,7 +68,10 @@ fn basic_auth_over_tls_apply_diff_update_delete() {
             && out.contains("bosh_deployment.redis-a: redis/0 (started)"),
         "{out}"
     );
-    assert!(!out.contains("Preparing deployment Preparing deployment"), "{out}");
+    assert!(
+        !out.contains("Preparing deployment Preparing deployment"),
+        "{out}"
+    );
     assert_eq!(sim.names(), vec!["redis-a", "redis-b"]);
     let st = s.state_json("boshws");
     assert!(st.to_string().contains("task_id"), "{st}");

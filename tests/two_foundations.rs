@@ -71,7 +71,10 @@ impl World {
             "ws/a.yaml",
             &foundation(Some("a"), &w.bosh_a, &w.vault_a, &[A1, A2]),
         );
-        w.s.write("ws/b.yaml", &foundation(Some("b"), &w.bosh_b, &w.vault_b, &[B1]));
+        w.s.write(
+            "ws/b.yaml",
+            &foundation(Some("b"), &w.bosh_b, &w.vault_b, &[B1]),
+        );
         w.s.write(
             "ws/extra.yaml",
             &format!(
@@ -137,9 +140,18 @@ fn two_foundations_reach_their_own_director_and_vault() {
     ia.sort();
     assert_eq!(World::index(&w.vault_a), ia);
     assert_eq!(World::index(&w.vault_b), vec![B1.to_string()]);
-    assert!(w.vault_a.kv_read(&format!("{A1}/manifest"), TOKEN).is_some());
-    assert!(w.vault_b.kv_read(&format!("{A1}/manifest"), TOKEN).is_none());
-    assert!(w.vault_a.kv_read(&format!("{B1}/manifest"), TOKEN).is_none());
+    assert!(w
+        .vault_a
+        .kv_read(&format!("{A1}/manifest"), TOKEN)
+        .is_some());
+    assert!(w
+        .vault_b
+        .kv_read(&format!("{A1}/manifest"), TOKEN)
+        .is_none());
+    assert!(w
+        .vault_a
+        .kv_read(&format!("{B1}/manifest"), TOKEN)
+        .is_none());
     // The aliased Vault of the Resources document got its secret, the others did not.
     assert_eq!(
         w.vault_c.kv_read("extra", TOKEN_C),
@@ -154,8 +166,14 @@ fn two_foundations_reach_their_own_director_and_vault() {
     assert_eq!(provider(&format!("vault_index_entry.{B1}")), "vault.b");
     assert_eq!(provider("vault_secret.extra"), "vault.c");
     let state_text = std::fs::read_to_string(w.s.state_file("two")).unwrap();
-    assert!(!state_text.contains(TOKEN_C), "a provider token reached state");
-    assert!(!out.contains(TOKEN_C), "a provider token reached output: {out}");
+    assert!(
+        !state_text.contains(TOKEN_C),
+        "a provider token reached state"
+    );
+    assert!(
+        !out.contains(TOKEN_C),
+        "a provider token reached output: {out}"
+    );
 
     // Nothing left to do.
     let o = w.run(&["plan", "--detailed-exitcode", "ws"]);
@@ -172,7 +190,10 @@ fn two_foundations_reach_their_own_director_and_vault() {
     let o = w.run(&["drift", "ws"]);
     let report = stdout(&o);
     assert_code(&o, 2);
-    assert!(report.contains(&format!("bosh_deployment.{}", dep(B1))), "{report}");
+    assert!(
+        report.contains(&format!("bosh_deployment.{}", dep(B1))),
+        "{report}"
+    );
     for other in [dep(A1), dep(A2)] {
         assert!(!report.contains(&other), "{report}");
     }
@@ -198,22 +219,24 @@ fn two_foundations_reach_their_own_director_and_vault() {
 fn instances_that_cannot_be_told_apart_are_refused_located() {
     let w = World::start();
     // Without aliases, two Foundations with different Directors would both be `bosh`.
-    w.s.write(
-        "ws/a.yaml",
-        &foundation(None, &w.bosh_a, &w.vault_a, &[A1]),
-    );
+    w.s.write("ws/a.yaml", &foundation(None, &w.bosh_a, &w.vault_a, &[A1]));
     w.s.write("ws/b.yaml", &foundation(None, &w.bosh_b, &w.vault_a, &[B1]));
     let o = w.run(&["apply", "--auto-approve", "ws"]);
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(
-        err.contains("b.yaml:") && err.contains("provider instance `bosh`") && err.contains("`alias`"),
+        err.contains("b.yaml:")
+            && err.contains("provider instance `bosh`")
+            && err.contains("`alias`"),
         "{err}"
     );
     assert!(!w.s.state_file("two").exists(), "bad input wrote state");
 
     // A resource naming an instance nobody configures, and a misspelt setting.
-    w.s.write("ws/b.yaml", &foundation(Some("b"), &w.bosh_b, &w.vault_b, &[B1]));
+    w.s.write(
+        "ws/b.yaml",
+        &foundation(Some("b"), &w.bosh_b, &w.vault_b, &[B1]),
+    );
     w.s.write(
         "ws/a.yaml",
         &foundation(Some("a"), &w.bosh_a, &w.vault_a, &[A1]),
@@ -230,7 +253,10 @@ fn instances_that_cannot_be_told_apart_are_refused_located() {
         err.contains("extra.yaml:7:5") && err.contains("no provider instance `vault.nope`"),
         "{err}"
     );
-    assert!(err.contains("vault.a") && err.contains("vault.b"), "lists the configured ones: {err}");
+    assert!(
+        err.contains("vault.a") && err.contains("vault.b"),
+        "lists the configured ones: {err}"
+    );
 
     // A misspelt provider name gets a suggestion.
     w.s.write(
@@ -242,7 +268,9 @@ fn instances_that_cannot_be_told_apart_are_refused_located() {
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(
-        err.contains("extra.yaml:5:") && err.contains("unknown provider `valt`") && err.contains("did you mean \"vault\""),
+        err.contains("extra.yaml:5:")
+            && err.contains("unknown provider `valt`")
+            && err.contains("did you mean \"vault\""),
         "{err}"
     );
 

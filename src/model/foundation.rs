@@ -254,12 +254,14 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
             continue;
         }
         match render_instance(doc, i, service, plan, inst) {
-            Ok(manifest) => out
-                .resources
-                .extend(
+            Ok(manifest) => out.resources.extend(
                 instance_resources(service, plan, inst, mount, manifest).map(|mut r| {
                     if let Some(a) = alias {
-                        let provider = if r.ty.starts_with("bosh_") { "bosh" } else { "vault" };
+                        let provider = if r.ty.starts_with("bosh_") {
+                            "bosh"
+                        } else {
+                            "vault"
+                        };
                         r.provider = Some(format!("{provider}.{a}"));
                     }
                     (i, r)
@@ -278,7 +280,10 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
 #[must_use]
 pub fn provider_settings(
     f: &FoundationDoc,
-) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
+) -> (
+    serde_json::Map<String, Value>,
+    serde_json::Map<String, Value>,
+) {
     fn put(m: &mut serde_json::Map<String, Value>, k: &str, v: &Option<String>) {
         if let Some(v) = v.as_ref().filter(|v| !v.trim().is_empty()) {
             m.insert(k.to_string(), Value::String(v.clone()));

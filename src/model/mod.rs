@@ -129,7 +129,9 @@ pub fn instance_name(provider: &str, alias: Option<&str>) -> String {
 
 /// Whether `a` is a usable alias: lowercase letters, digits, `_` and `-`.
 fn valid_alias(a: &str) -> bool {
-    a.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    a.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && a.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
@@ -371,26 +373,27 @@ fn collect_providers(
     errors: &mut Vec<SpecError>,
 ) {
     let known: BTreeSet<&str> = schemas.values().map(|s| s.provider.as_str()).collect();
-    let mut add = |inst: ProviderInstance, errors: &mut Vec<SpecError>, hint: &str| {
-        match out.iter().find(|o| o.name() == inst.name()) {
-            Some(first) if first.settings != inst.settings => {
-                let at = first
-                    .origin
-                    .location
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                errors.push(SpecError {
-                    message: format!(
-                        "provider instance `{}` is configured differently at {at}: {hint}",
-                        inst.name()
-                    ),
-                    ..inst.origin
-                });
-            }
-            Some(_) => {}
-            None => out.push(inst),
+    let mut add = |inst: ProviderInstance, errors: &mut Vec<SpecError>, hint: &str| match out
+        .iter()
+        .find(|o| o.name() == inst.name())
+    {
+        Some(first) if first.settings != inst.settings => {
+            let at = first
+                .origin
+                .location
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            errors.push(SpecError {
+                message: format!(
+                    "provider instance `{}` is configured differently at {at}: {hint}",
+                    inst.name()
+                ),
+                ..inst.origin
+            });
         }
+        Some(_) => {}
+        None => out.push(inst),
     };
     for doc in &spec.documents {
         let block = match &doc.body {

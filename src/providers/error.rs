@@ -158,6 +158,9 @@ mod tests {
             .with_status(401);
         assert_eq!(e.to_string(), "bosh GET /info: not authorized");
         assert_eq!(e.endpoint.as_deref(), Some("GET https://d:25555/info"));
-        assert_eq!(e.prefixed("a.b").message, "a.b: bosh GET /info: not authorized");
+        assert_eq!(
+            e.prefixed("a.b").message,
+            "a.b: bosh GET /info: not authorized"
+        );
     }
 }

@@ -193,7 +193,9 @@ impl<C: Context> Provider for Typed<C> {
         id: &str,
     ) -> Result<ResourceState, ProviderError> {
         let t = self.get(ty).map_err(|e| e.prefixed(address))?;
-        t.import(&self.ctx, id).await.map_err(|e| e.prefixed(address))
+        t.import(&self.ctx, id)
+            .await
+            .map_err(|e| e.prefixed(address))
     }
 
     fn import_id(&self, ty: &str, attributes: &Attributes) -> Option<String> {
@@ -285,7 +287,11 @@ mod tests {
         ) -> Result<Option<ResourceState>, ProviderError> {
             Ok(Some(recorded.clone()))
         }
-        async fn create(&self, ctx: &Ctx, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        async fn create(
+            &self,
+            ctx: &Ctx,
+            req: &ChangeRequest<'_>,
+        ) -> Result<Applied, ProviderError> {
             if req.attributes.get("name").and_then(Value::as_str) == Some("taken") {
                 return Err(ProviderError::of(ErrorKind::Conflict, "the name is taken"));
             }
@@ -312,7 +318,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_type_is_one_registration_line() {
-        let p = Typed::new("fake", Ctx { region: "default".into() }, 3).with(Bucket);
+        let p = Typed::new(
+            "fake",
+            Ctx {
+                region: "default".into(),
+            },
+            3,
+        )
+        .with(Bucket);
         let mut reg = Registry::default();
         reg.register(Arc::new(p));
         assert!(reg.schemas().contains_key("fake_bucket"));
@@ -331,7 +344,12 @@ mod tests {
 
         // A type the provider does not have is named, with the ones it has.
         let e = fake.create(req(&attrs, "fake_queue")).await.unwrap_err();
-        assert!(e.message.contains("no resource type `fake_queue`") && e.message.contains("fake_bucket"), "{}", e.message);
+        assert!(
+            e.message.contains("no resource type `fake_queue`")
+                && e.message.contains("fake_bucket"),
+            "{}",
+            e.message
+        );
 
         // An aliased instance has its own context.
         let settings = serde_json::json!({"region": "east"});

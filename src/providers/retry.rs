@@ -123,7 +123,10 @@ mod tests {
         let d: Vec<Duration> = Policy::CAS.delays().collect();
         assert_eq!(d.len(), 19);
         for x in d {
-            assert!(x >= Duration::from_millis(5) && x <= Duration::from_millis(640), "{x:?}");
+            assert!(
+                x >= Duration::from_millis(5) && x <= Duration::from_millis(640),
+                "{x:?}"
+            );
         }
     }
 

@@ -82,20 +82,20 @@ pub fn load_foundation(
             };
             let bosh: bosh::Settings = serde_json::from_value(Value::Object(b.clone()))
                 .map_err(|_| typed("director", b))?;
-            let vault: vault::Settings = serde_json::from_value(Value::Object(v.clone()))
-                .map_err(|_| typed("vault", v))?;
+            let vault: vault::Settings =
+                serde_json::from_value(Value::Object(v.clone())).map_err(|_| typed("vault", v))?;
             Ok(Foundation {
-            name: f.metadata.name.clone(),
-            file: doc.file.clone(),
-            catalog: Catalog::from_foundation(doc, f),
-            bosh,
-            vault,
-            mount: f
-                .vault
-                .mount
-                .clone()
-                .unwrap_or_else(|| DEFAULT_MOUNT.to_string()),
-        })
+                name: f.metadata.name.clone(),
+                file: doc.file.clone(),
+                catalog: Catalog::from_foundation(doc, f),
+                bosh,
+                vault,
+                mount: f
+                    .vault
+                    .mount
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_MOUNT.to_string()),
+            })
         }
         [] => Err(ReconcileError::Foundation(format!(
             "{}: no `kind: Foundation` document found; --foundation must point at the \
@@ -117,7 +117,6 @@ pub fn load_foundation(
 /// The Director client as a [`Director`].
 pub struct BoshDirector(pub bosh::Client);
 
-
 #[async_trait]
 impl Director for BoshDirector {
     async fn deployment_names(&self) -> Result<Vec<String>, OpError> {
@@ -135,14 +134,10 @@ pub struct VaultStore {
     pub mount: String,
 }
 
-
 #[async_trait]
 impl SecretStore for VaultStore {
     async fn read(&self, path: &str) -> Result<Secret, OpError> {
-        self.client
-            .read(&self.mount, path)
-            .await
-            
+        self.client.read(&self.mount, path).await
     }
 
     async fn write(
@@ -151,24 +146,15 @@ impl SecretStore for VaultStore {
         data: &Map<String, Value>,
         cas: Option<u64>,
     ) -> Result<u64, OpError> {
-        self.client
-            .write(&self.mount, path, data, cas)
-            .await
-            
+        self.client.write(&self.mount, path, data, cas).await
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>, OpError> {
-        self.client
-            .list(&self.mount, path)
-            .await
-            
+        self.client.list(&self.mount, path).await
     }
 
     async fn delete(&self, path: &str) -> Result<(), OpError> {
-        self.client
-            .delete_all(&self.mount, path)
-            .await
-            
+        self.client.delete_all(&self.mount, path).await
     }
 }
 

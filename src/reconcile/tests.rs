@@ -4,8 +4,8 @@
 
 use super::matcher::CatalogPlan;
 use super::run::{apply_patches, Patch};
-use crate::providers::ErrorKind;
 use super::*;
+use crate::providers::ErrorKind;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};

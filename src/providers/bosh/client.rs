@@ -262,14 +262,13 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_cert {
             let pem = ca_pem(ca)?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                config_error(format!("BOSH_CA_CERT is not a PEM certificate: {e}"))
-            })?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| config_error(format!("BOSH_CA_CERT is not a PEM certificate: {e}")))?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| {
-            config_error(format!("cannot build the HTTP client for BOSH: {e}"))
-        })?;
+        let http = builder
+            .build()
+            .map_err(|e| config_error(format!("cannot build the HTTP client for BOSH: {e}")))?;
         let mut client = Client {
             http,
             config: config.clone(),
@@ -938,7 +937,9 @@ mod tests {
     #[test]
     fn progress_says_the_stage_once() {
         let ev = |stage: &str, task: &str, state: &str| {
-            format!(r#"{{"time":1,"stage":"{stage}","tags":["redis"],"total":3,"task":"{task}","index":1,"state":"{state}","progress":0}}"#)
+            format!(
+                r#"{{"time":1,"stage":"{stage}","tags":["redis"],"total":3,"task":"{task}","index":1,"state":"{state}","progress":0}}"#
+            )
         };
         let mut p = Progress::default();
         let mut out = Vec::new();
@@ -965,7 +966,12 @@ mod tests {
                 "error: boom",
             ]
         );
-        assert_eq!(out.iter().filter(|l| l.contains("Updating instance")).count(), 1);
+        assert_eq!(
+            out.iter()
+                .filter(|l| l.contains("Updating instance"))
+                .count(),
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -997,7 +1003,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Cancelled);
-        assert!(e.message.contains("bosh task 7") && !e.message.contains("s3cret"), "{}", e.message);
+        assert!(
+            e.message.contains("bosh task 7") && !e.message.contains("s3cret"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.endpoint, Some(format!("GET http://{addr}/tasks/7")));
     }
 
@@ -1008,9 +1018,18 @@ mod tests {
             client_secret: Some("from-spec".into()),
             ..Settings::default()
         };
-        let c = Config::resolve(&s, vars(&[("BOSH_CLIENT", "admin"), ("BOSH_CLIENT_SECRET", "env")])).unwrap();
-        assert_eq!((c.url.as_str(), c.client.as_str(), c.secret.as_str()), ("https://10.0.0.6:25555", "admin", "from-spec"));
-        assert!(!format!("{c:?} {s:?}").contains("from-spec"), "secrets never in Debug");
+        let c = Config::resolve(
+            &s,
+            vars(&[("BOSH_CLIENT", "admin"), ("BOSH_CLIENT_SECRET", "env")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.url.as_str(), c.client.as_str(), c.secret.as_str()),
+            ("https://10.0.0.6:25555", "admin", "from-spec")
+        );
+        assert!(
+            !format!("{c:?} {s:?}").contains("from-spec"),
+            "secrets never in Debug"
+        );
     }
-
 }

@@ -81,8 +81,8 @@ pub struct BoshContext {
 
 impl Context for BoshContext {
     fn configure(settings: &Map<String, Value>) -> Result<BoshContext, ProviderError> {
-        let settings: Settings = serde_json::from_value(Value::Object(settings.clone()))
-            .map_err(|e| {
+        let settings: Settings =
+            serde_json::from_value(Value::Object(settings.clone())).map_err(|e| {
                 ProviderError::invalid(format!(
                     "bosh provider settings: {e}; the keys are environment, client, \
                      client_secret and ca_cert"
@@ -217,8 +217,14 @@ mod tests {
         let c = BoshContext::configure(ok.as_object().unwrap()).unwrap();
         assert_eq!(c.settings.client.as_deref(), Some("admin"));
         let bad = serde_json::json!({"url": "https://x"});
-        let e = BoshContext::configure(bad.as_object().unwrap()).err().unwrap();
-        assert!(e.message.contains("url") && e.message.contains("environment"), "{}", e.message);
+        let e = BoshContext::configure(bad.as_object().unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("url") && e.message.contains("environment"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

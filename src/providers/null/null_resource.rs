@@ -5,9 +5,9 @@
 //! `delete`) makes that operation fail, and `sleep_ms` delays every operation.
 
 use super::NullContext;
+use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::providers::resource::ResourceType;
 use crate::providers::{Applied, ChangeRequest, ProviderError};
-use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::state::ResourceState;
 use async_trait::async_trait;
 use serde_json::Value;

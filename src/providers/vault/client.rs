@@ -92,7 +92,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "(redacted)"))
-            .field("approle", &self.approle.as_ref().map(|(r, _)| (r, "(redacted)")))
+            .field(
+                "approle",
+                &self.approle.as_ref().map(|(r, _)| (r, "(redacted)")),
+            )
             .field("cacert", &self.cacert)
             .field("namespace", &self.namespace)
             .finish()
@@ -189,9 +192,9 @@ impl Client {
             })?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| {
-            config_error(format!("cannot build the HTTP client for Vault: {e}"))
-        })?;
+        let http = builder
+            .build()
+            .map_err(|e| config_error(format!("cannot build the HTTP client for Vault: {e}")))?;
         let mut client = Client {
             http,
             addr: config.addr.clone(),
@@ -231,7 +234,10 @@ impl Client {
     fn error(&self, method: &Method, path: &str, status: Option<u16>, what: &str) -> VaultError {
         let e = ProviderError::of(
             status.map_or(ErrorKind::Permanent, ErrorKind::from_status),
-            format!("vault {method} /v1/{path} (VAULT_ADDR={}): {what}", self.addr),
+            format!(
+                "vault {method} /v1/{path} (VAULT_ADDR={}): {what}",
+                self.addr
+            ),
         )
         .at(format!("{method} {}/v1/{path}", self.addr));
         match status {

@@ -264,7 +264,10 @@ mod tests {
     }
 
     fn conflict() -> ProviderError {
-        ProviderError::of(ErrorKind::Conflict, "vault POST /v1/secret/data/db: check-and-set mismatch")
+        ProviderError::of(
+            ErrorKind::Conflict,
+            "vault POST /v1/secret/data/db: check-and-set mismatch",
+        )
     }
 
     /// A store whose first `conflicts` writes lose a race to another writer, which adds
@@ -285,7 +288,10 @@ mod tests {
         }
         async fn read(&self) -> Result<Secret, ProviderError> {
             let g = self.index.lock().unwrap();
-            Ok(Secret { data: Some(g.0.clone()), version: g.1 })
+            Ok(Secret {
+                data: Some(g.0.clone()),
+                version: g.1,
+            })
         }
         async fn write(&self, m: Map<String, Value>, cas: u64) -> Result<u64, ProviderError> {
             self.writes.fetch_add(1, Ordering::SeqCst);
@@ -333,16 +339,25 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Conflict);
-        assert!(e.message.contains("gave up after 20 attempts"), "{}", e.message);
+        assert!(
+            e.message.contains("gave up after 20 attempts"),
+            "{}",
+            e.message
+        );
         assert_eq!(s.writes.load(Ordering::SeqCst), Policy::CAS.attempts);
     }
 
     #[tokio::test(start_paused = true)]
     async fn nothing_to_change_writes_nothing() {
         let s = Racy::new(0);
-        let (v, n) = read_modify_write(Policy::CAS, || s.read(), |m, cas| s.write(m, cas), |_| (None, 7))
-            .await
-            .unwrap();
+        let (v, n) = read_modify_write(
+            Policy::CAS,
+            || s.read(),
+            |m, cas| s.write(m, cas),
+            |_| (None, 7),
+        )
+        .await
+        .unwrap();
         assert_eq!((v, n), (1, 7));
         assert_eq!(s.writes.load(Ordering::SeqCst), 0);
     }
@@ -352,11 +367,24 @@ mod tests {
         let (tx, _rx) = tokio::sync::oneshot::channel();
         let (tx2, _rx2) = tokio::sync::oneshot::channel();
         let ops = [
-            IndexOp { key: "a".into(), value: Some(json!({"plan": "p"})), preserve: vec!["orphaned".into()], done: tx },
-            IndexOp { key: "b".into(), value: None, preserve: vec![], done: tx2 },
+            IndexOp {
+                key: "a".into(),
+                value: Some(json!({"plan": "p"})),
+                preserve: vec!["orphaned".into()],
+                done: tx,
+            },
+            IndexOp {
+                key: "b".into(),
+                value: None,
+                preserve: vec![],
+                done: tx2,
+            },
         ];
         let cur = obj(json!({"a": {"plan": "o", "orphaned": true}, "b": 1}));
         let m = apply_ops(Some(&cur), &ops).unwrap();
-        assert_eq!(Value::Object(m), json!({"a": {"plan": "p", "orphaned": true}}));
+        assert_eq!(
+            Value::Object(m),
+            json!({"a": {"plan": "p", "orphaned": true}})
+        );
     }
 }

@@ -95,8 +95,8 @@ impl Default for VaultContext {
 
 impl Context for VaultContext {
     fn configure(settings: &Map<String, Value>) -> Result<VaultContext, ProviderError> {
-        let settings: Settings = serde_json::from_value(Value::Object(settings.clone()))
-            .map_err(|e| {
+        let settings: Settings =
+            serde_json::from_value(Value::Object(settings.clone())).map_err(|e| {
                 ProviderError::invalid(format!(
                     "vault provider settings: {e}; the keys are address, token, role_id, \
                      secret_id, cacert and namespace"
@@ -236,7 +236,6 @@ fn parse_import_id<'a>(
     Ok((mount, path, key))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,9 +297,18 @@ mod tests {
         let ok = json!({"address": "http://127.0.0.1:8200", "token": "t", "namespace": "ns"});
         let c = VaultContext::configure(ok.as_object().unwrap()).unwrap();
         assert_eq!(c.settings.address.as_deref(), Some("http://127.0.0.1:8200"));
-        assert!(!format!("{:?}", c.settings).contains("\"t\""), "token never in Debug");
+        assert!(
+            !format!("{:?}", c.settings).contains("\"t\""),
+            "token never in Debug"
+        );
         let bad = json!({"adress": "http://x"});
-        let e = VaultContext::configure(bad.as_object().unwrap()).err().unwrap();
-        assert!(e.message.contains("adress") && e.message.contains("address"), "{}", e.message);
+        let e = VaultContext::configure(bad.as_object().unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("adress") && e.message.contains("address"),
+            "{}",
+            e.message
+        );
     }
 }
