@@ -84,7 +84,14 @@ pub fn open_target(target: &StateTarget) -> Result<Box<dyn StateBackend>, OpsErr
         (Some(ws), _) => ws.clone(),
         (None, Some(url)) => match local_dir(url) {
             Some(dir) => only_workspace(&dir)?,
-            // A state file, or a remote backend: the workspace name does not pick it.
+            // A remote backend keeps one state per workspace: say which is meant.
+            None if url.contains("://") && !url.starts_with("file://") => {
+                return Err(OpsError::Usage(format!(
+                    "{}: this backend holds one state per workspace; name it with --workspace NAME (the spec's metadata.name)",
+                    state::redact_url(url)
+                )))
+            }
+            // A state file: the workspace name does not pick it.
             None => "default".to_string(),
         },
         (None, None) => only_workspace(Path::new(DEFAULT_STATE_DIR))?,
