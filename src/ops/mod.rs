@@ -72,7 +72,7 @@ pub enum OpsError {
     /// `force-unlock` command that names this state from any directory.
     #[error("{source}; from any directory: `anvil force-unlock {id}{flags}`")]
     Locked {
-        source: StateError,
+        source: Box<StateError>,
         id: String,
         flags: String,
     },
@@ -574,7 +574,7 @@ pub(crate) fn lock_error(err: StateError, target: &StateTarget) -> OpsError {
         StateError::Locked { info, .. } => OpsError::Locked {
             id: info.id.clone(),
             flags: target_flags(target),
-            source: err,
+            source: Box::new(err),
         },
         _ => OpsError::State(err),
     }
