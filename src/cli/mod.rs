@@ -96,7 +96,8 @@ struct SpecArgs {
 /// The state of a command that reads a spec: its workspace is the spec's `metadata.name`.
 #[derive(Args, Debug, Clone)]
 struct StateArg {
-    /// State backend URL (default: state/<metadata.name>.json). `file://PATH` or a path.
+    /// State backend URL (default: state/<metadata.name>.json): a path or `file://PATH`,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`, `vault://MOUNT/PATH`.
     #[arg(long, env = "ANVIL_STATE")]
     state: Option<String>,
 }
@@ -104,7 +105,9 @@ struct StateArg {
 /// The state of a command that reads no spec.
 #[derive(Args, Debug, Clone)]
 struct TargetArgs {
-    /// State backend URL. `file://PATH` or a path (a directory: with --workspace, or the only state in it).
+    /// State backend URL: a path or `file://PATH` (a directory: with --workspace, or the
+    /// only state in it), `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]` or
+    /// `vault://MOUNT/PATH` (with --workspace).
     #[arg(long, env = "ANVIL_STATE")]
     state: Option<String>,
     /// Workspace whose state to use: state/NAME.json (default: the only state under ./state/).

@@ -285,7 +285,7 @@ pub async fn refresh_scoped(
         let Some(p) = registry.get(&rec.provider) else {
             return Err(OpsError::Refresh {
                 address: addr.clone(),
-                message: format!("provider `{}` is not available in this build", rec.provider),
+                message: crate::providers::missing_instance(&rec.provider),
             });
         };
         let got = p.read(addr, rec).await.map_err(|e| OpsError::Refresh {
