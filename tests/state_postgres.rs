@@ -2,7 +2,9 @@
 //! round trip; ten applies on ten workspaces of one database at once; ten applies on one
 //! workspace with `--lock-timeout`, one at a time; bad URLs (unknown scheme, unreachable
 //! server, wrong password, a role that may not create tables) exit 1 naming the URL with
-//! the password redacted, never print the password and write nothing.
+//! the password redacted, never print the password and write nothing. Through the
+//! library: stale and foreign writes are refused, a lost lock stops writes and journal
+//! appends, a dead holder's lease is taken over, and parallel appends round-trip.
 
 mod common;
 mod pg_support;
@@ -246,4 +248,180 @@ fn bad_state_urls_exit_1_naming_the_redacted_url() {
         "qpw12345",
         "check the host and port",
     );
+}
+
+mod library {
+    use super::PgCluster;
+    use anvil::state::{
+        JournalRecord, PostgresBackend, RecordedLifecycle, ResourceState, State, StateBackend,
+        StateError,
+    };
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn backend(db: &str, ws: &str) -> PostgresBackend {
+        let pg = PgCluster::shared();
+        PostgresBackend::new(&pg.url(db), ws).unwrap()
+    }
+
+    fn res(n: u64) -> ResourceState {
+        let t = chrono::Utc::now();
+        ResourceState {
+            ty: "null_resource".into(),
+            provider: "null".into(),
+            attributes: BTreeMap::from([("n".to_string(), serde_json::json!(n))]),
+            sensitive: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            dependencies: vec![],
+            lifecycle: RecordedLifecycle::default(),
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_foreign_and_lost_lock_writes_are_refused() {
+        PgCluster::shared().create_db("lib_refuse");
+        let b = backend("lib_refuse", "w");
+        let other_ws = backend("lib_refuse", "other");
+        assert!(!b.exists().await.unwrap());
+        let lock = b.lock("test", Duration::ZERO).await.unwrap();
+        let mut s = b.load().await.unwrap();
+        s.serial = 5;
+        b.write(&s, lock.as_ref()).await.unwrap();
+        assert!(b.exists().await.unwrap());
+        assert!(!other_ws.exists().await.unwrap(), "workspaces are apart");
+
+        // An older serial, or another lineage, is refused.
+        let mut stale = s.clone();
+        stale.serial = 4;
+        let err = b.write(&stale, lock.as_ref()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::StaleState {
+                    stored: 5,
+                    ours: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = b.write(&State::new(), lock.as_ref()).await.unwrap_err();
+        assert!(matches!(err, StateError::LineageMismatch { .. }), "{err}");
+
+        // Another workspace's lock is not ours.
+        let foreign = other_ws.lock("test", Duration::ZERO).await.unwrap();
+        let err = b.write(&s, foreign.as_ref()).await.unwrap_err();
+        assert!(matches!(err, StateError::WrongLock { .. }), "{err}");
+
+        // A second locker is told who holds it.
+        let err = b.lock("plan", Duration::ZERO).await.unwrap_err();
+        let StateError::Locked { info, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(info.id, lock.info().id);
+        assert_eq!(info.pid, std::process::id());
+
+        // Force-unlocked: the old holder's journal appends and writes fail.
+        let j = b.journal(&s, lock.as_ref()).await.unwrap();
+        let err = b.force_unlock("wrong-id").await.unwrap_err();
+        assert!(matches!(err, StateError::LockIdMismatch { .. }), "{err}");
+        b.force_unlock(&lock.info().id).await.unwrap();
+        let rec = JournalRecord::Applied {
+            serial: 6,
+            address: "null_resource.a".into(),
+            resource: res(1),
+        };
+        let err = j.append(&rec).wait().await.unwrap_err();
+        assert!(matches!(err, StateError::LockLost { .. }), "{err}");
+        let err = b.write(&s, lock.as_ref()).await.unwrap_err();
+        assert!(matches!(err, StateError::LockLost { .. }), "{err}");
+        assert_eq!(
+            b.load().await.unwrap(),
+            s,
+            "nothing written after the lock was lost"
+        );
+        let err = b.force_unlock("x").await.unwrap_err();
+        assert!(matches!(err, StateError::NotLocked { .. }), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_appends_and_checkpoints_round_trip() {
+        PgCluster::shared().create_db("lib_journal");
+        let b = backend("lib_journal", "w");
+        let lock = b.lock("apply", Duration::ZERO).await.unwrap();
+        let mut state = b.load().await.unwrap();
+        let j = b.journal(&state, lock.as_ref()).await.unwrap();
+        let mut commits = Vec::new();
+        for i in 0..3000u64 {
+            let rec = JournalRecord::Applied {
+                serial: state.next_serial(),
+                address: format!("null_resource.r{i}"),
+                resource: res(i),
+            };
+            state.apply_record(&rec);
+            commits.push(j.append(&rec));
+            if j.checkpoint_due() {
+                commits.push(j.checkpoint(&state));
+            }
+        }
+        // An intent left pending survives in the loaded state.
+        let intent = JournalRecord::Intent {
+            address: "null_resource.r0".into(),
+            operation: anvil::state::Operation::Update,
+            at: chrono::Utc::now(),
+        };
+        commits.push(j.append(&intent));
+        for c in commits {
+            c.wait().await.unwrap();
+        }
+        assert!(b.has_journal().await);
+        let loaded = b.load().await.unwrap();
+        assert_eq!(loaded.resources, state.resources);
+        assert_eq!(loaded.serial, 3000);
+        assert_eq!(loaded.pending.len(), 1);
+        j.finish(&state).await.unwrap();
+        assert!(!b.has_journal().await);
+        let loaded = b.load().await.unwrap();
+        assert_eq!(loaded.resources.len(), 3000);
+        assert_eq!(
+            loaded.pending.len(),
+            1,
+            "the checkpoint keeps the pending intent"
+        );
+    }
+
+    #[test]
+    fn lease_of_a_dead_holder_is_taken_over() {
+        PgCluster::shared().create_db("lib_lease");
+        let url = PgCluster::shared().url("lib_lease");
+        // The holder "dies": its runtime (and renewal task) goes away and its lock is
+        // never released.
+        let first = tokio::runtime::Runtime::new().unwrap();
+        let id = first.block_on(async {
+            let b = PostgresBackend::new(&url, "w")
+                .unwrap()
+                .with_lease(Duration::from_millis(600));
+            let lock = b.lock("apply", Duration::ZERO).await.unwrap();
+            let id = lock.info().id.clone();
+            std::mem::forget(lock);
+            id
+        });
+        drop(first);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let b = PostgresBackend::new(&url, "w")
+                .unwrap()
+                .with_lease(Duration::from_millis(600));
+            let err = b.lock("apply", Duration::ZERO).await.unwrap_err();
+            assert!(matches!(err, StateError::Locked { .. }), "{err}");
+            // No force-unlock: waiting past the lease is enough.
+            let lock = b.lock("apply", Duration::from_secs(30)).await.unwrap();
+            assert_ne!(lock.info().id, id);
+            drop(lock);
+            // Dropping released it: free at once.
+            b.lock("apply", Duration::ZERO).await.unwrap();
+        });
+    }
 }
