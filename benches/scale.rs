@@ -15,6 +15,16 @@
 //! 8): N null resources (default 10,000) applied with `--state vault://…` into `anvil sim
 //! vault`, then a no-op plan against that state.
 //!
+//! `cargo bench --bench scale -- postgres [N]` (N default 10,000) starts a throwaway
+//! PostgreSQL cluster (tests/pg_support) and times apply from empty and a no-op plan with
+//! `--state postgres://…`.
+//!
+//! `cargo bench --bench scale -- compare OLD_BIN` times the file backend's 10k apply and
+//! 100k no-op plan with OLD_BIN and with this build, alternately in one run, for a
+//! before/after table.
+//!
+//! `ANVIL_BENCH_BIN=PATH` runs another anvil binary instead of this build's.
+//!
 //! `cargo bench --bench scale -- reconcile [N]` runs only the reconciler case (issue 4):
 //! N deployments (default 10,000) seeded into `anvil sim bosh` over its HTTP API, then
 //! `anvil reconcile` against it and `anvil sim vault`, timed with an empty `db` index
@@ -24,7 +34,21 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_anvil");
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
+
+const BUILT: &str = env!("CARGO_BIN_EXE_anvil");
+
+thread_local! {
+    /// The binary `measure` runs: this build's, `ANVIL_BENCH_BIN`, or a `compare` side.
+    static BIN: std::cell::RefCell<String> = std::cell::RefCell::new(
+        std::env::var("ANVIL_BENCH_BIN").unwrap_or_else(|_| BUILT.to_string()),
+    );
+}
+
+fn bin() -> String {
+    BIN.with(|b| b.borrow().clone())
+}
 
 fn tree_spec(n: usize) -> String {
     let mut s = String::with_capacity(n * 120);
@@ -52,7 +76,7 @@ fn measure(dir: &Path, args: &[&str]) -> (Duration, f64, i32) {
 /// [`measure`] with extra environment variables.
 fn measure_with(dir: &Path, args: &[&str], envs: &[(&str, String)]) -> (Duration, f64, i32) {
     let start = Instant::now();
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir)
@@ -86,7 +110,7 @@ struct VaultSim {
 impl VaultSim {
     fn start() -> VaultSim {
         use std::io::BufRead;
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["sim", "vault", "--listen", "127.0.0.1:0", "--token", "root"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -198,6 +222,67 @@ fn vault_state_bench(n: usize) {
         "no-op plan, full state",
         &["plan", "--detailed-exitcode", "spec.yaml"],
     );
+
+/// apply from empty and a no-op plan of N null resources with state in PostgreSQL.
+fn postgres_bench(n: usize) {
+    let pg = pg_support::PgCluster::start();
+    pg.create_db("bench");
+    let url = pg.url("bench");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("spec.yaml"), tree_spec(n)).expect("write spec");
+    println!("| N (state in PostgreSQL) | step | wall time (s) | peak RSS (MiB) |");
+    println!("|---:|---|---:|---:|");
+    let steps: [(&str, &[&str], i32); 2] = [
+        (
+            "apply from empty",
+            &["--state", &url, "apply", "--auto-approve", "spec.yaml"],
+            0,
+        ),
+        (
+            "no-op plan, full state",
+            &["--state", &url, "plan", "--detailed-exitcode", "spec.yaml"],
+            0,
+        ),
+    ];
+    for (name, argv, want) in steps {
+        let (t, rss, code) = measure(dir.path(), argv);
+        assert_eq!(code, want, "{name} at N={n} exited {code}");
+        println!("| {n} | {name} | {:.2} | {rss:.0} |", t.as_secs_f64());
+    }
+}
+
+/// The file backend before and after: 10k apply and 100k no-op plan, old and new binary
+/// alternately (so both see the same machine load).
+fn compare_bench(old: &str) {
+    println!("| binary | N | step | wall time (s) | peak RSS (MiB) |");
+    println!("|---|---:|---|---:|---:|");
+    for round in 0..2 {
+        for (label, path) in [("old", old.to_string()), ("new", BUILT.to_string())] {
+            BIN.with(|b| *b.borrow_mut() = path.clone());
+            for n in [10_000, 100_000] {
+                let dir = tempfile::tempdir().expect("tempdir");
+                std::fs::write(dir.path().join("spec.yaml"), tree_spec(n)).expect("write spec");
+                let (t, rss, code) = measure(dir.path(), &["apply", "--auto-approve", "spec.yaml"]);
+                assert_eq!(code, 0, "{label} apply at N={n} exited {code}");
+                if n == 10_000 {
+                    println!(
+                        "| {label} (round {}) | {n} | apply from empty | {:.2} | {rss:.0} |",
+                        round + 1,
+                        t.as_secs_f64()
+                    );
+                } else {
+                    let (t, rss, code) =
+                        measure(dir.path(), &["plan", "--detailed-exitcode", "spec.yaml"]);
+                    assert_eq!(code, 0, "{label} no-op plan at N={n} exited {code}");
+                    println!(
+                        "| {label} (round {}) | {n} | no-op plan, full state | {:.2} | {rss:.0} |",
+                        round + 1,
+                        t.as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn main() {
@@ -217,6 +302,15 @@ fn main() {
     }
     if std::env::args().any(|a| a == "vault") {
         vault_state_bench(args.first().copied().unwrap_or(10_000));
+        return;
+    }
+    if std::env::args().any(|a| a == "postgres") {
+        postgres_bench(args.first().copied().unwrap_or(10_000));
+        return;
+    }
+    if let Some(pos) = std::env::args().position(|a| a == "compare") {
+        let old = std::env::args().nth(pos + 1).expect("compare OLD_BIN");
+        compare_bench(&old);
         return;
     }
     if std::env::args().any(|a| a == "reconcile") {
@@ -310,7 +404,7 @@ fn main() {
 mod reconcile {
     //! The reconciler case: seed the Director simulator, time `anvil reconcile`.
 
-    use super::{measure_with, BIN};
+    use super::measure_with;
     use futures::StreamExt;
     use std::io::{BufRead, BufReader};
     use std::path::Path;
@@ -328,7 +422,7 @@ mod reconcile {
 
     /// Starts `anvil sim ARGS --listen 127.0.0.1:0` and returns it with its URL.
     fn start(args: &[&str], prefix: &str) -> (Sim, String) {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(super::bin())
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())

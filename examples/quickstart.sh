@@ -133,7 +133,7 @@ done
 
 echo
 echo "=== the Director now runs:"
-"$ANVIL" state list examples/foundation | grep '^bosh_deployment\.' || true
+"$ANVIL" state list --workspace foundation | grep '^bosh_deployment\.' || true
 echo
 echo "Quickstart done: state is in state/quickstart.json and state/foundation.json."
 echo "README.md shows how to keep the simulators running and try drift, import and reconcile."

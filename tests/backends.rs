@@ -525,31 +525,11 @@ macro_rules! conformance {
     };
 }
 
-/// The same, compiled but ignored until the backend exists on this branch.
-macro_rules! conformance_ignored {
-    ($backend:ident, $variant:expr, $reason:literal, $($body:ident),+ $(,)?) => {
-        mod $backend {
-            $(
-                #[test]
-                #[ignore = $reason]
-                fn $body() {
-                    super::$body($variant)
-                }
-            )+
-        }
-    };
-}
-
 macro_rules! all_backends {
     ($($body:ident),+ $(,)?) => {
         conformance!(file, super::Backend::File, $($body),+);
         conformance!(vault, super::Backend::Vault, $($body),+);
-        conformance_ignored!(
-            postgres,
-            super::Backend::Postgres,
-            "the postgres:// backend is not on this branch yet",
-            $($body),+
-        );
+        conformance!(postgres, super::Backend::Postgres, $($body),+);
     };
 }
 

@@ -76,11 +76,7 @@ fn sigkill_at_random_moments_never_corrupts_state() {
             assert!(v["resources"].is_object(), "trial {trial}");
         }
         // Every command reads what the killed run left (state + journal) without error.
-        let o = s
-            .cmd(&["state", "list", "spec.yaml"])
-            .envs(env)
-            .output()
-            .unwrap();
+        let o = s.cmd(&["state", "list"]).envs(env).output().unwrap();
         assert_code(&o, 0);
         let recorded = stdout(&o).lines().count();
         if recorded > 0 && recorded < N {
@@ -117,9 +113,7 @@ fn sigkill_at_random_moments_never_corrupts_state() {
             format!("{:?} {}", e.file_name(), e.metadata().unwrap().len())
         })
         .collect();
-    let listed = stdout(&s.run(&["state", "list", "spec.yaml"]))
-        .lines()
-        .count();
+    let listed = stdout(&s.run(&["state", "list"])).lines().count();
     assert_eq!(
         keys.len(),
         N,

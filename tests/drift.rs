@@ -477,10 +477,7 @@ resources:
 
     // A deployment that differs from the spec is adopted as it is; the plan shows how.
     w.bosh.deploy(&format!("name: hand\n{}", manifest(2)));
-    assert_code(
-        &w.run(&["state", "rm", "bosh_deployment.hand", "--path", "spec.yaml"]),
-        0,
-    );
+    assert_code(&w.run(&["state", "rm", "bosh_deployment.hand"]), 0);
     assert_code(
         &w.run(&["import", "bosh_deployment.hand", "hand", "spec.yaml"]),
         0,

@@ -196,3 +196,96 @@ fn a_non_utf8_environment_variable_is_not_a_crash() {
         .unwrap();
     assert_code(&o, 0);
 }
+
+// ---- Help text: what a new user reads first ----
+
+fn help_of(path: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anvil"))
+        .args(path)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "anvil {path:?} --help");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn help_lists_only_the_flags_a_command_uses() {
+    for cmd in [&["drift"][..], &["destroy"]] {
+        let h = help_of(cmd);
+        assert!(!h.contains("--replace"), "{cmd:?} offers --replace:\n{h}");
+        assert!(
+            h.contains("--target") && h.contains("--state"),
+            "{cmd:?}:\n{h}"
+        );
+    }
+    for cmd in [&["plan"][..], &["apply"]] {
+        assert!(help_of(cmd).contains("--replace"), "{cmd:?}");
+    }
+    for cmd in [
+        &["schema"][..],
+        &["sim", "bosh"],
+        &["sim", "vault"],
+        &["validate"],
+        &["graph"],
+    ] {
+        let h = help_of(cmd);
+        assert!(!h.contains("--state"), "{cmd:?} offers --state:\n{h}");
+    }
+    for cmd in [
+        &["show"][..],
+        &["state", "list"],
+        &["state", "rm"],
+        &["force-unlock"],
+    ] {
+        let h = help_of(cmd);
+        assert!(
+            h.contains("--state") && h.contains("--workspace"),
+            "{cmd:?}:\n{h}"
+        );
+    }
+}
+
+#[test]
+fn schema_help_lists_every_kind() {
+    let h = help_of(&["schema"]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anvil"))
+        .args(["schema", "no-such-kind"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    for kind in ["resources", "foundation", "plan", "drift"] {
+        assert!(
+            h.contains(kind),
+            "schema --help does not list `{kind}`:\n{h}"
+        );
+        assert!(err.contains(kind), "{err}");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_anvil"))
+            .args(["schema", kind])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "schema {kind}");
+    }
+}
+
+#[test]
+fn anvil_log_output_has_no_colour_when_not_a_terminal() {
+    let s = Scratch::new();
+    s.write("spec.yaml", "apiVersion: anvil/v1\nkind: Resources\nmetadata: { name: log }\nresources:\n  - { type: null_resource, name: a }\n");
+    let o = s
+        .cmd(&["validate", "spec.yaml"])
+        .env("ANVIL_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("DEBUG") && err.contains("spec loaded"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a non-terminal log: {err:?}"
+    );
+}

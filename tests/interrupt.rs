@@ -41,7 +41,7 @@ fn interrupt_drains_in_flight_work_and_records_it() {
         "{text}"
     );
     assert!(text.contains("Not started (interrupted):"), "{text}");
-    let o = s.run(&["state", "list", "spec.yaml"]);
+    let o = s.run(&["state", "list"]);
     assert_eq!(
         stdout(&o).lines().count(),
         2,

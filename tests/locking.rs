@@ -103,9 +103,9 @@ fn force_unlock_removes_a_stuck_lock() {
         .and_then(|r| r.split('`').next())
         .expect("lock id in the error")
         .to_string();
-    let o = s.run(&["force-unlock", "not-the-id", "spec.yaml"]);
+    let o = s.run(&["force-unlock", "not-the-id"]);
     assert_code(&o, 1);
-    let o = s.run(&["force-unlock", &id, "spec.yaml"]);
+    let o = s.run(&["force-unlock", &id]);
     assert_code(&o, 0);
     s.write("spec.yaml", &slow_spec("stuck", 0));
     assert_code(&s.run(&["apply", "--auto-approve", "spec.yaml"]), 0);

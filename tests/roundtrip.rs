@@ -108,25 +108,18 @@ fn state_commands() {
     let s = Scratch::new();
     s.copy_example("quickstart", "spec");
     assert_code(&s.run(&["apply", "--auto-approve", "spec"]), 0);
-    let o = s.run(&["state", "list", "spec"]);
+    let o = s.run(&["state", "list"]);
     assert_code(&o, 0);
     assert_eq!(stdout(&o).lines().count(), 5);
-    let o = s.run(&["state", "show", "null_resource.app", "spec"]);
+    let o = s.run(&["state", "show", "null_resource.app"]);
     assert_code(&o, 0);
     assert!(stdout(&o).contains("(sensitive)"), "{}", stdout(&o));
     assert!(!stdout(&o).contains("not-a-real-secret"));
-    let o = s.run(&[
-        "state",
-        "mv",
-        "--path",
-        "spec",
-        "null_resource.cache",
-        "null_resource.cache2",
-    ]);
+    let o = s.run(&["state", "mv", "null_resource.cache", "null_resource.cache2"]);
     assert_code(&o, 0);
-    let o = s.run(&["state", "rm", "--path", "spec", "null_resource.cache2"]);
+    let o = s.run(&["state", "rm", "null_resource.cache2"]);
     assert_code(&o, 0);
-    let o = s.run(&["state", "rm", "--path", "spec", "null_resource.nope"]);
+    let o = s.run(&["state", "rm", "null_resource.nope"]);
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains("null_resource.nope: not in state"),

@@ -32,10 +32,7 @@ fn saved_plan_applies_and_stale_plan_is_refused() {
     .unwrap();
     let o = s.run(&["plan", "--out", "plan2.json", "spec"]);
     assert_code(&o, 0);
-    assert_code(
-        &s.run(&["state", "rm", "--path", "spec", "null_resource.audit_log"]),
-        0,
-    );
+    assert_code(&s.run(&["state", "rm", "null_resource.audit_log"]), 0);
     let o = s.run(&["apply", "plan2.json"]);
     assert_code(&o, 1);
     let err = stderr(&o);

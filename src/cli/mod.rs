@@ -1,5 +1,6 @@
 //! The command line: argument parsing, terminal output and exit codes. Each command
-//! parses its flags and calls into `ops`; the only logic here is presentation.
+//! parses its flags, calls one `ops` function, renders the events and the result, and
+//! maps it to an exit code; the only logic here is presentation.
 //!
 //! Exit codes, as Terraform: 0 success (no changes), 1 error (usage errors included),
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
@@ -8,18 +9,19 @@ mod output;
 mod reconcile;
 mod sim_bosh;
 
-use crate::apply::{ApplyConfig, Event};
-use crate::ops::{self, Inputs, OpsError, Workspace};
-use crate::plan::json::PlanDocument;
+use crate::ops::{
+    self, ApplyOutcome, ApplyRequest, CancellationToken, DriftRequest, EventSink, Inputs, OpsError,
+    OpsEvent, PlanRequest, RefreshOnlyOutcome, RefreshProposal, SavedPlanRequest, StateTarget,
+};
 use crate::plan::{render, Plan, PlanOptions};
-use crate::providers::Registry;
-use crate::state::{self, State};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,9 +30,6 @@ use tokio::sync::{mpsc, watch};
     about = "Declarative plan-and-apply for Cloud Foundry service foundations and the cloud under them"
 )]
 pub struct Cli {
-    /// State backend URL (default: state/<metadata.name>.json). `file://PATH` or a path.
-    #[arg(long, global = true, env = "ANVIL_STATE")]
-    state: Option<String>,
     /// Never colour the output (also: the NO_COLOR environment variable).
     #[arg(long, global = true)]
     no_color: bool,
@@ -51,21 +50,26 @@ enum Command {
     /// Adopt an existing object into state: anvil import ADDR ID [PATH].
     Import(ImportArgs),
     /// Destroy everything the workspace manages.
-    Destroy(ApplyArgs),
-    /// Show the state, or a saved plan.
+    Destroy(DestroyArgs),
+    /// Show the state (from the state alone: no spec is read), or a saved plan.
     Show(ShowArgs),
-    /// Inspect and edit the state.
+    /// Inspect and edit the state (from the state alone: no spec is read).
     #[command(subcommand)]
     State(StateCmd),
     /// Print the resource graph.
     Graph(GraphArgs),
-    /// Print the JSON Schema of a spec kind (`resources`), the plan (`plan`) or the drift report (`drift`).
-    Schema { kind: String },
+    /// Print the JSON Schema of a spec kind, the plan (`plan`) or the drift report (`drift`).
+    Schema {
+        /// Which schema to print.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(ops::schema_kinds()), ignore_case = true)]
+        kind: String,
+    },
     /// Remove a stuck lock (see the lock's id in the error that names its holder).
     ForceUnlock {
+        /// The lock's id, as the error naming its holder prints it.
         id: String,
         #[command(flatten)]
-        spec: SpecArgs,
+        target: TargetArgs,
     },
     /// Run a simulator of a service anvil manages (for tests, demos and CI).
     #[command(subcommand)]
@@ -89,17 +93,51 @@ struct SpecArgs {
     verbose: bool,
 }
 
+/// The state of a command that reads a spec: its workspace is the spec's `metadata.name`.
 #[derive(Args, Debug, Clone)]
-struct PlanFlags {
+struct StateArg {
+    /// State backend URL (default: state/<metadata.name>.json): a path or `file://PATH`,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`, `vault://MOUNT/PATH`.
+    #[arg(long, env = "ANVIL_STATE")]
+    state: Option<String>,
+}
+
+/// The state of a command that reads no spec.
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// State backend URL: a path or `file://PATH` (a directory: with --workspace, or the
+    /// only state in it), `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]` or
+    /// `vault://MOUNT/PATH` (with --workspace).
+    #[arg(long, env = "ANVIL_STATE")]
+    state: Option<String>,
+    /// Workspace whose state to use: state/NAME.json (default: the only state under ./state/).
+    #[arg(long, short = 'w')]
+    workspace: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> StateTarget {
+        StateTarget {
+            url: self.state.clone(),
+            workspace: self.workspace.clone(),
+        }
+    }
+}
+
+/// Which part of the spec a run covers.
+#[derive(Args, Debug, Clone)]
+struct ScopeFlags {
     /// Plan only these addresses and what they depend on.
     #[arg(long = "target")]
     targets: Vec<String>,
     /// Leave these addresses and what depends on them out.
     #[arg(long = "exclude")]
     excludes: Vec<String>,
-    /// Replace these resources even if nothing changed.
-    #[arg(long = "replace")]
-    replace: Vec<String>,
+}
+
+/// How a run reads the real world.
+#[derive(Args, Debug, Clone)]
+struct RunFlags {
     /// Read the real objects before planning (--refresh=false to skip).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     refresh: bool,
@@ -113,7 +151,14 @@ struct PlanArgs {
     #[command(flatten)]
     spec: SpecArgs,
     #[command(flatten)]
-    flags: PlanFlags,
+    state: StateArg,
+    #[command(flatten)]
+    scope: ScopeFlags,
+    /// Replace these resources even if nothing changed.
+    #[arg(long = "replace")]
+    replace: Vec<String>,
+    #[command(flatten)]
+    run: RunFlags,
     /// Plan the destruction of everything.
     #[arg(long)]
     destroy: bool,
@@ -128,13 +173,44 @@ struct PlanArgs {
     detailed_exitcode: bool,
 }
 
-/// What `apply` and `destroy` share; `destroy` is `apply` of a destroy plan.
 #[derive(Args, Debug)]
-struct ApplyArgs {
+struct ApplyCmdArgs {
     #[command(flatten)]
     spec: SpecArgs,
     #[command(flatten)]
-    flags: PlanFlags,
+    state: StateArg,
+    #[command(flatten)]
+    scope: ScopeFlags,
+    /// Replace these resources even if nothing changed.
+    #[arg(long = "replace")]
+    replace: Vec<String>,
+    #[command(flatten)]
+    run: RunFlags,
+    #[command(flatten)]
+    approval: Approval,
+    /// Accept the real world into state (record changes made outside anvil) without
+    /// changing anything in it.
+    #[arg(long)]
+    refresh_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct DestroyArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    state: StateArg,
+    #[command(flatten)]
+    scope: ScopeFlags,
+    #[command(flatten)]
+    run: RunFlags,
+    #[command(flatten)]
+    approval: Approval,
+}
+
+/// What `apply` and `destroy` share about taking over.
+#[derive(Args, Debug)]
+struct Approval {
     /// Apply without asking (required without a terminal).
     #[arg(long)]
     auto_approve: bool,
@@ -144,21 +220,15 @@ struct ApplyArgs {
 }
 
 #[derive(Args, Debug)]
-struct ApplyCmdArgs {
-    #[command(flatten)]
-    common: ApplyArgs,
-    /// Accept the real world into state (record changes made outside anvil) without
-    /// changing anything in it.
-    #[arg(long)]
-    refresh_only: bool,
-}
-
-#[derive(Args, Debug)]
 struct DriftArgs {
     #[command(flatten)]
     spec: SpecArgs,
     #[command(flatten)]
-    flags: PlanFlags,
+    state: StateArg,
+    #[command(flatten)]
+    scope: ScopeFlags,
+    #[command(flatten)]
+    run: RunFlags,
     /// Print the report as JSON (schemas/drift.schema.json).
     #[arg(long, conflicts_with = "markdown")]
     json: bool,
@@ -176,6 +246,8 @@ struct ImportArgs {
     id: String,
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    state: StateArg,
     /// Wait this long for the state lock (e.g. 30s, 5m).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     lock_timeout: Duration,
@@ -183,10 +255,13 @@ struct ImportArgs {
 
 #[derive(Args, Debug)]
 struct ShowArgs {
-    /// A saved plan file; without it, the state of the workspace in the current directory.
+    /// A saved plan file; without it, the state (see --state and --workspace).
     planfile: Option<PathBuf>,
+    /// Print JSON (the state document, or the saved plan as saved).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,31 +269,37 @@ enum StateCmd {
     /// List recorded addresses.
     List {
         #[command(flatten)]
-        spec: SpecArgs,
+        target: TargetArgs,
     },
     /// Show one recorded resource.
     Show {
+        /// The recorded address, e.g. null_resource.app.
         address: String,
         #[command(flatten)]
-        spec: SpecArgs,
+        target: TargetArgs,
     },
     /// Forget resources (the real objects are kept).
     Rm {
+        /// The recorded addresses to forget.
         #[arg(required = true)]
         addresses: Vec<String>,
+        /// Wait this long for the state lock (e.g. 30s, 5m).
         #[arg(long, default_value = "0s", value_parser = parse_duration)]
         lock_timeout: Duration,
-        #[arg(long = "path", default_value = ".")]
-        path: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Move a record to another address.
     Mv {
+        /// The recorded address to move.
         source: String,
+        /// The new address (same resource type).
         destination: String,
+        /// Wait this long for the state lock (e.g. 30s, 5m).
         #[arg(long, default_value = "0s", value_parser = parse_duration)]
         lock_timeout: Duration,
-        #[arg(long = "path", default_value = ".")]
-        path: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
     },
 }
 
@@ -226,6 +307,7 @@ enum StateCmd {
 struct GraphArgs {
     #[command(flatten)]
     spec: SpecArgs,
+    /// Output format: Graphviz `dot`, or `json` ({nodes, edges}).
     #[arg(long, default_value = "dot", value_parser = ["dot", "json"])]
     format: String,
 }
@@ -297,12 +379,14 @@ pub fn run() -> Result<i32> {
             });
         }
     };
-    // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug.
+    // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug;
+    // colour codes only when stderr is a terminal, so a CI log stays readable.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ANVIL_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
     let color =
@@ -314,489 +398,419 @@ pub fn run() -> Result<i32> {
     rt.block_on(dispatch(cli, color))
 }
 
-/// With --verbose, says on stderr which YAML files a directory scan skipped.
-fn note_skipped(verbose: bool, ws: &Workspace) {
-    if verbose && !ws.skipped.is_empty() {
-        let list: Vec<String> = ws.skipped.iter().map(|p| p.display().to_string()).collect();
-        eprintln!(
-            "skipped {} non-anvil YAML file(s): {}",
-            list.len(),
-            list.join(", ")
-        );
+impl Command {
+    /// Whether the command's spec arguments ask for `--verbose`.
+    fn verbose(&self) -> bool {
+        match self {
+            Command::Validate(s) => s.verbose,
+            Command::Plan(a) => a.spec.verbose,
+            Command::Apply(a) => a.spec.verbose,
+            Command::Drift(a) => a.spec.verbose,
+            Command::Import(a) => a.spec.verbose,
+            Command::Destroy(a) => a.spec.verbose,
+            Command::Graph(a) => a.spec.verbose,
+            _ => false,
+        }
     }
 }
 
-fn inputs(spec: &SpecArgs, state: &Option<String>) -> Inputs {
+fn inputs(spec: &SpecArgs, state: &StateArg) -> Inputs {
     Inputs {
         paths: spec.paths.clone(),
         vars: spec.vars.clone(),
         var_files: spec.var_files.clone(),
-        state_url: state.clone(),
+        state_url: state.state.clone(),
     }
 }
 
-fn plan_options(flags: &PlanFlags, destroy: bool) -> PlanOptions {
+fn plan_options(scope: &ScopeFlags, replace: &[String], destroy: bool) -> PlanOptions {
     PlanOptions {
-        targets: flags.targets.clone(),
-        excludes: flags.excludes.clone(),
-        replace: flags.replace.clone(),
+        targets: scope.targets.clone(),
+        excludes: scope.excludes.clone(),
+        replace: replace.to_vec(),
         destroy,
+    }
+}
+
+/// What every command gets: where its events go, how it is cancelled, and the task
+/// that renders the events (awaited once the command returns, so every line is out).
+struct Session {
+    sink: EventSink,
+    cancel: CancellationToken,
+    /// Set when the apply walk starts: from then on an interrupt drains work in flight.
+    draining: Arc<AtomicBool>,
+    renderer: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    fn new(reconcile_json: bool, verbose: bool) -> Session {
+        let (sink, rx) = mpsc::unbounded_channel::<OpsEvent>();
+        let draining = Arc::new(AtomicBool::new(false));
+        let renderer = tokio::spawn(output::events(
+            rx,
+            draining.clone(),
+            output::Show {
+                reconcile_json,
+                verbose,
+            },
+        ));
+        Session {
+            sink,
+            cancel: CancellationToken::new(),
+            draining,
+            renderer,
+        }
+    }
+
+    /// Turns SIGINT/SIGTERM into cancellation. Before the apply walk starts an interrupt
+    /// ends the process at once (nothing was changed); during it, the first one stops new
+    /// operations and lets those in flight be recorded, and a second exits 130.
+    fn on_interrupt(&self, messages: [&'static str; 2]) -> tokio::task::JoinHandle<()> {
+        // Register the handlers before any work starts, so an early Ctrl-C is never lost
+        // to the default action.
+        let mut interrupts = Interrupts::register();
+        let (cancel, draining) = (self.cancel.clone(), self.draining.clone());
+        tokio::spawn(async move {
+            interrupts.next().await;
+            if !draining.load(Ordering::SeqCst) {
+                eprintln!("\nInterrupted before anything was changed.");
+                std::process::exit(130);
+            }
+            eprintln!("{}", messages[0]);
+            cancel.cancel();
+            interrupts.next().await;
+            eprintln!("{}", messages[1]);
+            std::process::exit(130);
+        })
+    }
+
+    /// Waits until every event is rendered.
+    async fn finish(self) {
+        drop(self.sink);
+        let _ = self.renderer.await;
+    }
+}
+
+const APPLY_INTERRUPT_MESSAGES: [&str; 2] = [
+    "\nInterrupt received: no new operations will start; waiting for those in flight to finish and be recorded. Interrupt again to stop at once (the journal keeps state readable).",
+    "Second interrupt: stopping now. The next run finishes what the journal recorded.",
+];
+
+/// Asks on the terminal whether to go on (always yes with `--auto-approve`).
+fn confirm(what: &str, auto_approve: bool) -> Result<bool, OpsError> {
+    if auto_approve {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(OpsError::Usage(format!("{what} needs confirmation, but there is no terminal to ask on: review the plan above and run again with --auto-approve (or apply a saved plan file)")));
+    }
+    print!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let mut line = String::new();
+    std::io::stdout()
+        .flush()
+        .and_then(|()| std::io::stdin().lock().read_line(&mut line))
+        .map_err(|e| OpsError::Usage(format!("{what}: could not read the answer: {e}")))?;
+    Ok(line.trim() == "yes")
+}
+
+/// The review of `apply`/`destroy`: show the plan, then ask when it has changes.
+fn review_plan(
+    style: render::Style,
+    what: &'static str,
+    auto_approve: bool,
+) -> impl FnMut(&Plan) -> Result<bool, OpsError> + Send {
+    move |plan: &Plan| {
+        print!("{}", render::render_plan(plan, style));
+        if !plan.has_changes() {
+            return Ok(true);
+        }
+        confirm(what, auto_approve)
+    }
+}
+
+fn apply_exit(outcome: ApplyOutcome, what: &str) -> i32 {
+    match outcome {
+        ApplyOutcome::NoChanges => 0,
+        ApplyOutcome::Declined => {
+            println!("\n{what} cancelled.");
+            1
+        }
+        ApplyOutcome::Applied { report, .. } => {
+            print!("{}", output::render_report(&report, what));
+            if report.success() {
+                0
+            } else {
+                1
+            }
+        }
     }
 }
 
 async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     let style = render::Style { color };
-    match cli.command {
+    let json = matches!(&cli.command, Command::Reconcile(a) if a.json);
+    let session = Session::new(json, cli.command.verbose());
+    let messages = if matches!(&cli.command, Command::Reconcile(a) if a.watch) {
+        // A watch loop is stopped, not abandoned: the first signal ends it after the
+        // current run.
+        session.draining.store(true, Ordering::SeqCst);
+        reconcile::STOP_MESSAGES
+    } else {
+        APPLY_INTERRUPT_MESSAGES
+    };
+    // The simulators stop on their own signals (gracefully, exit 0).
+    let signals =
+        (!matches!(&cli.command, Command::Sim(_))).then(|| session.on_interrupt(messages));
+    let result = command(cli.command, style, &session).await;
+    if let Some(signals) = signals {
+        signals.abort();
+    }
+    session.finish().await;
+    result
+}
+
+async fn command(command: Command, style: render::Style, session: &Session) -> Result<i32> {
+    let (sink, cancel) = (&session.sink, &session.cancel);
+    match command {
         Command::Validate(spec) => {
-            let ws = ops::load_workspace(&inputs(&spec, &cli.state), Registry::builtin())?;
-            note_skipped(spec.verbose, &ws);
+            let v = ops::validate(&inputs(&spec, &StateArg { state: None }), sink).await?;
             println!(
                 "The spec is valid: {} resource(s) in workspace `{}` from {} file(s).",
-                ws.model.len(),
-                ws.name,
-                ws.files.len()
+                v.resources, v.workspace, v.files
             );
             Ok(0)
         }
         Command::Plan(a) => {
-            let (ws, state) =
-                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
-                    .await?;
-            note_skipped(a.spec.verbose, &ws);
-            let opts = plan_options(&a.flags, a.destroy);
-            let observed = if a.flags.refresh {
-                ops::refresh(&ws.registry, &state, a.flags.parallelism).await?
-            } else {
-                Default::default()
+            let req = PlanRequest {
+                inputs: inputs(&a.spec, &a.state),
+                options: plan_options(&a.scope, &a.replace, a.destroy),
+                refresh: a.run.refresh,
+                parallelism: a.run.parallelism,
+                document: a.json,
+                out: a.out.clone(),
             };
-            let mut plan = ops::make_plan(&ws, &state, &observed, &opts)?;
-            if a.flags.refresh {
-                ops::preview(&ws.registry, &mut plan, a.flags.parallelism).await;
+            let planned = ops::plan(&req, sink, cancel).await?;
+            match (&planned.document, a.json) {
+                (Some(doc), true) => println!("{}", serde_json::to_string_pretty(doc)?),
+                _ => print!("{}", render::render_plan(&planned.plan, style)),
             }
-            // The JSON document costs time on big plans: build it only when asked for.
-            let doc = (a.json || a.out.is_some())
-                .then(|| ops::plan_document(&ws, &state, &plan, &observed, &opts, a.flags.refresh));
-            if let (true, Some(doc)) = (a.json, &doc) {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print!("{}", render::render_plan(&plan, style));
+            if let (Some(out), false) = (&planned.saved_to, a.json) {
+                let out = ops::shell_word(&out.display().to_string());
+                let state = a
+                    .state
+                    .state
+                    .as_deref()
+                    .map(|s| format!(" --state {}", ops::shell_word(s)))
+                    .unwrap_or_default();
+                println!("\nSaved the plan to {out}. Apply exactly this plan with: anvil apply{state} {out}");
             }
-            if let (Some(out), Some(doc)) = (&a.out, &doc) {
-                let body = serde_json::to_string_pretty(doc)? + "\n";
-                std::fs::write(out, body)
-                    .with_context(|| format!("{}: could not write the plan file", out.display()))?;
-                if !a.json {
-                    println!(
-                        "\nSaved the plan to {}. Apply exactly this plan with: anvil apply {}",
-                        out.display(),
-                        out.display()
-                    );
-                }
-            }
-            Ok(if a.detailed_exitcode && plan.has_changes() {
+            Ok(if a.detailed_exitcode && planned.plan.has_changes() {
                 2
             } else {
                 0
             })
         }
-        Command::Apply(ApplyCmdArgs {
-            common: a,
-            refresh_only,
-        }) => {
-            if refresh_only {
-                if planfile_arg(&a.spec.paths).is_some() {
-                    bail!("--refresh-only reads the real world itself and cannot apply a saved plan; run `anvil apply --refresh-only PATH` with the spec path");
+        Command::Apply(a) if a.refresh_only => {
+            let req = ApplyRequest {
+                inputs: inputs(&a.spec, &a.state),
+                options: plan_options(&a.scope, &a.replace, false),
+                refresh: a.run.refresh,
+                parallelism: a.run.parallelism,
+                lock_timeout: a.approval.lock_timeout,
+            };
+            let auto = a.approval.auto_approve;
+            let mut review = move |p: &RefreshProposal<'_>| {
+                println!("anvil will record the real world in state; nothing in the real world is changed:");
+                print!("{}", crate::drift::render::render_outside(p.report));
+                if p.outputs_only > 0 {
+                    println!("\n  ({} more record(s) only get their computed outputs updated, e.g. versions)", p.outputs_only);
                 }
-                return apply_refresh_only(
-                    inputs(&a.spec, &cli.state),
-                    a.spec.verbose,
-                    plan_options(&a.flags, false),
-                    &a.flags,
-                    a.auto_approve,
-                    a.lock_timeout,
-                )
-                .await;
-            }
-            if let Some(planfile) = planfile_arg(&a.spec.paths) {
-                return apply_planfile(&planfile, &a, &cli.state, style).await;
-            }
-            let opts = plan_options(&a.flags, false);
-            plan_and_apply(
-                inputs(&a.spec, &cli.state),
-                a.spec.verbose,
-                opts,
-                &a.flags,
-                a.auto_approve,
-                a.lock_timeout,
-                style,
-                "apply",
+                println!(
+                    "\nRefresh-only: {} to record, {} to remove from state.",
+                    p.to_record, p.to_remove
+                );
+                confirm("apply --refresh-only", auto)
+            };
+            Ok(
+                match ops::apply_refresh_only(&req, &mut review, sink, cancel).await? {
+                    RefreshOnlyOutcome::NothingToRecord => {
+                        println!("No changes outside anvil: the state already matches the real world. Nothing to record.");
+                        0
+                    }
+                    RefreshOnlyOutcome::Declined => {
+                        println!("\napply --refresh-only cancelled.");
+                        1
+                    }
+                    RefreshOnlyOutcome::Recorded(done) => {
+                        println!("\nRefresh-only apply complete! {} recorded, {} removed from state; the real world was not changed.", done.updated, done.removed);
+                        0
+                    }
+                },
             )
-            .await
+        }
+        Command::Apply(a) => {
+            if let Some(path) = ops::planfile_arg(&a.spec.paths) {
+                let req = SavedPlanRequest {
+                    path,
+                    vars: a.spec.vars.clone(),
+                    var_files: a.spec.var_files.clone(),
+                    state_url: a.state.state.clone(),
+                    parallelism: a.run.parallelism,
+                    lock_timeout: a.approval.lock_timeout,
+                };
+                // A saved plan was reviewed when it was made: show it, do not ask.
+                let mut review = review_plan(style, "apply", true);
+                let outcome = ops::apply_saved_plan(&req, &mut review, sink, cancel).await?;
+                return Ok(apply_exit(outcome, "apply"));
+            }
+            let req = ApplyRequest {
+                inputs: inputs(&a.spec, &a.state),
+                options: plan_options(&a.scope, &a.replace, false),
+                refresh: a.run.refresh,
+                parallelism: a.run.parallelism,
+                lock_timeout: a.approval.lock_timeout,
+            };
+            let mut review = review_plan(style, "apply", a.approval.auto_approve);
+            let outcome = ops::apply(&req, &mut review, sink, cancel).await?;
+            Ok(apply_exit(outcome, "apply"))
+        }
+        Command::Destroy(a) => {
+            let req = ApplyRequest {
+                inputs: inputs(&a.spec, &a.state),
+                options: plan_options(&a.scope, &[], true),
+                refresh: a.run.refresh,
+                parallelism: a.run.parallelism,
+                lock_timeout: a.approval.lock_timeout,
+            };
+            let mut review = review_plan(style, "destroy", a.approval.auto_approve);
+            let outcome = ops::apply(&req, &mut review, sink, cancel).await?;
+            Ok(apply_exit(outcome, "destroy"))
         }
         Command::Drift(a) => {
-            let (ws, state) =
-                ops::load_workspace_and_state(&inputs(&a.spec, &cli.state), Registry::builtin())
-                    .await?;
-            note_skipped(a.spec.verbose, &ws);
-            let opts = plan_options(&a.flags, false);
-            let (report, _) =
-                ops::drift(&ws, &state, &opts, a.flags.refresh, a.flags.parallelism).await?;
+            let req = DriftRequest {
+                inputs: inputs(&a.spec, &a.state),
+                options: plan_options(&a.scope, &[], false),
+                refresh: a.run.refresh,
+                parallelism: a.run.parallelism,
+            };
+            let report = ops::drift_report(&req, sink, cancel).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if a.markdown {
                 print!("{}", crate::drift::render::render_markdown(&report));
             } else {
                 print!("{}", crate::drift::render::render_text(&report));
+                if !report.clean {
+                    let args = ops::spec_args(&req.inputs);
+                    println!("Run `anvil apply{args}` to bring the real world back to the spec, or `anvil apply --refresh-only{args}` to accept the changes made outside anvil into state.");
+                }
             }
             Ok(if report.clean { 0 } else { 2 })
         }
         Command::Import(a) => {
-            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
-            note_skipped(a.spec.verbose, &ws);
-            let imp = ops::import(&ws, &a.address, &a.id, a.lock_timeout).await?;
+            let inp = inputs(&a.spec, &a.state);
+            let done = ops::import(&inp, &a.address, &a.id, a.lock_timeout, sink, cancel).await?;
             println!(
                 "Imported {} (ID `{}`) into state {}.",
-                imp.address,
-                a.id,
-                ws.backend.describe()
+                done.imported.address, a.id, done.state
             );
-            if imp.shaped_by_spec {
-                println!("Run `anvil plan` to see whether the object differs from the spec.");
+            let args = ops::spec_args(&inp);
+            if done.imported.shaped_by_spec {
+                println!("Run `anvil plan{args}` to see whether the object differs from the spec.");
             } else {
-                println!("The spec's attributes name another object or are not known yet; run `anvil plan` to see what apply would change.");
+                println!("The spec's attributes name another object or are not known yet; run `anvil plan{args}` to see what apply would change.");
             }
             Ok(0)
         }
-        Command::Destroy(a) => {
-            let opts = plan_options(&a.flags, true);
-            plan_and_apply(
-                inputs(&a.spec, &cli.state),
-                a.spec.verbose,
-                opts,
-                &a.flags,
-                a.auto_approve,
-                a.lock_timeout,
-                style,
-                "destroy",
-            )
-            .await
+        Command::Show(a) => {
+            if let Some(p) = &a.planfile {
+                let saved = ops::show_planfile(p)?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&saved.document)?);
+                } else {
+                    print!("{}", render::render_plan(&saved.plan, style));
+                }
+                return Ok(0);
+            }
+            let shown = ops::read_state(&a.target.target()).await?;
+            if !shown.exists {
+                eprintln!("No state at {} (nothing applied yet).", shown.location);
+            }
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&shown.state)?);
+            } else if shown.exists {
+                print!("{}", output::render_state(&shown.state));
+            }
+            Ok(0)
         }
-        Command::Show(a) => match &a.planfile {
-            Some(p) => {
-                let doc = read_planfile(p)?;
-                if a.json {
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
-                } else {
-                    print!(
-                        "{}",
-                        render::render_plan(&output::plan_from_document(&doc), style)
-                    );
-                }
-                Ok(0)
-            }
-            None => {
-                let ws = ops::load_workspace(
-                    &Inputs {
-                        state_url: cli.state.clone(),
-                        ..Default::default()
-                    },
-                    Registry::builtin(),
-                )?;
-                let st = ws.backend.load().await?;
-                if a.json {
-                    println!("{}", serde_json::to_string_pretty(&st)?);
-                } else {
-                    print!("{}", output::render_state(&st));
-                }
-                Ok(0)
-            }
-        },
-        Command::State(cmd) => state_command(cmd, &cli.state).await,
+        Command::State(cmd) => state_command(cmd, sink).await,
         Command::Graph(a) => {
-            let ws = ops::load_workspace(&inputs(&a.spec, &cli.state), Registry::builtin())?;
-            note_skipped(a.spec.verbose, &ws);
-            print!("{}", output::render_graph(&ws.model, &a.format));
+            let g = ops::graph(&inputs(&a.spec, &StateArg { state: None }), sink).await?;
+            print!("{}", output::render_graph(&g, &a.format));
             Ok(0)
         }
         Command::Schema { kind } => {
-            let schema = match kind.to_ascii_lowercase().as_str() {
-                "plan" => crate::plan::json::schema(),
-                "drift" => crate::drift::schema(),
-                k => crate::spec::schema_for_kind(k).ok_or_else(|| {
-                    anyhow!(
-                        "unknown kind `{kind}`: expected one of {}, plan, drift",
-                        crate::spec::KINDS.join(", ").to_lowercase()
-                    )
-                })?,
-            };
-            println!("{}", serde_json::to_string_pretty(&schema)?);
+            println!("{}", serde_json::to_string_pretty(&ops::schema(&kind)?)?);
+            Ok(0)
+        }
+        Command::ForceUnlock { id, target } => {
+            let location = ops::force_unlock(&target.target(), &id).await?;
+            println!("Lock {id} removed from {location}. anvil commands can take the state again.");
             Ok(0)
         }
         Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
-        Command::ForceUnlock { id, spec } => {
-            let backend = open_backend(&spec, &cli.state)?;
-            backend.force_unlock(&id).await?;
-            println!(
-                "Lock {id} removed from {}. anvil commands can take the state again.",
-                backend.describe()
-            );
+        Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
+        Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
+    }
+}
+
+async fn state_command(cmd: StateCmd, sink: &EventSink) -> Result<i32> {
+    match cmd {
+        StateCmd::List { target } => {
+            let shown = ops::read_state(&target.target()).await?;
+            if !shown.exists {
+                eprintln!("No state at {} (nothing applied yet).", shown.location);
+            }
+            for addr in shown.state.resources.keys() {
+                println!("{addr}");
+            }
             Ok(0)
         }
-        Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
-        Command::Reconcile(a) => reconcile::run(a).await,
+        StateCmd::Show { address, target } => {
+            let rec = ops::state_show(&target.target(), &address).await?;
+            print!("{}", output::render_record(&address, &rec));
+            Ok(0)
+        }
+        StateCmd::Rm {
+            addresses,
+            lock_timeout,
+            target,
+        } => {
+            ops::state_rm(&target.target(), &addresses, lock_timeout, sink).await?;
+            for a in &addresses {
+                println!("Removed {a} from state (the real object is untouched).");
+            }
+            Ok(0)
+        }
+        StateCmd::Mv {
+            source,
+            destination,
+            lock_timeout,
+            target,
+        } => {
+            ops::state_mv(&target.target(), &source, &destination, lock_timeout, sink).await?;
+            println!("Moved {source} to {destination}.");
+            Ok(0)
+        }
     }
 }
 
-/// `apply FILE` where FILE is a saved plan (JSON, not YAML).
-fn planfile_arg(paths: &[PathBuf]) -> Option<PathBuf> {
-    let [p] = paths else { return None };
-    if !p.is_file() || p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-        return None;
+/// Maps an error to what the user sees (used by `main`).
+pub fn describe_error(e: &anyhow::Error) -> String {
+    if let Some(OpsError::Spec(errs)) = e.downcast_ref::<OpsError>() {
+        return format!("{errs}");
     }
-    let head = std::fs::read(p).ok()?;
-    let text = String::from_utf8_lossy(&head[..head.len().min(4096)]);
-    text.contains("\"anvil-plan\"").then(|| p.clone())
-}
-
-fn read_planfile(p: &PathBuf) -> Result<PlanDocument> {
-    let text = std::fs::read_to_string(p)
-        .with_context(|| format!("{}: could not read the plan file", p.display()))?;
-    let doc: PlanDocument = serde_json::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{}:{}:{}: not an anvil plan file: {e}; make one with `anvil plan --out FILE`",
-            p.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    if doc.format != crate::plan::json::FORMAT
-        || doc.format_version != crate::plan::json::FORMAT_VERSION
-    {
-        bail!(
-            "{}: plan format {} v{} is not supported by anvil {} (expected {} v{})",
-            p.display(),
-            doc.format,
-            doc.format_version,
-            env!("CARGO_PKG_VERSION"),
-            crate::plan::json::FORMAT,
-            crate::plan::json::FORMAT_VERSION
-        );
-    }
-    Ok(doc)
-}
-
-fn open_backend(
-    spec: &SpecArgs,
-    state_url: &Option<String>,
-) -> Result<Box<dyn state::StateBackend>> {
-    if state_url.is_some() && spec.paths.is_empty() {
-        return Ok(state::open(state_url.as_deref(), "default")?);
-    }
-    let ws = ops::load_workspace(&inputs(spec, state_url), Registry::builtin())?;
-    Ok(ws.backend)
-}
-
-fn confirm(what: &str, auto_approve: bool) -> Result<bool> {
-    if auto_approve {
-        return Ok(true);
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("{what} needs confirmation, but there is no terminal to ask on: review the plan above and run again with --auto-approve (or apply a saved plan file)");
-    }
-    print!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(line.trim() == "yes")
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn plan_and_apply(
-    inp: Inputs,
-    verbose: bool,
-    opts: PlanOptions,
-    flags: &PlanFlags,
-    auto_approve: bool,
-    lock_timeout: Duration,
-    style: render::Style,
-    what: &str,
-) -> Result<i32> {
-    let ws = ops::load_workspace(&inp, Registry::builtin())?;
-    note_skipped(verbose, &ws);
-    let lock = ws.backend.lock(what, lock_timeout).await?;
-    let state = ops::load_locked(&ws, lock.as_ref()).await?;
-    let observed = if flags.refresh {
-        ops::refresh(&ws.registry, &state, flags.parallelism).await?
-    } else {
-        Default::default()
-    };
-    let mut plan = ops::make_plan(&ws, &state, &observed, &opts)?;
-    if flags.refresh {
-        ops::preview(&ws.registry, &mut plan, flags.parallelism).await;
-    }
-    print!("{}", render::render_plan(&plan, style));
-    if !plan.has_changes() {
-        return Ok(0);
-    }
-    if !confirm(what, auto_approve)? {
-        println!("\n{what} cancelled.");
-        return Ok(1);
-    }
-    execute(&ws, state, lock.as_ref(), &plan, flags.parallelism, what).await
-}
-
-/// `apply --refresh-only`: under the lock, read the real world, show what will be
-/// recorded, ask, and record it. No provider changes anything.
-async fn apply_refresh_only(
-    inp: Inputs,
-    verbose: bool,
-    opts: PlanOptions,
-    flags: &PlanFlags,
-    auto_approve: bool,
-    lock_timeout: Duration,
-) -> Result<i32> {
-    if !flags.refresh {
-        bail!("--refresh-only records what the real world has, so it must read it: drop --refresh=false");
-    }
-    let ws = ops::load_workspace(&inp, Registry::builtin())?;
-    note_skipped(verbose, &ws);
-    let lock = ws
-        .backend
-        .lock("apply --refresh-only", lock_timeout)
-        .await?;
-    let state = ops::load_locked(&ws, lock.as_ref()).await?;
-    let (report, observed) = ops::drift(&ws, &state, &opts, true, flags.parallelism).await?;
-    if observed.is_empty() {
-        println!("No changes outside anvil: the state already matches the real world. Nothing to record.");
-        return Ok(0);
-    }
-    let removed = observed.values().filter(|o| o.is_none()).count();
-    let shown = report
-        .resources
-        .iter()
-        .filter(|e| e.outside.is_some())
-        .count();
-    println!("anvil will record the real world in state; nothing in the real world is changed:");
-    print!("{}", crate::drift::render::render_outside(&report));
-    if observed.len() > shown {
-        println!(
-            "
-  ({} more record(s) only get their computed outputs updated, e.g. versions)",
-            observed.len() - shown
-        );
-    }
-    println!(
-        "
-Refresh-only: {} to record, {} to remove from state.",
-        observed.len() - removed,
-        removed
-    );
-    if !confirm("apply --refresh-only", auto_approve)? {
-        println!(
-            "
-apply --refresh-only cancelled."
-        );
-        return Ok(1);
-    }
-    let (_, done) = ops::record_observed(&ws, state, lock.as_ref(), &observed).await?;
-    println!(
-        "
-Refresh-only apply complete! {} recorded, {} removed from state; the real world was not changed.",
-        done.updated, done.removed
-    );
-    Ok(0)
-}
-
-async fn apply_planfile(
-    path: &PathBuf,
-    a: &ApplyArgs,
-    state_url: &Option<String>,
-    style: render::Style,
-) -> Result<i32> {
-    let doc = read_planfile(path)?;
-    let files: Vec<PathBuf> = doc.spec.files.iter().map(PathBuf::from).collect();
-    let inp = Inputs {
-        paths: files,
-        vars: a.spec.vars.clone(),
-        var_files: a.spec.var_files.clone(),
-        state_url: state_url.clone(),
-    };
-    let ws = ops::load_workspace(&inp, Registry::builtin()).map_err(|e| {
-        anyhow!(
-            "{}: the spec this plan was made from cannot be loaded again: {e}",
-            path.display()
-        )
-    })?;
-    let lock = ws.backend.lock("apply", a.lock_timeout).await?;
-    let state = ops::load_locked(&ws, lock.as_ref()).await?;
-    let mut state = state;
-    let (plan, _observed) =
-        ops::check_saved_plan(&ws, &mut state, &doc, &path.display().to_string())?;
-    print!("{}", render::render_plan(&plan, style));
-    if !plan.has_changes() {
-        return Ok(0);
-    }
-    execute(
-        &ws,
-        state,
-        lock.as_ref(),
-        &plan,
-        a.flags.parallelism,
-        "apply",
-    )
-    .await
-}
-
-async fn execute(
-    ws: &Workspace,
-    state: State,
-    lock: &dyn state::Lock,
-    plan: &Plan,
-    parallelism: usize,
-    what: &str,
-) -> Result<i32> {
-    let (tx, rx) = mpsc::unbounded_channel::<Event>();
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let total = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != crate::plan::Action::NoOp)
-        .count();
-    let printer = tokio::spawn(output::progress(rx, total));
-    // Register the handlers before any work starts, so an early Ctrl-C is never lost
-    // to the default action (which would kill the run without recording anything).
-    let mut interrupts = Interrupts::register();
-    let signals = tokio::spawn(async move {
-        interrupts.next().await;
-        eprintln!("\nInterrupt received: no new operations will start; waiting for those in flight to finish and be recorded. Interrupt again to stop at once (the journal keeps state readable).");
-        let _ = cancel_tx.send(true);
-        interrupts.next().await;
-        eprintln!(
-            "Second interrupt: stopping now. The next run finishes what the journal recorded."
-        );
-        std::process::exit(130);
-    });
-    let result = ops::run_apply(
-        ws,
-        state,
-        lock,
-        plan,
-        &ApplyConfig { parallelism },
-        crate::apply::Channels {
-            events: tx,
-            cancel: cancel_rx,
-            abort: crate::providers::CancellationToken::new(),
-        },
-    )
-    .await;
-    let _ = printer.await;
-    signals.abort();
-    let (_state, report) = result?;
-    print!("{}", output::render_report(&report, what));
-    if lock.is_lost() {
-        eprintln!("Warning: the state lock was lost during the run (its lease expired and another process took it); check `anvil plan` before running again.");
-    }
-    Ok(if report.success() { 0 } else { 1 })
+    format!("{e:#}")
 }
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere), registered when created.
@@ -834,72 +848,4 @@ impl Interrupts {
         }
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-async fn state_command(cmd: StateCmd, state_url: &Option<String>) -> Result<i32> {
-    match cmd {
-        StateCmd::List { spec } => {
-            let backend = open_backend(&spec, state_url)?;
-            let st = backend.load().await?;
-            for addr in st.resources.keys() {
-                println!("{addr}");
-            }
-            Ok(0)
-        }
-        StateCmd::Show { address, spec } => {
-            let backend = open_backend(&spec, state_url)?;
-            let st = backend.load().await?;
-            let rec = st.resources.get(&address).ok_or_else(|| {
-                anyhow!(
-                    "{address}: not in state {}; see `anvil state list`",
-                    backend.describe()
-                )
-            })?;
-            print!("{}", output::render_record(&address, rec));
-            Ok(0)
-        }
-        StateCmd::Rm {
-            addresses,
-            lock_timeout,
-            path,
-        } => {
-            let backend = open_backend(&SpecArgs::at(path), state_url)?;
-            ops::state_rm(backend.as_ref(), &addresses, lock_timeout).await?;
-            for a in &addresses {
-                println!("Removed {a} from state (the real object is untouched).");
-            }
-            Ok(0)
-        }
-        StateCmd::Mv {
-            source,
-            destination,
-            lock_timeout,
-            path,
-        } => {
-            let backend = open_backend(&SpecArgs::at(path), state_url)?;
-            ops::state_mv(backend.as_ref(), &source, &destination, lock_timeout).await?;
-            println!("Moved {source} to {destination}.");
-            Ok(0)
-        }
-    }
-}
-
-impl SpecArgs {
-    /// Just a spec path, for commands that only need the workspace name.
-    fn at(path: PathBuf) -> SpecArgs {
-        SpecArgs {
-            paths: vec![path],
-            vars: vec![],
-            var_files: vec![],
-            verbose: false,
-        }
-    }
-}
-
-/// Maps an error to what the user sees (used by `main`).
-pub fn describe_error(e: &anyhow::Error) -> String {
-    if let Some(OpsError::Spec(errs)) = e.downcast_ref::<OpsError>() {
-        return format!("{errs}");
-    }
-    format!("{e:#}")
 }

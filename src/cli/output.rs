@@ -1,15 +1,12 @@
 //! Terminal presentation: progress while applying, the final report, state listings,
 //! graphs, and plans read back from saved files.
 
-use crate::apply::{Event, Op, Report};
-use crate::model::{Model, PValue};
-use crate::plan::json::PlanDocument;
-use crate::plan::{Plan, ResourceChange};
-use crate::state::{ResourceState, State};
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::ops::{ApplyEvent as Event, Graph, Op, OpsEvent, Report, ResourceState, State};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 fn gerund(op: Op) -> &'static str {
@@ -30,19 +27,19 @@ fn noun(op: Op) -> &'static str {
     }
 }
 
-/// Shows apply events until the channel closes: a progress bar on a terminal, one line
-/// per event otherwise.
-pub async fn progress(mut rx: mpsc::UnboundedReceiver<Event>, total: usize) {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
-        ) {
-            b.set_style(style);
-        }
-        b
-    });
+/// Shows an operation's events until the channel closes: apply progress as a progress
+/// bar on a terminal or one line per event otherwise (stdout), everything else as lines
+/// on stderr. `draining` is set once the apply walk starts (an interrupt then drains
+/// the work in flight instead of ending the process). Reconcile runs in watch mode are
+/// printed as `show` asks.
+pub async fn events(
+    mut rx: mpsc::UnboundedReceiver<OpsEvent>,
+    draining: Arc<AtomicBool>,
+    show: Show,
+) {
+    let reconcile_json = show.reconcile_json;
     use std::io::Write as _;
+    let mut bar: Option<indicatif::ProgressBar> = None;
     while let Some(first) = rx.recv().await {
         // Drain what is queued and write it under one lock of stdout.
         let mut batch = vec![first];
@@ -51,34 +48,43 @@ pub async fn progress(mut rx: mpsc::UnboundedReceiver<Event>, total: usize) {
         }
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for ev in batch {
-            let line = match &ev {
-                Event::Started { address, op } => format!("{address}: {}...", gerund(*op)),
-                Event::Progress { address, message } => format!("{address}: {message}"),
-                Event::Finished {
-                    address,
-                    op,
-                    elapsed,
-                    id,
+            let ev = match ev {
+                OpsEvent::Apply(e) => e,
+                OpsEvent::ApplyStarting { total } => {
+                    draining.store(true, Ordering::SeqCst);
+                    bar = std::io::stderr().is_terminal().then(|| new_bar(total));
+                    continue;
+                }
+                OpsEvent::ReconcileRunFinished {
+                    report,
+                    metrics,
+                    settings,
                 } => {
-                    let id = id
-                        .as_ref()
-                        .map(|i| format!(" [id={i}]"))
-                        .unwrap_or_default();
-                    format!(
-                        "{address}: {} complete after {}s{id}",
-                        noun(*op),
-                        elapsed.as_secs()
-                    )
+                    let _ = out.flush();
+                    drop(out);
+                    if let Err(e) = super::reconcile::print_report(
+                        &report,
+                        &metrics,
+                        &settings,
+                        reconcile_json,
+                        true,
+                    ) {
+                        eprintln!(
+                            "Warning: could not print the report of run {}: {e}",
+                            report.run
+                        );
+                    }
+                    out = std::io::BufWriter::new(std::io::stdout().lock());
+                    continue;
                 }
-                Event::Failed { address, op, error } => {
-                    format!("{address}: {} FAILED: {error}", noun(*op))
+                OpsEvent::SkippedFiles(files) if !show.verbose || files.is_empty() => continue,
+                other => {
+                    let _ = out.flush();
+                    eprintln!("{}", other_line(&other));
+                    continue;
                 }
-                Event::Skipped {
-                    address,
-                    op,
-                    because,
-                } => format!("{address}: {} skipped because {because}", noun(*op)),
             };
+            let line = apply_line(&ev);
             match &bar {
                 Some(b) => {
                     if matches!(
@@ -101,6 +107,87 @@ pub async fn progress(mut rx: mpsc::UnboundedReceiver<Event>, total: usize) {
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+}
+
+/// How the events of a command are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    /// Reconcile runs in watch mode as JSON lines.
+    pub reconcile_json: bool,
+    /// `--verbose`: also the YAML files a directory scan skipped.
+    pub verbose: bool,
+}
+
+fn new_bar(total: usize) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+    ) {
+        b.set_style(style);
+    }
+    b
+}
+
+/// The stderr line for an event that is not apply progress.
+fn other_line(ev: &OpsEvent) -> String {
+    match ev {
+        OpsEvent::LockWait { state, timeout } => format!(
+            "Waiting up to {} for the state lock on {state} if another run holds it...",
+            humantime::format_duration(*timeout)
+        ),
+        OpsEvent::Info(line) => line.clone(),
+        OpsEvent::SkippedFiles(files) => {
+            let list: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "skipped {} non-anvil YAML file(s): {}",
+                list.len(),
+                list.join(", ")
+            )
+        }
+        OpsEvent::Warning(line) => format!("Warning: {line}"),
+        OpsEvent::MetricsServing(addr) => format!("Serving metrics on http://{addr}/metrics"),
+        OpsEvent::Watching { interval } => format!(
+            "Reconciling every {} (SIGTERM or Ctrl-C stops after the current run).",
+            humantime::format_duration(*interval)
+        ),
+        OpsEvent::ReconcileRunStarted(n) => format!("Reconcile run {n} started."),
+        OpsEvent::Apply(e) => apply_line(e),
+        OpsEvent::ApplyStarting { total } => format!("Applying {total} change(s)."),
+        OpsEvent::ReconcileRunFinished { report, .. } => {
+            format!("Reconcile run {} finished.", report.run)
+        }
+    }
+}
+
+fn apply_line(ev: &Event) -> String {
+    match ev {
+        Event::Started { address, op } => format!("{address}: {}...", gerund(*op)),
+        Event::Progress { address, message } => format!("{address}: {message}"),
+        Event::Finished {
+            address,
+            op,
+            elapsed,
+            id,
+        } => {
+            let id = id
+                .as_ref()
+                .map(|i| format!(" [id={i}]"))
+                .unwrap_or_default();
+            format!(
+                "{address}: {} complete after {}s{id}",
+                noun(*op),
+                elapsed.as_secs()
+            )
+        }
+        Event::Failed { address, op, error } => {
+            format!("{address}: {} FAILED: {error}", noun(*op))
+        }
+        Event::Skipped {
+            address,
+            op,
+            because,
+        } => format!("{address}: {} skipped because {because}", noun(*op)),
     }
 }
 
@@ -224,117 +311,21 @@ pub fn render_record(address: &str, r: &ResourceState) -> String {
 }
 
 /// `anvil graph`: Graphviz dot, or JSON `{nodes, edges}`.
-pub fn render_graph(model: &Model, format: &str) -> String {
-    let resources = model.resources();
+pub fn render_graph(g: &Graph, format: &str) -> String {
     if format == "json" {
-        let nodes: Vec<String> = resources.iter().map(|r| r.address.to_string()).collect();
-        let edges: Vec<[String; 2]> = resources
-            .iter()
-            .flat_map(|r| {
-                r.dependencies
-                    .iter()
-                    .map(move |d| [d.to_string(), r.address.to_string()])
-            })
-            .collect();
         return serde_json::to_string_pretty(
-            &serde_json::json!({ "nodes": nodes, "edges": edges }),
+            &serde_json::json!({ "nodes": g.nodes, "edges": g.edges }),
         )
         .unwrap_or_default()
             + "\n";
     }
     let mut s = String::from("digraph anvil {\n  rankdir = \"LR\";\n");
-    for r in &resources {
-        let _ = writeln!(s, "  \"{}\";", r.address);
+    for n in &g.nodes {
+        let _ = writeln!(s, "  \"{n}\";");
     }
-    for r in &resources {
-        for d in &r.dependencies {
-            let _ = writeln!(s, "  \"{d}\" -> \"{}\";", r.address);
-        }
+    for [from, to] in &g.edges {
+        let _ = writeln!(s, "  \"{from}\" -> \"{to}\";");
     }
     s.push_str("}\n");
     s
-}
-
-/// Rebuilds a renderable plan from its JSON form (sensitive values shown redacted).
-pub fn plan_from_document(doc: &PlanDocument) -> Plan {
-    let changes = doc
-        .resource_changes
-        .iter()
-        .map(|c| {
-            let sensitive: BTreeSet<String> = c.sensitive_attributes.iter().cloned().collect();
-            let outputs: Vec<String> = c
-                .after_unknown
-                .iter()
-                .filter(|p| {
-                    !p.contains('.')
-                        && !p.contains('[')
-                        && c.after.as_ref().is_none_or(|a| !a.contains_key(*p))
-                })
-                .cloned()
-                .collect();
-            let after = c.after.as_ref().map(|a| {
-                let mut m: BTreeMap<String, PValue> = a
-                    .iter()
-                    .map(|(k, v)| (k.clone(), PValue::Known(v.clone())))
-                    .collect();
-                for p in &c.after_unknown {
-                    mark_unknown(&mut m, p);
-                }
-                m
-            });
-            let before = c
-                .before
-                .as_ref()
-                .map(|b| b.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-            ResourceChange {
-                address: c.address.clone(),
-                ty: c.ty.clone(),
-                provider: c.provider.clone(),
-                action: c.action,
-                replace_order: c.replace_order,
-                reasons: c.reasons.clone(),
-                before,
-                before_outputs: BTreeMap::new(),
-                after,
-                outputs,
-                sensitive,
-                forces_replacement: c.forces_replacement.iter().cloned().collect(),
-                provider_diff: c.provider_diff.clone(),
-            }
-        })
-        .collect();
-    Plan { changes }
-}
-
-fn mark_unknown(m: &mut BTreeMap<String, PValue>, path: &str) {
-    let mut segs = path.split('.');
-    let Some(top) = segs.next() else { return };
-    let rest: Vec<&str> = segs.collect();
-    let Some(v) = m.get_mut(top) else { return };
-    if rest.is_empty() {
-        *v = PValue::Unknown;
-        return;
-    }
-    // Turn the known object into a partially unknown one along the path.
-    fn go(v: &mut PValue, rest: &[&str]) {
-        let Some((first, tail)) = rest.split_first() else {
-            *v = PValue::Unknown;
-            return;
-        };
-        if let PValue::Known(Value::Object(obj)) = v {
-            let mut o: BTreeMap<String, PValue> = obj
-                .iter()
-                .map(|(k, x)| (k.clone(), PValue::Known(x.clone())))
-                .collect();
-            if let Some(inner) = o.get_mut(*first) {
-                go(inner, tail);
-            }
-            *v = PValue::Object(o);
-        } else if let PValue::Object(o) = v {
-            if let Some(inner) = o.get_mut(*first) {
-                go(inner, tail);
-            }
-        }
-    }
-    go(v, &rest);
 }

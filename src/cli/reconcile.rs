@@ -1,18 +1,16 @@
-//! `anvil reconcile`: flags, settings resolution, one run or the watch loop with its
-//! signal handling and metrics server, and the run summaries. The work is in
-//! `crate::reconcile`.
+//! `anvil reconcile`: its flags and the rendering of its runs. Settings resolution,
+//! connecting, the watch loop and the metrics listener are `ops::reconcile`.
 
-use super::Interrupts;
-use crate::reconcile::metrics::{self, secs, SharedMetrics};
-use crate::reconcile::settings::{self, ConfigFile, Resolved};
-use crate::reconcile::{clients, watch, Metrics, Reconciler, RunReport};
-use anyhow::{Context, Result};
+use crate::ops::reconcile::{
+    reconcile, secs, Metrics, ReconcileOutcome, ReconcileRequest, Resolved, RunReport,
+};
+use crate::ops::{CancellationToken, EventSink};
+use anyhow::Result;
 use clap::Args;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub(super) struct ReconcileArgs {
@@ -21,10 +19,10 @@ pub(super) struct ReconcileArgs {
     foundation: PathBuf,
     /// Run again every --interval until SIGTERM or SIGINT (the current run finishes first).
     #[arg(long)]
-    watch: bool,
+    pub(super) watch: bool,
     /// Print each run's report as JSON (one line per run with --watch).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// A YAML file of settings, snake_case keys (docs/reconciler.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -89,105 +87,52 @@ impl ReconcileArgs {
     }
 }
 
-/// Runs `anvil reconcile`; exit 0, or 1 when a one-shot run had errors.
-pub(super) async fn run(a: ReconcileArgs) -> Result<i32> {
-    let file = a.config.as_deref().map(ConfigFile::read).transpose()?;
-    let resolved = settings::resolve(&a.flags(), crate::providers::env_var, file.as_ref())?;
-    let s = resolved.settings.clone();
-    if !s.enabled {
-        println!(
-            "The reconciler is disabled (enabled=false, from {}): nothing to do.",
-            resolved.sources["enabled"]
-        );
-        return Ok(0);
-    }
-    let f = clients::load_foundation(&a.foundation, clients::utf8_env(std::env::vars_os()))?;
-    let (director, store) = clients::connect(&f, crate::providers::env_var).await?;
-    let rec = Reconciler::new(
-        Arc::new(director),
-        Arc::new(store),
-        f.catalog.clone(),
-        s.clone(),
-    );
-    let shared: SharedMetrics = SharedMetrics::default();
+/// What the terminal says on the first and the second stop signal in watch mode.
+pub(super) const STOP_MESSAGES: [&str; 2] = [
+    "Stop requested: finishing the current run, then exiting. Signal again to stop at once.",
+    "Second stop signal: exiting now. Each step is idempotent; the next run redoes what this one did not finish.",
+];
 
-    if !a.watch {
-        let report = rec.run_once().await;
-        let m = record(&shared, &report);
-        print_report(&report, &m, &resolved, a.json, false)?;
-        return Ok(if report.errors.is_empty() { 0 } else { 1 });
-    }
-
-    // Handlers first, so a stop signal at any point after this is a clean stop.
-    let mut interrupts = Interrupts::register();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signals = tokio::spawn(async move {
-        interrupts.next().await;
-        eprintln!(
-            "Stop requested: finishing the current run, then exiting. Signal again to stop at once."
-        );
-        let _ = stop_tx.send(true);
-        interrupts.next().await;
-        eprintln!(
-            "Second stop signal: exiting now. Each step is idempotent; the next run redoes what this one did not finish."
-        );
-        std::process::exit(130);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+/// Runs `anvil reconcile` (one `ops` call) and renders its outcome; exit 0, or 1 when a
+/// one-shot run had errors. Watch-mode runs are rendered as events arrive.
+pub(super) async fn run(
+    a: ReconcileArgs,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<i32> {
+    let req = ReconcileRequest {
+        foundation: a.foundation.clone(),
+        flags: a.flags(),
+        config: a.config.clone(),
+        watch: a.watch,
+        metrics_listen: a.metrics_listen.clone(),
     };
-    let server = match &a.metrics_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| {
-                    format!("--metrics-listen {addr}: cannot listen there; pick a free address such as 127.0.0.1:9190")
-                })?;
-            let local = listener.local_addr()?;
-            eprintln!("Serving metrics on http://{local}/metrics");
-            Some(tokio::spawn(metrics::serve(
-                listener,
-                shared.clone(),
-                stopped(stop_rx.clone()),
-            )))
+    match reconcile(&req, sink, cancel).await? {
+        ReconcileOutcome::Disabled { resolved } => {
+            println!(
+                "The reconciler is disabled (enabled=false, from {}): nothing to do.",
+                resolved.sources["enabled"]
+            );
+            Ok(0)
         }
-        None => None,
-    };
-    eprintln!(
-        "Reconciling every {} (SIGTERM or Ctrl-C stops after the current run).",
-        humantime::format_duration(s.interval)
-    );
-    let (rec, shared_ref, resolved) = (&rec, &shared, &resolved);
-    let json = a.json;
-    let runs = watch::watch(
-        s.interval,
-        move || async move {
-            let n = shared_ref.lock().map(|m| m.runs_total).unwrap_or_default() + 1;
-            eprintln!("Reconcile run {n} started.");
-            let report = rec.run_once().await;
-            let m = record(shared_ref, &report);
-            if let Err(e) = print_report(&report, &m, resolved, json, true) {
-                eprintln!("Warning: could not print the report of run {n}: {e}");
-            }
-        },
-        stopped(stop_rx.clone()),
-    )
-    .await;
-    signals.abort();
-    if let Some(server) = server {
-        server.abort();
+        ReconcileOutcome::Once {
+            report,
+            metrics,
+            resolved,
+        } => {
+            print_report(&report, &metrics, &resolved, a.json, false)?;
+            Ok(if report.errors.is_empty() { 0 } else { 1 })
+        }
+        ReconcileOutcome::Watched { runs, .. } => {
+            eprintln!("Reconciler stopped after {runs} run(s).");
+            Ok(0)
+        }
     }
-    eprintln!("Reconciler stopped after {runs} run(s).");
-    Ok(0)
 }
 
-fn record(shared: &SharedMetrics, report: &RunReport) -> Metrics {
-    let mut m = shared.lock().unwrap_or_else(|p| p.into_inner());
-    m.record(report);
-    m.clone()
-}
-
-fn print_report(
+/// Prints one run's report: text, or JSON (pretty for a one-shot run, one line per run
+/// in watch mode).
+pub(super) fn print_report(
     r: &RunReport,
     m: &Metrics,
     resolved: &Resolved,

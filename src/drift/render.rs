@@ -11,7 +11,8 @@ use crate::plan::Action;
 use serde_json::Value;
 use std::fmt::Write;
 
-/// The text form, ending with the summary line.
+/// The text form, ending with the summary line. The front-end adds what to run next
+/// (it knows the paths and flags the user gave).
 pub fn render_text(r: &DriftReport) -> String {
     let mut out = String::new();
     if r.clean {
@@ -46,7 +47,6 @@ pub fn render_text(r: &DriftReport) -> String {
         out.push('\n');
     }
     let _ = writeln!(out, "{}", summary_line(r));
-    out.push_str("Run `anvil apply` to bring the real world back to the spec, or `anvil apply --refresh-only` to accept the changes made outside anvil into state.\n");
     out
 }
 
@@ -85,13 +85,32 @@ fn action_headline(a: Action) -> &'static str {
     }
 }
 
-/// The one-line summary.
+/// The one-line summary. The spec side counts as `anvil plan` does (same words: a
+/// replacement is one to add and one to destroy), so the numbers match `anvil plan
+/// --refresh=false`; they differ from a refreshing `anvil plan` by exactly what changed
+/// outside anvil, which is counted first.
 pub fn summary_line(r: &DriftReport) -> String {
     let s = &r.summary;
-    format!(
-        "Drift: {} deleted and {} modified outside anvil; to match the spec: {} to create, {} to update, {} to replace, {} to destroy, {} to forget.",
-        s.deleted_outside, s.modified_outside, s.to_create, s.to_update, s.to_replace, s.to_delete, s.to_forget
-    )
+    let mut line = format!(
+        "Drift: {} deleted and {} modified outside anvil; the spec against the state: {} to add, {} to change, {} to destroy",
+        s.deleted_outside,
+        s.modified_outside,
+        s.to_create + s.to_replace,
+        s.to_update,
+        s.to_delete + s.to_replace
+    );
+    if s.to_forget > 0 {
+        let _ = write!(line, ", {} to forget", s.to_forget);
+    }
+    if s.to_replace > 0 {
+        let _ = write!(
+            line,
+            " ({} replaced: each counted once to add and once to destroy)",
+            s.to_replace
+        );
+    }
+    line.push('.');
+    line
 }
 
 fn attr_lines(out: &mut String, attrs: &[AttrDiff], before_label: &str, after_label: &str) {

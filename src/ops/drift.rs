@@ -128,11 +128,12 @@ pub struct Imported {
 /// # Errors
 /// The address is malformed, not declared in the spec, or already in state; the lock
 /// cannot be taken; the ID is malformed or names no object; the state cannot be written.
-pub async fn import(
+pub async fn import_object(
     ws: &Workspace,
     address: &str,
     id: &str,
     lock_timeout: std::time::Duration,
+    sink: &super::EventSink,
 ) -> Result<Imported, OpsError> {
     let addr = Address::parse(address).map_err(|e| OpsError::Usage(e.to_string()))?;
     let Some(resource) = ws.model.get(&addr) else {
@@ -152,7 +153,7 @@ pub async fn import(
         ))
     })?;
     let lock = ws.backend.lock("import", lock_timeout).await?;
-    let mut state = super::load_locked(ws, lock.as_ref()).await?;
+    let mut state = super::load_locked(ws, lock.as_ref(), sink).await?;
     if state.resources.contains_key(address) {
         return Err(OpsError::Usage(format!(
             "{address}: already managed (in state {}); to adopt another object at this address, forget this one first with `anvil state rm {address}`",

@@ -1,18 +1,46 @@
-//! Operations: the library functions behind each command (load a workspace, refresh,
-//! plan, apply, state surgery). Commands in `cli` parse arguments and call one of these;
-//! these own the order of steps (lock, read state, refresh, plan, journal, apply).
+//! Operations: the only door into the engine. One function per command owns its order
+//! of steps (load, lock, read state, refresh, plan, previews, saved-plan checks, journal,
+//! apply, reconcile); each takes an [`EventSink`] and a [`CancellationToken`] and
+//! returns data. Front-ends (`cli`, later a broker and a server) call one of these per
+//! command and render what comes back; nothing here prints or needs a terminal.
 
+mod commands;
 mod drift;
+mod events;
+mod planfile;
+pub mod reconcile;
+mod state_commands;
 
-pub use self::drift::{drift, import, record_observed, Imported, Recorded};
+pub use self::commands::{
+    apply, apply_refresh_only, apply_saved_plan, drift_report, graph, import, plan, schema,
+    schema_kinds, spec_args, validate, ApplyOutcome, ApplyRequest, DriftRequest, Graph,
+    ImportOutcome, PlanRequest, Planned, RefreshOnlyOutcome, RefreshProposal, Review,
+    SavedPlanRequest, Validated,
+};
+pub use self::drift::{drift, import_object, record_observed, Imported, Recorded};
+pub use self::events::{discard, EventSink, OpsEvent};
+pub use self::planfile::{
+    plan_from_document, planfile_arg, read_planfile, show_planfile, write_planfile, SavedPlan,
+};
+pub use self::state_commands::{
+    force_unlock, open_target, read_state, shell_word, state_mv, state_rm, state_show,
+    target_flags, ShownState, StateTarget, DEFAULT_STATE_DIR,
+};
+pub use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApplyConfig, Channels, Report};
+/// The types operations return, for front-ends to render (they import `ops`, not the
+/// modules these come from).
+pub use crate::apply::{Event as ApplyEvent, Op, Report};
+pub use crate::state::{ResourceState, State};
+
+use crate::apply::{self, ApplyConfig, Channels};
 use crate::model::{self, Model};
 use crate::plan::json::{self as pjson, JsonChange, PlanDocument, SpecBinding, StateBinding};
 use crate::plan::{self, Observed, Plan, PlanOptions};
 use crate::providers::Registry;
 use crate::spec::{self, LoadOptions, SpecErrors};
-use crate::state::{self, ResourceState, State, StateBackend, StateError};
+use crate::state::{self, StateBackend, StateError};
+use events::emit;
 use futures::StreamExt;
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -40,6 +68,17 @@ pub enum OpsError {
     PlanFile { path: String, message: String },
     #[error("{0}")]
     Usage(String),
+    /// The caller cancelled before anything was changed.
+    #[error("cancelled before anything was changed; run the command again when ready")]
+    Cancelled,
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+    /// `--metrics-listen ADDR` could not be bound.
+    #[error("--metrics-listen {addr}: cannot listen there ({source}); pick a free address such as 127.0.0.1:9190")]
+    MetricsListen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// What the user pointed anvil at.
@@ -312,78 +351,24 @@ pub async fn preview(registry: &Registry, plan: &mut Plan, parallelism: usize) {
 ///
 /// # Errors
 /// The state cannot be read or written.
-pub async fn load_locked(ws: &Workspace, lock: &dyn state::Lock) -> Result<State, OpsError> {
+pub async fn load_locked(
+    ws: &Workspace,
+    lock: &dyn state::Lock,
+    sink: &EventSink,
+) -> Result<State, OpsError> {
     let st = ws.backend.load().await?;
     if ws.backend.has_journal().await {
         ws.backend.write(&st, lock).await?;
         tracing::info!(state = %ws.backend.describe(), "folded the journal of an interrupted run into the state");
+        emit(
+            sink,
+            OpsEvent::Info(format!(
+                "Folded the journal of an interrupted run into {}.",
+                ws.backend.describe()
+            )),
+        );
     }
     Ok(st)
-}
-
-/// `state rm`: forgets records under the lock; the real objects are untouched.
-///
-/// # Errors
-/// The lock cannot be taken, an address is not recorded (nothing is removed then), or
-/// the state cannot be read or written.
-pub async fn state_rm(
-    backend: &dyn StateBackend,
-    addresses: &[String],
-    lock_timeout: std::time::Duration,
-) -> Result<(), OpsError> {
-    let lock = backend.lock("state rm", lock_timeout).await?;
-    let mut st = backend.load().await?;
-    for a in addresses {
-        if st.resources.remove(a).is_none() {
-            return Err(OpsError::Usage(format!(
-                "{a}: not in state {}; nothing was removed. See `anvil state list`",
-                backend.describe()
-            )));
-        }
-    }
-    st.serial += 1;
-    backend.write(&st, lock.as_ref()).await?;
-    Ok(())
-}
-
-/// `state mv`: moves a record to another address of the same type, under the lock.
-///
-/// # Errors
-/// The lock cannot be taken, the source is not recorded, the destination is taken or
-/// not an address of the same type, or the state cannot be read or written.
-pub async fn state_mv(
-    backend: &dyn StateBackend,
-    source: &str,
-    destination: &str,
-    lock_timeout: std::time::Duration,
-) -> Result<(), OpsError> {
-    let dest = crate::model::Address::parse(destination)
-        .map_err(|e| OpsError::Usage(format!("destination {e}")))?;
-    let lock = backend.lock("state mv", lock_timeout).await?;
-    let mut st = backend.load().await?;
-    if st.resources.contains_key(destination) {
-        return Err(OpsError::Usage(format!(
-            "{destination}: already in state {}; remove it first with `anvil state rm {destination}`",
-            backend.describe()
-        )));
-    }
-    let Some(mut rec) = st.resources.remove(source) else {
-        return Err(OpsError::Usage(format!(
-            "{source}: not in state {}; see `anvil state list`",
-            backend.describe()
-        )));
-    };
-    if rec.ty != dest.ty {
-        return Err(OpsError::Usage(format!(
-            "cannot move {source} to {destination}: the type differs ({} vs {}); a record keeps its type",
-            rec.ty, dest.ty
-        )));
-    }
-    rec.updated_at = chrono::Utc::now();
-    st.resources.insert(destination.to_string(), rec);
-    st.serial += 1;
-    backend.write(&st, lock.as_ref()).await?;
-    Ok(())
 }
 
 /// Computes the plan for a workspace.
@@ -507,7 +492,9 @@ pub fn check_saved_plan(
     Ok((plan, observed))
 }
 
-/// Applies a plan under the lock the caller holds, journalling every step.
+/// Applies a plan under the lock the caller holds, journalling every step. Apply
+/// progress goes to `sink`; `cancel` stops new operations from starting (those in
+/// flight finish and are recorded).
 ///
 /// # Errors
 /// The journal could not be opened or written, or the plan cannot be ordered.
@@ -516,13 +503,57 @@ pub async fn run_apply(
     state: State,
     lock: &dyn state::Lock,
     plan: &Plan,
-    cfg: &ApplyConfig,
-    io: Channels,
-) -> Result<(State, Report), OpsError> {
+    parallelism: usize,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<(State, apply::Report), OpsError> {
     let mut state = state;
     apply::settle_pending(plan, &ws.model, &mut state);
     let journal = ws.backend.journal(&state, lock).await?;
-    Ok(apply::apply(plan, &ws.model, &ws.registry, state, journal, cfg, io).await?)
+    let total = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != plan::Action::NoOp)
+        .count();
+    emit(sink, OpsEvent::ApplyStarting { total });
+    // The walk speaks its own channel types; forward them as ops events.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<apply::Event>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let forward = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                emit(&sink, OpsEvent::Apply(e));
+            }
+        })
+    };
+    let stop = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = stop_tx.send(true);
+        })
+    };
+    let result = apply::apply(
+        plan,
+        &ws.model,
+        &ws.registry,
+        state,
+        journal,
+        &ApplyConfig { parallelism },
+        Channels {
+            events: tx,
+            cancel: stop_rx,
+            // A front-end that must stop at once ends the process (the journal keeps
+            // state readable); in-flight provider calls are drained, not aborted.
+            abort: CancellationToken::new(),
+        },
+    )
+    .await;
+    stop.abort();
+    // Every event is delivered before the outcome: the walk dropped its sender.
+    let _ = forward.await;
+    Ok(result?)
 }
 
 /// The environment as text. Variables whose name or value is not UTF-8 are left out (a

@@ -44,7 +44,7 @@ use super::{Operation, PendingOp, ResourceState, State, StateError};
 const JOURNAL_VERSION: u32 = 1;
 
 /// Checkpoint at least this often (in records), or once per resource count if larger.
-const MIN_CHECKPOINT_INTERVAL: u64 = 1024;
+pub(crate) const MIN_CHECKPOINT_INTERVAL: u64 = 1024;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,7 +115,7 @@ struct Header {
     base_serial: u64,
 }
 
-fn header_line(lineage: uuid::Uuid, base_serial: u64) -> Vec<u8> {
+pub(crate) fn header_line(lineage: uuid::Uuid, base_serial: u64) -> Vec<u8> {
     let h = Header {
         journal: JOURNAL_VERSION,
         lineage,
@@ -262,12 +262,12 @@ type Batched = (Vec<u8>, Option<(String, u64)>, Done);
 /// A [`State`] with another `pending` list, serialized without cloning the resources.
 /// Field names and order are those of [`State`].
 #[derive(Serialize)]
-struct StateView<'a> {
-    version: u32,
-    lineage: uuid::Uuid,
-    serial: u64,
-    resources: &'a BTreeMap<String, ResourceState>,
-    pending: &'a [PendingOp],
+pub(crate) struct StateView<'a> {
+    pub(crate) version: u32,
+    pub(crate) lineage: uuid::Uuid,
+    pub(crate) serial: u64,
+    pub(crate) resources: &'a BTreeMap<String, ResourceState>,
+    pub(crate) pending: &'a [PendingOp],
 }
 
 /// Update a pending list for `record` exactly as [`State::apply_record`] does.

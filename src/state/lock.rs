@@ -30,7 +30,7 @@ use super::StateError;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// How often a waiting `lock` call looks again.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// Source of the current time (injectable for tests).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -98,7 +98,10 @@ impl LockStatus {
     pub(crate) fn get(&self) -> u8 {
         self.0.load(Ordering::SeqCst)
     }
-    fn set_from_held(&self, to: u8) {
+    pub(crate) fn new_held() -> Arc<LockStatus> {
+        Arc::new(LockStatus(AtomicU8::new(HELD)))
+    }
+    pub(crate) fn set_from_held(&self, to: u8) {
         let _ = self
             .0
             .compare_exchange(HELD, to, Ordering::SeqCst, Ordering::SeqCst);
@@ -218,7 +221,7 @@ impl LockFiles {
     }
 }
 
-fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(crate) fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     TimeDelta::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))

@@ -32,6 +32,7 @@ mod fsio;
 mod journal;
 mod local;
 mod lock;
+mod postgres;
 #[cfg(test)]
 mod tests;
 mod vault;
@@ -51,6 +52,7 @@ pub use error::StateError;
 pub use journal::{Commit, JournalRecord, JournalWriter};
 pub use local::LocalBackend;
 pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
+pub use postgres::{PgJournal, PgLock, PostgresBackend};
 pub use vault::{VaultBackend, VaultJournal, VaultLock};
 
 /// Format version of the state document this build reads and writes.
@@ -492,10 +494,9 @@ pub fn open(url: Option<&str>, workspace: &str) -> Result<Box<dyn StateBackend>,
 fn remote(url: &str, workspace: &str) -> Option<Result<Box<dyn StateBackend>, StateError>> {
     let scheme = url.split_once("://")?.0.to_ascii_lowercase();
     match scheme.as_str() {
-        "postgres" | "postgresql" => Some(Err(StateError::InvalidUrl {
-            url: redact_url(url),
-            detail: format!("the postgres:// backend is not built yet (workspace {workspace})"),
-        })),
+        "postgres" | "postgresql" => {
+            Some(PostgresBackend::new(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
+        }
         "vault" => {
             Some(VaultBackend::open(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
         }
