@@ -222,6 +222,7 @@ fn vault_state_bench(n: usize) {
         "no-op plan, full state",
         &["plan", "--detailed-exitcode", "spec.yaml"],
     );
+}
 
 /// apply from empty and a no-op plan of N null resources with state in PostgreSQL.
 fn postgres_bench(n: usize) {
