@@ -133,17 +133,17 @@ impl Fixture {
         Running { child, reader }
     }
 
-    /// The state as `anvil show --json` prints it (backend-neutral).
-    fn state(&self) -> serde_json::Value {
-        let o = self.run(&["show", "--json"]);
+    /// Workspace `ws`'s state as `anvil show --json` prints it (backend-neutral).
+    fn state(&self, ws: &str) -> serde_json::Value {
+        let o = self.run(&["show", "--json", "-w", ws]);
         assert_code(&o, 0);
         serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("show --json is not JSON ({e}): {}", stdout(&o)))
     }
 
-    /// `anvil state list .` lines (the workspace named by the spec in the directory).
-    fn listed(&self) -> Vec<String> {
-        let o = self.run(&["state", "list", "."]);
+    /// `anvil state list -w WS` lines.
+    fn listed(&self, ws: &str) -> Vec<String> {
+        let o = self.run(&["state", "list", "-w", ws]);
         assert_code(&o, 0);
         stdout(&o).lines().map(str::to_string).collect()
     }
@@ -242,24 +242,34 @@ fn round_trip(b: Backend) {
     );
     let o = f.run(&["plan", "--detailed-exitcode"]);
     assert_code(&o, 0);
-    let listed = f.listed();
+    let listed = f.listed("quickstart");
     assert_eq!(listed.len(), 5, "{listed:?}");
     assert!(
         listed.contains(&"null_resource.app".to_string()),
         "{listed:?}"
     );
-    let st = f.state();
+    let st = f.state("quickstart");
     assert_eq!(st["serial"].as_u64(), Some(5), "{st}");
     assert!(st["pending"].as_array().is_some_and(Vec::is_empty), "{st}");
     let lineage = st["lineage"].as_str().expect("lineage").to_string();
 
     // Whole-state writes: mv and rm, each bumping the serial, lineage kept.
     assert_code(
-        &f.run(&["state", "mv", "null_resource.cache", "null_resource.cache2"]),
+        &f.run(&[
+            "state",
+            "mv",
+            "-w",
+            "quickstart",
+            "null_resource.cache",
+            "null_resource.cache2",
+        ]),
         0,
     );
-    assert_code(&f.run(&["state", "rm", "null_resource.cache2"]), 0);
-    let st = f.state();
+    assert_code(
+        &f.run(&["state", "rm", "-w", "quickstart", "null_resource.cache2"]),
+        0,
+    );
+    let st = f.state("quickstart");
     assert_eq!(st["lineage"].as_str(), Some(lineage.as_str()));
     assert_eq!(
         st["resources"].as_object().map(|r| r.len()),
@@ -270,7 +280,7 @@ fn round_trip(b: Backend) {
     // The next apply creates the forgotten resource again.
     let o = f.run(&["apply", "--auto-approve"]);
     assert_code(&o, 0);
-    assert_eq!(f.listed().len(), 5);
+    assert_eq!(f.listed("quickstart").len(), 5);
 
     if b == Backend::File {
         assert!(f.s.state_file("quickstart").exists());
@@ -290,7 +300,7 @@ fn round_trip(b: Backend) {
     let o = f.run(&["destroy", "--auto-approve"]);
     assert_code(&o, 0);
     // `audit_log` is retain_on_delete: forgotten, not deleted; nothing stays recorded.
-    assert!(f.listed().is_empty());
+    assert!(f.listed("quickstart").is_empty());
 }
 
 /// Two applies at once: the second fails at once naming the holder; with
@@ -318,7 +328,7 @@ fn concurrent_applies(b: Backend) {
     assert!(stdout(&o).contains("No changes."), "{}", stdout(&o));
     let (status, out, err) = first.finish();
     assert!(status.success(), "first apply failed:\n{out}\n{err}");
-    assert_eq!(f.listed().len(), 2);
+    assert_eq!(f.listed("locked").len(), 2);
     // Released at the end: a plain apply runs at once.
     assert_code(&f.run(&["apply", "--auto-approve"]), 0);
 }
@@ -339,7 +349,7 @@ fn killed_holder(b: Backend) {
     f.s.write("spec.yaml", &slow_spec("killed", 0));
     let o = f.run(&["apply", "--auto-approve", "--lock-timeout", "30s"]);
     assert_code(&o, 0);
-    let st = f.state();
+    let st = f.state("killed");
     assert_eq!(
         st["resources"].as_object().map(|r| r.len()),
         Some(2),
@@ -365,10 +375,10 @@ fn killed_holder(b: Backend) {
         .and_then(|r| r.split('`').next())
         .expect("lock id in the error")
         .to_string();
-    let o = f.run(&["force-unlock", "not-the-id", "."]);
+    let o = f.run(&["force-unlock", "not-the-id", "-w", "killed"]);
     assert_code(&o, 1);
     assert!(stderr(&o).contains(&id), "{}", stderr(&o));
-    assert_code(&f.run(&["force-unlock", &id, "."]), 0);
+    assert_code(&f.run(&["force-unlock", &id, "-w", "killed"]), 0);
     f.s.write("spec.yaml", &slow_spec("killed", 0));
     assert_code(&f.run(&["apply", "--auto-approve"]), 0);
 }
@@ -427,7 +437,7 @@ fn sigkill_500(b: Backend) {
         let _ = child.kill();
         let _ = child.wait();
         // Every command reads what the killed run left without error.
-        let o = f.run_env(&["state", "list", "."], &lease);
+        let o = f.run_env(&["state", "list", "-w", "crash"], &lease);
         assert_code(&o, 0);
         let recorded = stdout(&o).lines().count();
         if recorded > 0 && recorded < N {
@@ -444,7 +454,7 @@ fn sigkill_500(b: Backend) {
     // The next apply (after the dead holder's lease) converges.
     assert_code(&f.run_env(&apply, &lease), 0);
     assert_code(&f.run(&["plan", "--detailed-exitcode"]), 0);
-    let st = f.state();
+    let st = f.state("crash");
     let keys: Vec<String> = st["resources"]
         .as_object()
         .expect("resources")
@@ -457,7 +467,7 @@ fn sigkill_500(b: Backend) {
         keys, want,
         "each resource recorded exactly once (seed {seed})"
     );
-    let listed = f.listed();
+    let listed = f.listed("crash");
     assert_eq!(listed.len(), N, "state list shows each address once");
     assert!(
         st["pending"].as_array().is_some_and(Vec::is_empty),
@@ -491,8 +501,11 @@ fn stale_saved_plan(b: Backend) {
         .replace(&lineage, "00000000-0000-4000-8000-000000000000");
     f.s.write("other.json", &other);
 
-    assert_code(&f.run(&["state", "rm", "null_resource.audit_log"]), 0);
-    let before = f.state();
+    assert_code(
+        &f.run(&["state", "rm", "-w", "quickstart", "null_resource.audit_log"]),
+        0,
+    );
+    let before = f.state("quickstart");
     let o = f.run(&["apply", "plan.json"]);
     assert_code(&o, 1);
     let err = stderr(&o);
@@ -507,7 +520,7 @@ fn stale_saved_plan(b: Backend) {
         "{err}"
     );
     assert!(err.contains(&lineage), "{err}");
-    assert_eq!(f.state(), before, "a refused plan wrote state");
+    assert_eq!(f.state("quickstart"), before, "a refused plan wrote state");
 }
 
 // ------------------------------------------------------------------ one test per pair
