@@ -11,6 +11,10 @@
 //! applies N `vault_secret`s, and times `anvil drift` with nothing changed and again
 //! after 1 % of the secrets were rewritten behind anvil's back.
 //!
+//! `cargo bench --bench scale -- vault [N]` runs only the Vault state backend case (issue
+//! 8): N null resources (default 10,000) applied with `--state vault://…` into `anvil sim
+//! vault`, then a no-op plan against that state.
+//!
 //! `cargo bench --bench scale -- postgres [N]` (N default 10,000) starts a throwaway
 //! PostgreSQL cluster (tests/pg_support) and times apply from empty and a no-op plan with
 //! `--state postgres://…`.
@@ -192,6 +196,34 @@ fn drift_bench(n: usize) {
     );
 }
 
+/// The `vault://` state backend (issue 8): N null resources applied with their state in
+/// `anvil sim vault`, then a no-op plan against that state.
+fn vault_state_bench(n: usize) {
+    let sim = VaultSim::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("spec.yaml"), tree_spec(n)).expect("write spec");
+    let envs = [
+        ("ANVIL_STATE", "vault://secret/anvil/state".to_string()),
+        ("VAULT_ADDR", format!("http://{}", sim.addr)),
+        ("VAULT_TOKEN", "root".to_string()),
+    ];
+    println!("\n| N (state in anvil sim vault) | step | wall time (s) | peak RSS (MiB) |");
+    println!("|---:|---|---:|---:|");
+    let step = |name: &str, argv: &[&str]| {
+        let (t, rss, code) = measure_with(dir.path(), argv, &envs);
+        assert_eq!(code, 0, "{name} at N={n} exited {code}");
+        println!("| {n} | {name} | {:.2} | {rss:.0} |", t.as_secs_f64());
+    };
+    step(
+        "apply from empty",
+        &["apply", "--auto-approve", "spec.yaml"],
+    );
+    step(
+        "no-op plan, full state",
+        &["plan", "--detailed-exitcode", "spec.yaml"],
+    );
+}
+
 /// apply from empty and a no-op plan of N null resources with state in PostgreSQL.
 fn postgres_bench(n: usize) {
     let pg = pg_support::PgCluster::start();
@@ -267,6 +299,10 @@ fn main() {
         .collect();
     if std::env::args().any(|a| a == "drift") {
         drift_bench(args.first().copied().unwrap_or(10_000));
+        return;
+    }
+    if std::env::args().any(|a| a == "vault") {
+        vault_state_bench(args.first().copied().unwrap_or(10_000));
         return;
     }
     if std::env::args().any(|a| a == "postgres") {

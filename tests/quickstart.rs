@@ -108,7 +108,14 @@ fn the_leftover_check_sees_a_running_simulator() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start sim");
-    let found = sims_under(s.path());
+    // Right after exec the kernel may not have set up the new argv yet (cmdline reads
+    // empty for a moment): look again until it shows, under a hang guard.
+    let start = std::time::Instant::now();
+    let mut found = sims_under(s.path());
+    while found.is_empty() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        found = sims_under(s.path());
+    }
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(found, [child.id()]);

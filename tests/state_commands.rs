@@ -201,3 +201,40 @@ fn suggested_commands_run_as_printed() {
         stdout(&o)
     );
 }
+
+#[test]
+fn a_held_lock_names_a_force_unlock_that_runs_from_anywhere() {
+    let s = Scratch::new();
+    let slow = SPEC.replace(
+        "name: a, attributes: {",
+        "name: a, attributes: { sleep_ms: 60000,",
+    );
+    s.write("spec.yaml", &slow);
+    let url = s.path().join("elsewhere/demo.json").display().to_string();
+    let lock = s.path().join("elsewhere/demo.json.lock");
+    let mut holder = s
+        .cmd(&["apply", "--auto-approve", "--state", &url, "spec.yaml"])
+        .env("ANVIL_LOCK_LEASE", "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&lock, std::time::Duration::from_secs(30));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let o = s.run(&["state", "rm", "null_resource.a", "--state", &url]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    let cmd = err
+        .split("from any directory: `anvil ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("no force-unlock suggestion: {err}"));
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    assert_eq!(args[0], "force-unlock");
+    assert!(cmd.contains(&format!("--state {url}")), "{cmd}");
+    let empty = tempfile::tempdir().unwrap();
+    let o = run_in(empty.path(), &args);
+    assert_code(&o, 0);
+    assert!(!lock.exists(), "the lock is gone");
+}

@@ -213,6 +213,18 @@ fn two_foundations_reach_their_own_director_and_vault() {
         .collect();
     assert_eq!(before_b, after_b, "reconcile of A wrote to B's Vault");
     assert_eq!(w.bosh_b.names(), vec![dep(B1)]);
+
+    // Dropping Foundation B from the spec leaves its recorded resources with no Director
+    // to reach: said, nothing touched.
+    std::fs::remove_file(w.s.path().join("ws/b.yaml")).unwrap();
+    let o = w.run(&["plan", "ws"]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("is not configured") && err.contains("alias: b"),
+        "{err}"
+    );
+    assert_eq!(w.bosh_b.names(), vec![dep(B1)]);
 }
 
 #[test]

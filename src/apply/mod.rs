@@ -118,7 +118,7 @@ impl Default for ApplyConfig {
 pub enum ApplyError {
     #[error("internal error: the operations of this plan form a cycle through {0}; please report this with the plan")]
     Cycle(String),
-    #[error("{address}: provider `{provider}` is not available in this build")]
+    #[error("{address}: {}", crate::providers::missing_instance(.provider))]
     NoProvider { address: String, provider: String },
     #[error(transparent)]
     State(#[from] StateError),

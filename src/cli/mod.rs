@@ -600,7 +600,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                     .state
                     .state
                     .as_deref()
-                    .map(|s| format!(" --state {}", ops::shell_word(s)))
+                    .map(|s| format!(" --state {}", ops::shell_word(&ops::redact_url(s))))
                     .unwrap_or_default();
                 println!("\nSaved the plan to {out}. Apply exactly this plan with: anvil apply{state} {out}");
             }

@@ -5,7 +5,7 @@
 
 use super::events::{emit, EventSink, OpsEvent};
 use super::planfile::{planfile_arg, read_planfile, write_planfile};
-use super::state_commands::shell_word;
+use super::state_commands::{shell_word, StateTarget};
 use super::{
     check_saved_plan, load_locked, load_workspace, load_workspace_and_state, make_plan,
     plan_document, preview, refresh, run_apply, Inputs, OpsError, Workspace,
@@ -52,7 +52,7 @@ pub fn spec_args(inputs: &Inputs) -> String {
     }
     if let Some(url) = &inputs.state_url {
         s.push_str(" --state ");
-        s.push_str(&shell_word(url));
+        s.push_str(&shell_word(&crate::state::redact_url(url)));
     }
     s
 }
@@ -368,7 +368,14 @@ async fn take_lock(
             },
         );
     }
-    Ok(ws.backend.lock(operation, timeout).await?)
+    let target = StateTarget {
+        url: ws.state_url.clone(),
+        workspace: Some(ws.name.clone()),
+    };
+    ws.backend
+        .lock(operation, timeout)
+        .await
+        .map_err(|e| super::lock_error(e, &target))
 }
 
 /// Review, then the walk: the part `apply` and `apply FILE` share.

@@ -31,7 +31,7 @@ pub use tokio_util::sync::CancellationToken;
 /// The types operations return, for front-ends to render (they import `ops`, not the
 /// modules these come from).
 pub use crate::apply::{Event as ApplyEvent, Op, Report};
-pub use crate::state::{ResourceState, State};
+pub use crate::state::{redact_url, ResourceState, State};
 
 use crate::apply::{self, ApplyConfig, Channels};
 use crate::model::{self, Model};
@@ -68,6 +68,14 @@ pub enum OpsError {
     PlanFile { path: String, message: String },
     #[error("{0}")]
     Usage(String),
+    /// The state is locked by another run; the message names the holder and the
+    /// `force-unlock` command that names this state from any directory.
+    #[error("{source}; from any directory: `anvil force-unlock {id}{flags}`")]
+    Locked {
+        source: Box<StateError>,
+        id: String,
+        flags: String,
+    },
     /// The caller cancelled before anything was changed.
     #[error("cancelled before anything was changed; run the command again when ready")]
     Cancelled,
@@ -100,6 +108,8 @@ pub struct Workspace {
     pub model: Model,
     pub registry: Registry,
     pub backend: Box<dyn StateBackend>,
+    /// The `--state` URL given, if any (for commands anvil suggests).
+    pub state_url: Option<String>,
     /// Digest of the spec files and the variables given.
     pub digest: String,
 }
@@ -234,6 +244,7 @@ fn load(
             model,
             registry,
             backend,
+            state_url: inputs.state_url.clone(),
             digest,
         },
         preloaded,
@@ -274,7 +285,7 @@ pub async fn refresh_scoped(
         let Some(p) = registry.get(&rec.provider) else {
             return Err(OpsError::Refresh {
                 address: addr.clone(),
-                message: format!("provider `{}` is not available in this build", rec.provider),
+                message: crate::providers::missing_instance(&rec.provider),
             });
         };
         let got = p.read(addr, rec).await.map_err(|e| OpsError::Refresh {
@@ -554,6 +565,19 @@ pub async fn run_apply(
     // Every event is delivered before the outcome: the walk dropped its sender.
     let _ = forward.await;
     Ok(result?)
+}
+
+/// `err`, with a `force-unlock` command that names the state the lock is on (`target`)
+/// when it is a lock held by another run.
+pub(crate) fn lock_error(err: StateError, target: &StateTarget) -> OpsError {
+    match &err {
+        StateError::Locked { info, .. } => OpsError::Locked {
+            id: info.id.clone(),
+            flags: target_flags(target),
+            source: Box::new(err),
+        },
+        _ => OpsError::State(err),
+    }
 }
 
 /// The environment as text. Variables whose name or value is not UTF-8 are left out (a

@@ -84,7 +84,14 @@ pub fn open_target(target: &StateTarget) -> Result<Box<dyn StateBackend>, OpsErr
         (Some(ws), _) => ws.clone(),
         (None, Some(url)) => match local_dir(url) {
             Some(dir) => only_workspace(&dir)?,
-            // A state file, or a remote backend: the workspace name does not pick it.
+            // A remote backend keeps one state per workspace: say which is meant.
+            None if url.contains("://") && !url.starts_with("file://") => {
+                return Err(OpsError::Usage(format!(
+                    "{}: this backend holds one state per workspace; name it with --workspace NAME (the spec's metadata.name)",
+                    state::redact_url(url)
+                )))
+            }
+            // A state file: the workspace name does not pick it.
             None => "default".to_string(),
         },
         (None, None) => only_workspace(Path::new(DEFAULT_STATE_DIR))?,
@@ -141,6 +148,7 @@ pub async fn state_show(target: &StateTarget, address: &str) -> Result<ResourceS
 
 async fn take_lock(
     backend: &dyn StateBackend,
+    target: &StateTarget,
     operation: &str,
     timeout: Duration,
     sink: &EventSink,
@@ -154,7 +162,10 @@ async fn take_lock(
             },
         );
     }
-    Ok(backend.lock(operation, timeout).await?)
+    backend
+        .lock(operation, timeout)
+        .await
+        .map_err(|e| super::lock_error(e, target))
 }
 
 /// `anvil state rm`: forgets records under the lock; the real objects are untouched.
@@ -170,7 +181,7 @@ pub async fn state_rm(
     sink: &EventSink,
 ) -> Result<String, OpsError> {
     let backend = open_target(target)?;
-    let lock = take_lock(backend.as_ref(), "state rm", lock_timeout, sink).await?;
+    let lock = take_lock(backend.as_ref(), target, "state rm", lock_timeout, sink).await?;
     let mut st = backend.load().await?;
     for a in addresses {
         if st.resources.remove(a).is_none() {
@@ -203,7 +214,7 @@ pub async fn state_mv(
     let dest = crate::model::Address::parse(destination)
         .map_err(|e| OpsError::Usage(format!("destination {e}")))?;
     let backend = open_target(target)?;
-    let lock = take_lock(backend.as_ref(), "state mv", lock_timeout, sink).await?;
+    let lock = take_lock(backend.as_ref(), target, "state mv", lock_timeout, sink).await?;
     let mut st = backend.load().await?;
     let flags = target_flags(target);
     if st.resources.contains_key(destination) {
@@ -247,7 +258,9 @@ pub async fn force_unlock(target: &StateTarget, id: &str) -> Result<String, OpsE
 pub fn target_flags(target: &StateTarget) -> String {
     let mut s = String::new();
     if let Some(url) = &target.url {
-        s.push_str(&format!(" --state {}", shell_word(url)));
+        // A password in the URL is never printed: the user puts it back (or sets
+        // ANVIL_STATE, which --state defaults to).
+        s.push_str(&format!(" --state {}", shell_word(&state::redact_url(url))));
     }
     if let Some(ws) = &target.workspace {
         s.push_str(&format!(" --workspace {}", shell_word(ws)));

@@ -40,6 +40,21 @@ pub fn url_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// Why a provider instance recorded in state or a plan cannot be found in a registry:
+/// an aliased instance (`bosh.east`) is no longer configured by the spec; a plain name is
+/// a provider this build lacks.
+#[must_use]
+pub fn missing_instance(name: &str) -> String {
+    match name.split_once('.') {
+        Some((provider, alias)) => format!(
+            "provider instance `{name}` is not configured: keep the `providers: {{ {provider}: \
+             [{{alias: {alias}, ...}}] }}` entry (or the Foundation with `alias: {alias}`) \
+             in the spec until the resources it manages are destroyed"
+        ),
+        None => format!("provider `{name}` is not available in this build"),
+    }
+}
+
 /// A provider setting from the environment: unset and blank are the same.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

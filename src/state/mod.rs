@@ -35,6 +35,8 @@ mod lock;
 mod postgres;
 #[cfg(test)]
 mod tests;
+mod vault;
+mod vault_kv;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -51,6 +53,7 @@ pub use journal::{Commit, JournalRecord, JournalWriter};
 pub use local::LocalBackend;
 pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
 pub use postgres::{PgJournal, PgLock, PostgresBackend};
+pub use vault::{VaultBackend, VaultJournal, VaultLock};
 
 /// Format version of the state document this build reads and writes.
 pub const STATE_VERSION: u32 = 1;
@@ -494,10 +497,9 @@ fn remote(url: &str, workspace: &str) -> Option<Result<Box<dyn StateBackend>, St
         "postgres" | "postgresql" => {
             Some(PostgresBackend::new(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
         }
-        "vault" => Some(Err(StateError::InvalidUrl {
-            url: redact_url(url),
-            detail: format!("the vault:// backend is not built yet (workspace {workspace})"),
-        })),
+        "vault" => {
+            Some(VaultBackend::open(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
+        }
         _ => None,
     }
 }

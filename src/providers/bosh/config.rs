@@ -39,7 +39,7 @@ pub(super) fn schema() -> ResourceSchema {
     }
 }
 
-fn config_key<'a>(attrs: &'a BTreeMap<String, Value>) -> Result<(&'a str, &'a str), ProviderError> {
+fn config_key(attrs: &BTreeMap<String, Value>) -> Result<(&str, &str), ProviderError> {
     let ty = str_attr(attrs, "type")?;
     if !["cloud", "runtime", "cpi"].contains(&ty) {
         return Err(ProviderError::invalid(format!(

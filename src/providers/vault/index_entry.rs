@@ -3,7 +3,7 @@
 //! [`super::index::read_modify_write`], so concurrent writers never lose an entry; read
 //! shares index reads among entries.
 
-use super::{clean_path, map_attr, mount_attr, parse_import_id, str_attr, version_outputs};
+use super::{clean_path, map_attr, mount_attr, parse_import_id, str_attr, version_outputs, IdForm};
 use super::{VaultContext, DEFAULT_MOUNT};
 use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::providers::resource::ResourceType;
@@ -79,9 +79,9 @@ fn stamp(
         return Ok(());
     };
     let Some(stamps) = stamps.as_object() else {
-        return Err(ProviderError::invalid(format!(
-            "attribute `stamp_on_create` must be a map of key to `unix` or `rfc3339`"
-        )));
+        return Err(ProviderError::invalid(
+            "attribute `stamp_on_create` must be a map of key to `unix` or `rfc3339`",
+        ));
     };
     let now = chrono::Utc::now();
     for (key, format) in stamps {
@@ -176,7 +176,7 @@ impl ResourceType<VaultContext> for IndexEntry {
 
     /// By `[MOUNT:]PATH#KEY`.
     async fn import(&self, ctx: &VaultContext, id: &str) -> Result<ResourceState, ProviderError> {
-        let (given_mount, path, key) = parse_import_id("vault_index_entry", id)?;
+        let (given_mount, path, key) = parse_import_id("vault_index_entry", IdForm::IndexKey, id)?;
         let key = key.unwrap_or_default();
         let mount = given_mount.unwrap_or(DEFAULT_MOUNT);
         let client = ctx.client_for(mount).await?;

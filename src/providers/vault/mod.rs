@@ -204,26 +204,35 @@ fn version_outputs(version: u64) -> BTreeMap<String, Value> {
     outputs
 }
 
-/// An import ID: `[MOUNT:]PATH` for `vault_secret`, `[MOUNT:]PATH#KEY` for
-/// `vault_index_entry`. Returns (mount given, path, key).
+/// What an import ID looks like: `[MOUNT:]PATH` for a whole secret,
+/// `[MOUNT:]PATH#KEY` for one key of an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdForm {
+    Secret,
+    IndexKey,
+}
+
+/// An import ID of a `ty` (named in errors) in the given form. Returns (mount given,
+/// path, key).
 fn parse_import_id<'a>(
     ty: &str,
+    form: IdForm,
     id: &'a str,
 ) -> Result<(Option<&'a str>, &'a str, Option<&'a str>), ProviderError> {
-    let form = match ty {
-        "vault_secret" => "[MOUNT:]PATH, e.g. `app/creds` or `secret:app/creds`",
-        _ => "[MOUNT:]PATH#KEY, e.g. `db#6f0c1e2a` or `secret:db#6f0c1e2a`",
+    let example = match form {
+        IdForm::Secret => "[MOUNT:]PATH, e.g. `app/creds` or `secret:app/creds`",
+        IdForm::IndexKey => "[MOUNT:]PATH#KEY, e.g. `db#6f0c1e2a` or `secret:db#6f0c1e2a`",
     };
     let bad = |why: &str| {
         ProviderError::invalid(format!(
-            "import ID `{id}` {why}; a {ty} is imported by {form}"
+            "import ID `{id}` {why}; a {ty} is imported by {example}"
         ))
     };
-    let (rest, key) = match (ty, id.rsplit_once('#')) {
-        ("vault_index_entry", Some((rest, key))) if !key.is_empty() => (rest, Some(key)),
-        ("vault_index_entry", _) => return Err(bad("names no key (`#KEY` is missing)")),
-        (_, Some(_)) => return Err(bad("contains `#`, which only index entries use")),
-        _ => (id, None),
+    let (rest, key) = match (form, id.rsplit_once('#')) {
+        (IdForm::IndexKey, Some((rest, key))) if !key.is_empty() => (rest, Some(key)),
+        (IdForm::IndexKey, _) => return Err(bad("names no key (`#KEY` is missing)")),
+        (IdForm::Secret, Some(_)) => return Err(bad("contains `#`, which only index entries use")),
+        (IdForm::Secret, None) => (id, None),
     };
     let (mount, path) = match rest.split_once(':') {
         Some((m, p)) => (Some(m.trim_matches('/')), p),
@@ -244,7 +253,22 @@ mod tests {
 
     #[test]
     fn import_ids_parse_or_say_what_they_should_be() {
-        let p = parse_import_id;
+        let p = |ty: &str, id| {
+            let form = if ty == "vault_secret" {
+                IdForm::Secret
+            } else {
+                IdForm::IndexKey
+            };
+            parse_import_id(
+                if ty == "vault_secret" {
+                    "vault_secret"
+                } else {
+                    "vault_index_entry"
+                },
+                form,
+                id,
+            )
+        };
         assert_eq!(
             p("vault_secret", "app/creds").unwrap(),
             (None, "app/creds", None)

@@ -2,7 +2,7 @@
 //! full replace); delete removes all versions; read compares the real data by
 //! fingerprint (`data` is sensitive), so drift shows up as a change.
 
-use super::{clean_path, map_attr, mount_attr, parse_import_id, str_attr, version_outputs};
+use super::{clean_path, map_attr, mount_attr, parse_import_id, str_attr, version_outputs, IdForm};
 use super::{VaultContext, DEFAULT_MOUNT};
 use crate::model::{AttrKind, AttrSchema, ResourceSchema};
 use crate::providers::resource::ResourceType;
@@ -110,7 +110,7 @@ impl ResourceType<VaultContext> for Secret {
 
     /// By `[MOUNT:]PATH`.
     async fn import(&self, ctx: &VaultContext, id: &str) -> Result<ResourceState, ProviderError> {
-        let (given_mount, path, _) = parse_import_id("vault_secret", id)?;
+        let (given_mount, path, _) = parse_import_id("vault_secret", IdForm::Secret, id)?;
         let mount = given_mount.unwrap_or(DEFAULT_MOUNT);
         let client = ctx.client_for(mount).await?;
         let secret = client.read(mount, path).await?;
