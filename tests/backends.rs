@@ -143,7 +143,7 @@ impl Fixture {
 
     /// `anvil state list .` lines (the workspace named by the spec in the directory).
     fn listed(&self) -> Vec<String> {
-        let o = self.run(&["state", "list", "."]);
+        let o = self.run(&["state", "list"]);
         assert_code(&o, 0);
         stdout(&o).lines().map(str::to_string).collect()
     }
@@ -427,7 +427,7 @@ fn sigkill_500(b: Backend) {
         let _ = child.kill();
         let _ = child.wait();
         // Every command reads what the killed run left without error.
-        let o = f.run_env(&["state", "list", "."], &lease);
+        let o = f.run_env(&["state", "list"], &lease);
         assert_code(&o, 0);
         let recorded = stdout(&o).lines().count();
         if recorded > 0 && recorded < N {

@@ -73,6 +73,16 @@ fn only_workspace(dir: &Path) -> Result<String, OpsError> {
     }
 }
 
+/// The workspace the spec in the current directory names, if one loads there.
+fn cwd_workspace() -> Option<String> {
+    let opts = crate::spec::LoadOptions {
+        vars: std::collections::BTreeMap::new(),
+        env: super::utf8_env(),
+    };
+    let spec = crate::spec::load(&[PathBuf::from(".")], &opts).ok()?;
+    spec.workspace().map(str::to_string)
+}
+
 /// Opens the state a [`StateTarget`] names, without loading any spec.
 ///
 /// # Errors
@@ -84,7 +94,12 @@ pub fn open_target(target: &StateTarget) -> Result<Box<dyn StateBackend>, OpsErr
         (Some(ws), _) => ws.clone(),
         (None, Some(url)) => match local_dir(url) {
             Some(dir) => only_workspace(&dir)?,
-            // A state file, or a remote backend: the workspace name does not pick it.
+            // A remote backend holds many workspaces: without --workspace, the one the
+            // spec in the current directory names, if there is one (else `default`).
+            None if url.contains("://") && !url.starts_with("file://") => {
+                cwd_workspace().unwrap_or_else(|| "default".to_string())
+            }
+            // A state file: the workspace name does not pick it.
             None => "default".to_string(),
         },
         (None, None) => only_workspace(Path::new(DEFAULT_STATE_DIR))?,
