@@ -103,7 +103,7 @@ fn the_leftover_check_sees_a_running_simulator() {
     let s = Scratch::new();
     let anvil = link_anvil(&s.path().join("bin/anvil"));
     let mut child = Command::new(&anvil)
-        .args(["sim", "vault", "--listen", "127.0.0.1:0"])
+        .args(["sim", "vault", "--listen", "127.0.0.1:0", "--token", "t"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
