@@ -437,6 +437,8 @@ fn plan_options(scope: &ScopeFlags, replace: &[String], destroy: bool) -> PlanOp
 struct Session {
     sink: EventSink,
     cancel: CancellationToken,
+    /// Fired by a second interrupt: provider calls in flight stop waiting.
+    abort: CancellationToken,
     /// Set when the apply walk starts: from then on an interrupt drains work in flight.
     draining: Arc<AtomicBool>,
     renderer: tokio::task::JoinHandle<()>,
@@ -457,6 +459,7 @@ impl Session {
         Session {
             sink,
             cancel: CancellationToken::new(),
+            abort: CancellationToken::new(),
             draining,
             renderer,
         }
@@ -465,11 +468,19 @@ impl Session {
     /// Turns SIGINT/SIGTERM into cancellation. Before the apply walk starts an interrupt
     /// ends the process at once (nothing was changed); during it, the first one stops new
     /// operations and lets those in flight be recorded, and a second exits 130.
-    fn on_interrupt(&self, messages: [&'static str; 2]) -> tokio::task::JoinHandle<()> {
+    fn on_interrupt(
+        &self,
+        messages: [&'static str; 2],
+        abort_on_second: bool,
+    ) -> tokio::task::JoinHandle<()> {
         // Register the handlers before any work starts, so an early Ctrl-C is never lost
         // to the default action.
         let mut interrupts = Interrupts::register();
-        let (cancel, draining) = (self.cancel.clone(), self.draining.clone());
+        let (cancel, abort, draining) = (
+            self.cancel.clone(),
+            self.abort.clone(),
+            self.draining.clone(),
+        );
         tokio::spawn(async move {
             interrupts.next().await;
             if !draining.load(Ordering::SeqCst) {
@@ -480,6 +491,12 @@ impl Session {
             cancel.cancel();
             interrupts.next().await;
             eprintln!("{}", messages[1]);
+            if abort_on_second {
+                // Provider calls in flight stop waiting and are recorded as failed; a
+                // third interrupt leaves at once (the journal keeps the state readable).
+                abort.cancel();
+                interrupts.next().await;
+            }
             std::process::exit(130);
         })
     }
@@ -493,7 +510,7 @@ impl Session {
 
 const APPLY_INTERRUPT_MESSAGES: [&str; 2] = [
     "\nInterrupt received: no new operations will start; waiting for those in flight to finish and be recorded. Interrupt again to stop at once (the journal keeps state readable).",
-    "Second interrupt: stopping now. The next run finishes what the journal recorded.",
+    "Second interrupt: operations in flight stop waiting (a BOSH task is left to the Director) and are recorded as failed; the next run reads them back. Interrupt again to exit at once (the journal keeps state readable).",
 ];
 
 /// Asks on the terminal whether to go on (always yes with `--auto-approve`).
@@ -550,17 +567,17 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     let style = render::Style { color };
     let json = matches!(&cli.command, Command::Reconcile(a) if a.json);
     let session = Session::new(json, cli.command.verbose());
-    let messages = if matches!(&cli.command, Command::Reconcile(a) if a.watch) {
+    let (messages, abort_on_second) = if matches!(&cli.command, Command::Reconcile(a) if a.watch) {
         // A watch loop is stopped, not abandoned: the first signal ends it after the
         // current run.
         session.draining.store(true, Ordering::SeqCst);
-        reconcile::STOP_MESSAGES
+        (reconcile::STOP_MESSAGES, false)
     } else {
-        APPLY_INTERRUPT_MESSAGES
+        (APPLY_INTERRUPT_MESSAGES, true)
     };
     // The simulators stop on their own signals (gracefully, exit 0).
-    let signals =
-        (!matches!(&cli.command, Command::Sim(_))).then(|| session.on_interrupt(messages));
+    let signals = (!matches!(&cli.command, Command::Sim(_)))
+        .then(|| session.on_interrupt(messages, abort_on_second));
     let result = command(cli.command, style, &session).await;
     if let Some(signals) = signals {
         signals.abort();
@@ -617,6 +634,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 refresh: a.run.refresh,
                 parallelism: a.run.parallelism,
                 lock_timeout: a.approval.lock_timeout,
+                abort: session.abort.clone(),
             };
             let auto = a.approval.auto_approve;
             let mut review = move |p: &RefreshProposal<'_>| {
@@ -657,6 +675,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                     state_url: a.state.state.clone(),
                     parallelism: a.run.parallelism,
                     lock_timeout: a.approval.lock_timeout,
+                    abort: session.abort.clone(),
                 };
                 // A saved plan was reviewed when it was made: show it, do not ask.
                 let mut review = review_plan(style, "apply", true);
@@ -669,6 +688,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 refresh: a.run.refresh,
                 parallelism: a.run.parallelism,
                 lock_timeout: a.approval.lock_timeout,
+                abort: session.abort.clone(),
             };
             let mut review = review_plan(style, "apply", a.approval.auto_approve);
             let outcome = ops::apply(&req, &mut review, sink, cancel).await?;
@@ -681,6 +701,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 refresh: a.run.refresh,
                 parallelism: a.run.parallelism,
                 lock_timeout: a.approval.lock_timeout,
+                abort: session.abort.clone(),
             };
             let mut review = review_plan(style, "destroy", a.approval.auto_approve);
             let outcome = ops::apply(&req, &mut review, sink, cancel).await?;

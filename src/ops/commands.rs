@@ -233,6 +233,10 @@ pub struct ApplyRequest {
     pub refresh: bool,
     pub parallelism: usize,
     pub lock_timeout: Duration,
+    /// Fired (after the cancellation token) by a front-end that must stop at once:
+    /// provider calls in flight stop waiting (a BOSH task is left to the Director) and
+    /// are recorded as failed, so the next run reads them back.
+    pub abort: CancellationToken,
 }
 
 /// How an apply ended.
@@ -295,6 +299,7 @@ pub async fn apply(
         review,
         sink,
         cancel,
+        &req.abort,
     )
     .await
 }
@@ -309,6 +314,10 @@ pub struct SavedPlanRequest {
     pub state_url: Option<String>,
     pub parallelism: usize,
     pub lock_timeout: Duration,
+    /// Fired (after the cancellation token) by a front-end that must stop at once:
+    /// provider calls in flight stop waiting (a BOSH task is left to the Director) and
+    /// are recorded as failed, so the next run reads them back.
+    pub abort: CancellationToken,
 }
 
 /// `anvil apply FILE`: reads the saved plan, loads the spec it names, and under the lock
@@ -349,6 +358,7 @@ pub async fn apply_saved_plan(
         review,
         sink,
         cancel,
+        &req.abort,
     )
     .await
 }
@@ -389,6 +399,7 @@ async fn finish(
     review: &mut Review<'_>,
     sink: &EventSink,
     cancel: &CancellationToken,
+    abort: &CancellationToken,
 ) -> Result<ApplyOutcome, OpsError> {
     let approved = review(plan)?;
     if !plan.has_changes() {
@@ -400,7 +411,8 @@ async fn finish(
     if cancel.is_cancelled() {
         return Err(OpsError::Cancelled);
     }
-    let (_state, report) = run_apply(ws, state, lock, plan, parallelism, sink, cancel).await?;
+    let (_state, report) =
+        run_apply(ws, state, lock, plan, parallelism, sink, cancel, abort).await?;
     let lock_lost = lock.is_lost();
     if lock_lost {
         emit(sink, OpsEvent::Warning(format!(
@@ -602,6 +614,7 @@ mod tests {
             refresh: true,
             parallelism: 4,
             lock_timeout: Duration::ZERO,
+            abort: CancellationToken::new(),
         };
         (dir, req)
     }

@@ -505,7 +505,8 @@ pub fn check_saved_plan(
 
 /// Applies a plan under the lock the caller holds, journalling every step. Apply
 /// progress goes to `sink`; `cancel` stops new operations from starting (those in
-/// flight finish and are recorded).
+/// flight finish and are recorded); `abort`, fired after it, also tells provider calls
+/// in flight to stop waiting (they are recorded as failed).
 ///
 /// # Errors
 /// The journal could not be opened or written, or the plan cannot be ordered.
@@ -517,6 +518,7 @@ pub async fn run_apply(
     parallelism: usize,
     sink: &EventSink,
     cancel: &CancellationToken,
+    abort: &CancellationToken,
 ) -> Result<(State, apply::Report), OpsError> {
     let mut state = state;
     apply::settle_pending(plan, &ws.model, &mut state);
@@ -555,9 +557,9 @@ pub async fn run_apply(
         Channels {
             events: tx,
             cancel: stop_rx,
-            // A front-end that must stop at once ends the process (the journal keeps
-            // state readable); in-flight provider calls are drained, not aborted.
-            abort: CancellationToken::new(),
+            // Fired by a front-end that must stop at once: provider calls in flight
+            // stop waiting and are recorded as failed.
+            abort: abort.clone(),
         },
     )
     .await;

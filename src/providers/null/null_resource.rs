@@ -62,9 +62,26 @@ fn schema() -> ResourceSchema {
     }
 }
 
-async fn behave(attrs: &BTreeMap<String, Value>, op: &str) -> Result<(), ProviderError> {
+/// The testing aids. A `sleep_ms` wait ends early, as an error, when the run is aborted
+/// (`cancel`), like a provider that stops following a long remote operation.
+async fn behave(
+    attrs: &BTreeMap<String, Value>,
+    op: &str,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+) -> Result<(), ProviderError> {
     if let Some(ms) = attrs.get("sleep_ms").and_then(Value::as_u64) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let sleep = tokio::time::sleep(Duration::from_millis(ms));
+        match cancel {
+            Some(cancel) => tokio::select! {
+                () = sleep => {}
+                () = cancel.cancelled() => {
+                    return Err(ProviderError::cancelled(format!(
+                        "{op} aborted after the run was interrupted twice; it is retried by the next apply"
+                    )));
+                }
+            },
+            None => sleep.await,
+        }
     }
     if attrs.get("fail_on").and_then(Value::as_str) == Some(op) {
         return Err(ProviderError::new(format!(
@@ -112,7 +129,7 @@ impl ResourceType<NullContext> for NullResource {
         _: &NullContext,
         req: &ChangeRequest<'_>,
     ) -> Result<Applied, ProviderError> {
-        behave(req.attributes, "create").await?;
+        behave(req.attributes, "create", Some(&req.cancel)).await?;
         let mut outputs = BTreeMap::new();
         outputs.insert(
             "id".to_string(),
@@ -129,7 +146,7 @@ impl ResourceType<NullContext> for NullResource {
         _: &NullContext,
         req: &ChangeRequest<'_>,
     ) -> Result<Applied, ProviderError> {
-        behave(req.attributes, "update").await?;
+        behave(req.attributes, "update", Some(&req.cancel)).await?;
         let outputs = req.prior.map(|p| p.outputs.clone()).unwrap_or_default();
         Ok(Applied {
             attributes: req.attributes.clone(),
@@ -143,6 +160,6 @@ impl ResourceType<NullContext> for NullResource {
         _address: &str,
         recorded: &ResourceState,
     ) -> Result<(), ProviderError> {
-        behave(&recorded.attributes, "delete").await
+        behave(&recorded.attributes, "delete", None).await
     }
 }
