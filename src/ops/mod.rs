@@ -510,6 +510,7 @@ pub fn check_saved_plan(
 ///
 /// # Errors
 /// The journal could not be opened or written, or the plan cannot be ordered.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_apply(
     ws: &Workspace,
     state: State,
