@@ -476,6 +476,11 @@ pub async fn apply(
     };
 
     loop {
+        // An abort implies a stop, even before the stop signal has reached this loop
+        // (the two are fired back to back): nothing new starts once either is set.
+        if abort.is_cancelled() || *cancel.borrow() {
+            cancelled = true;
+        }
         // Start what may start.
         let mut deferred = VecDeque::new();
         while !cancelled && running.len() < parallelism {
