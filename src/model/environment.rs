@@ -26,6 +26,10 @@
 //! subnets), `az_count` against the region table, names AWS would refuse (bucket,
 //! identifiers), database limits, reserved tag prefixes. No IO.
 
+#[cfg(test)]
+#[path = "environment_tests.rs"]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
