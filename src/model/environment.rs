@@ -150,20 +150,62 @@ pub struct Region {
 
 /// The regions anvil supports, with their zones (docs/environment.md).
 pub const REGIONS: &[Region] = &[
-    Region { name: "us-east-1", zones: "abcdef" },
-    Region { name: "us-east-2", zones: "abc" },
-    Region { name: "us-west-2", zones: "abcd" },
-    Region { name: "ca-central-1", zones: "abd" },
-    Region { name: "eu-west-1", zones: "abc" },
-    Region { name: "eu-west-2", zones: "abc" },
-    Region { name: "eu-west-3", zones: "abc" },
-    Region { name: "eu-central-1", zones: "abc" },
-    Region { name: "eu-north-1", zones: "abc" },
-    Region { name: "ap-south-1", zones: "abc" },
-    Region { name: "ap-southeast-1", zones: "abc" },
-    Region { name: "ap-southeast-2", zones: "abc" },
-    Region { name: "ap-northeast-1", zones: "acd" },
-    Region { name: "sa-east-1", zones: "abc" },
+    Region {
+        name: "us-east-1",
+        zones: "abcdef",
+    },
+    Region {
+        name: "us-east-2",
+        zones: "abc",
+    },
+    Region {
+        name: "us-west-2",
+        zones: "abcd",
+    },
+    Region {
+        name: "ca-central-1",
+        zones: "abd",
+    },
+    Region {
+        name: "eu-west-1",
+        zones: "abc",
+    },
+    Region {
+        name: "eu-west-2",
+        zones: "abc",
+    },
+    Region {
+        name: "eu-west-3",
+        zones: "abc",
+    },
+    Region {
+        name: "eu-central-1",
+        zones: "abc",
+    },
+    Region {
+        name: "eu-north-1",
+        zones: "abc",
+    },
+    Region {
+        name: "ap-south-1",
+        zones: "abc",
+    },
+    Region {
+        name: "ap-southeast-1",
+        zones: "abc",
+    },
+    Region {
+        name: "ap-southeast-2",
+        zones: "abc",
+    },
+    Region {
+        name: "ap-northeast-1",
+        zones: "acd",
+    },
+    Region {
+        name: "sa-east-1",
+        zones: "abc",
+    },
 ];
 
 /// The region's entry, if supported.
@@ -244,7 +286,9 @@ pub fn parse_vpc_cidr(s: &str) -> Result<Ipv4Net, String> {
 pub fn bucket_name_problem(name: &str) -> Option<String> {
     let len = name.chars().count();
     if !(3..=63).contains(&len) {
-        return Some(format!("is {len} characters long: bucket names have 3 to 63"));
+        return Some(format!(
+            "is {len} characters long: bucket names have 3 to 63"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -283,7 +327,8 @@ pub fn bucket_name_problem(name: &str) -> Option<String> {
 /// Why `arn` is not an IAM role ARN in `account`, if it is not.
 fn role_arn_problem(arn: &str, account: &str) -> Option<String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let shape = "expected arn:aws:iam::ACCOUNT_ID:role/NAME, e.g. arn:aws:iam::123456789012:role/anvil";
+    let shape =
+        "expected arn:aws:iam::ACCOUNT_ID:role/NAME, e.g. arn:aws:iam::123456789012:role/anvil";
     let [scheme, partition, service, region, acct, resource] = parts.as_slice() else {
         return Some(format!("`{arn}` is not an IAM role ARN: {shape}"));
     };
@@ -301,9 +346,7 @@ fn role_arn_problem(arn: &str, account: &str) -> Option<String> {
         ));
     }
     let Some(path) = resource.strip_prefix("role/") else {
-        return Some(format!(
-            "`{arn}` names `{resource}`, not a role: {shape}"
-        ));
+        return Some(format!("`{arn}` names `{resource}`, not a role: {shape}"));
     };
     let name = path.rsplit('/').next().unwrap_or("");
     let ok = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
@@ -371,11 +414,8 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// The tags of a resource: the user's, then `Name` and `Environment`.
     fn tags(&self, name: &str) -> Value {
-        let mut m: Map<String, Value> = self
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), lit(v)))
-            .collect();
+        let mut m: Map<String, Value> =
+            self.tags.iter().map(|(k, v)| (k.clone(), lit(v))).collect();
         m.insert("Name".into(), lit(name));
         m.insert("Environment".into(), lit(self.env));
         Value::Object(m)
@@ -478,7 +518,10 @@ pub fn normalise(doc: &Document, e: &EnvironmentDoc, errors: &mut Vec<SpecError>
         ("cluster_role_arn", &e.kubernetes.cluster_role_arn),
         ("node_role_arn", &e.kubernetes.node_role_arn),
     ] {
-        if let Some(p) = arn.as_ref().and_then(|a| role_arn_problem(a, &e.account_id)) {
+        if let Some(p) = arn
+            .as_ref()
+            .and_then(|a| role_arn_problem(a, &e.account_id))
+        {
             fail(k8s.key(field), p);
         }
     }
@@ -552,7 +595,10 @@ pub fn normalise(doc: &Document, e: &EnvironmentDoc, errors: &mut Vec<SpecError>
             let (at, what) = if s.bucket.is_some() {
                 (p.key("bucket"), format!("bucket name `{b}`"))
             } else {
-                (p.clone(), format!("the default bucket name `{b}` (NAME-ACCOUNT_ID-REGION)"))
+                (
+                    p.clone(),
+                    format!("the default bucket name `{b}` (NAME-ACCOUNT_ID-REGION)"),
+                )
             };
             fail(at, format!("{what} {problem}; AWS would refuse it"));
         }
@@ -582,11 +628,17 @@ fn default_bucket(s: &StorageSpec, name: &str, account: &str, region: &str) -> S
 fn check_database(db: &DatabaseSpec, p: &FieldPath, fail: &mut impl FnMut(FieldPath, String)) {
     if db.version.is_empty()
         || !db.version.starts_with(|c: char| c.is_ascii_digit())
-        || !db.version.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        || !db
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
     {
         fail(
             p.key("version"),
-            format!("engine version `{}`: expected digits and dots, e.g. 16.4", db.version),
+            format!(
+                "engine version `{}`: expected digits and dots, e.g. 16.4",
+                db.version
+            ),
         );
     }
     if let Some(g) = db.storage_gib {
@@ -628,7 +680,11 @@ fn check_database(db: &DatabaseSpec, p: &FieldPath, fail: &mut impl FnMut(FieldP
         if pw.len() < 8 || pw.len() > max {
             fail(
                 p.key("password"),
-                format!("the password has {} characters: RDS {} takes 8 to {max}", pw.len(), db.engine.as_str()),
+                format!(
+                    "the password has {} characters: RDS {} takes 8 to {max}",
+                    pw.len(),
+                    db.engine.as_str()
+                ),
             );
         } else if bad.is_some() {
             fail(
@@ -693,13 +749,25 @@ fn build(
             });
             b.tagged("aws_subnet", &sn, &sn, attrs, &[]);
             // Where Kubernetes puts load balancers.
-            if let Some(Value::Object(tags)) = b.out.last_mut().and_then(|r| r.attributes.get_mut("tags")) {
-                let role = if public { "kubernetes.io/role/elb" } else { "kubernetes.io/role/internal-elb" };
+            if let Some(Value::Object(tags)) =
+                b.out.last_mut().and_then(|r| r.attributes.get_mut("tags"))
+            {
+                let role = if public {
+                    "kubernetes.io/role/elb"
+                } else {
+                    "kubernetes.io/role/internal-elb"
+                };
                 tags.insert(role.into(), json!("1"));
             }
         }
     }
-    b.tagged("aws_internet_gateway", n, n, json!({ "vpc_id": vpc_id }), &[]);
+    b.tagged(
+        "aws_internet_gateway",
+        n,
+        n,
+        json!({ "vpc_id": vpc_id }),
+        &[],
+    );
     let igw = format!("aws_internet_gateway.{n}");
 
     // NAT gateways: per zone, or one in the first zone shared by all (small).
@@ -710,7 +778,13 @@ fn build(
     };
     for z in &nat_zones {
         let eip = format!("{n}-nat-{z}");
-        b.tagged("aws_eip", &eip, &eip, json!({ "domain": "vpc" }), &[igw.clone()]);
+        b.tagged(
+            "aws_eip",
+            &eip,
+            &eip,
+            json!({ "domain": "vpc" }),
+            std::slice::from_ref(&igw),
+        );
         let nat = format!("{n}-{z}");
         b.tagged(
             "aws_nat_gateway",
@@ -721,7 +795,7 @@ fn build(
                 "subnet_id": reference("aws_subnet", &format!("{n}-public-{z}"), "id"),
             }),
             // AWS: a NAT gateway needs the VPC's internet gateway attached first.
-            &[igw.clone()],
+            std::slice::from_ref(&igw),
         );
     }
 
@@ -851,9 +925,21 @@ fn build(
     );
 
     let mut outputs: Vec<(String, String, &'static str)> = vec![
-        ("vpc_id".into(), format!("${{aws_vpc.{n}.id}}"), "the VPC's id"),
-        ("cluster_name".into(), format!("${{aws_eks_cluster.{n}.name}}"), "the EKS cluster's name"),
-        ("cluster_endpoint".into(), format!("${{aws_eks_cluster.{n}.endpoint}}"), "the Kubernetes API endpoint"),
+        (
+            "vpc_id".into(),
+            format!("${{aws_vpc.{n}.id}}"),
+            "the VPC's id",
+        ),
+        (
+            "cluster_name".into(),
+            format!("${{aws_eks_cluster.{n}.name}}"),
+            "the EKS cluster's name",
+        ),
+        (
+            "cluster_endpoint".into(),
+            format!("${{aws_eks_cluster.{n}.endpoint}}"),
+            "the Kubernetes API endpoint",
+        ),
     ];
 
     if let Some(db) = &e.database {
@@ -968,8 +1054,16 @@ fn build(
                 &after,
             );
         }
-        outputs.push(("bucket_name".into(), format!("${{aws_s3_bucket.{n}.bucket}}"), "the bucket's name"));
-        outputs.push(("bucket_arn".into(), format!("${{aws_s3_bucket.{n}.arn}}"), "the bucket's ARN"));
+        outputs.push((
+            "bucket_name".into(),
+            format!("${{aws_s3_bucket.{n}.bucket}}"),
+            "the bucket's name",
+        ));
+        outputs.push((
+            "bucket_arn".into(),
+            format!("${{aws_s3_bucket.{n}.arn}}"),
+            "the bucket's ARN",
+        ));
     }
 
     // Several environments in one workspace keep their outputs apart by name.

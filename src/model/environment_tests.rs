@@ -15,8 +15,14 @@ fn net(s: &str) -> Ipv4Net {
 fn carving_cuts_equal_power_of_two_subnets_public_first() {
     let c = carve(net("10.0.0.0/16"), 3).unwrap();
     let show = |v: &[Ipv4Net]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
-    assert_eq!(show(&c.public), ["10.0.0.0/19", "10.0.32.0/19", "10.0.64.0/19"]);
-    assert_eq!(show(&c.private), ["10.0.96.0/19", "10.0.128.0/19", "10.0.160.0/19"]);
+    assert_eq!(
+        show(&c.public),
+        ["10.0.0.0/19", "10.0.32.0/19", "10.0.64.0/19"]
+    );
+    assert_eq!(
+        show(&c.private),
+        ["10.0.96.0/19", "10.0.128.0/19", "10.0.160.0/19"]
+    );
     let c = carve(net("192.168.4.0/24"), 2).unwrap();
     assert_eq!(show(&c.public), ["192.168.4.0/26", "192.168.4.64/26"]);
     assert_eq!(show(&c.private), ["192.168.4.128/26", "192.168.4.192/26"]);
@@ -25,7 +31,10 @@ fn carving_cuts_equal_power_of_two_subnets_public_first() {
     assert_eq!(c.public[0].to_string(), "10.1.0.0/20");
     assert_eq!(c.private[5].to_string(), "10.1.176.0/20");
     // The smallest block that still fits 2 zones: /26 → four /28s.
-    assert_eq!(carve(net("10.0.0.0/26"), 2).unwrap().private[1].to_string(), "10.0.0.48/28");
+    assert_eq!(
+        carve(net("10.0.0.0/26"), 2).unwrap().private[1].to_string(),
+        "10.0.0.48/28"
+    );
 }
 
 #[test]
@@ -33,19 +42,30 @@ fn carving_refuses_blocks_too_small_and_says_what_fits() {
     let e = carve(net("10.0.0.0/27"), 3).unwrap_err();
     assert!(e.contains("10.0.0.0/27 cannot hold 6 subnets"), "{e}");
     assert!(e.contains("they would be /30"), "{e}");
-    assert!(e.contains("use a block of /25 or bigger, e.g. 10.0.0.0/25"), "{e}");
+    assert!(
+        e.contains("use a block of /25 or bigger, e.g. 10.0.0.0/25"),
+        "{e}"
+    );
     assert!(carve(net("10.0.0.0/27"), 2).is_err());
 }
 
 #[test]
 fn vpc_cidrs_must_parse_be_network_addresses_and_in_range() {
-    assert_eq!(parse_vpc_cidr("10.0.0.0/16").unwrap().to_string(), "10.0.0.0/16");
+    assert_eq!(
+        parse_vpc_cidr("10.0.0.0/16").unwrap().to_string(),
+        "10.0.0.0/16"
+    );
     let e = parse_vpc_cidr("10.0.0.300/16").unwrap_err();
     assert!(e.contains("is not an IPv4 CIDR block"), "{e}");
-    assert!(parse_vpc_cidr("10.0.0.0").unwrap_err().contains("ADDRESS/PREFIX"));
+    assert!(parse_vpc_cidr("10.0.0.0")
+        .unwrap_err()
+        .contains("ADDRESS/PREFIX"));
     assert!(parse_vpc_cidr("fd00::/48").is_err());
     let e = parse_vpc_cidr("10.0.1.0/16").unwrap_err();
-    assert!(e.contains("host bits set") && e.contains("write `10.0.0.0/16`"), "{e}");
+    assert!(
+        e.contains("host bits set") && e.contains("write `10.0.0.0/16`"),
+        "{e}"
+    );
     let e = parse_vpc_cidr("10.0.0.0/8").unwrap_err();
     assert!(e.contains("/8 block: AWS VPCs take /16 to /28"), "{e}");
     assert!(parse_vpc_cidr("10.0.0.0/29").is_err());
@@ -82,16 +102,28 @@ fn bucket_names_aws_would_refuse() {
 #[test]
 fn role_arns_must_be_iam_roles_of_the_account() {
     let acct = "123456789012";
-    assert_eq!(role_arn_problem("arn:aws:iam::123456789012:role/x", acct), None);
-    assert_eq!(role_arn_problem("arn:aws:iam::123456789012:role/path/to/x", acct), None);
+    assert_eq!(
+        role_arn_problem("arn:aws:iam::123456789012:role/x", acct),
+        None
+    );
+    assert_eq!(
+        role_arn_problem("arn:aws:iam::123456789012:role/path/to/x", acct),
+        None
+    );
     for (bad, why) in [
         ("role/x", "not an IAM role ARN"),
         ("arn:aws:s3:::bucket/x:y", "service `s3`"),
-        ("arn:aws:iam:eu-west-1:123456789012:role/x", "region `eu-west-1`"),
+        (
+            "arn:aws:iam:eu-west-1:123456789012:role/x",
+            "region `eu-west-1`",
+        ),
         ("arn:aws:iam::1234:role/x", "account `1234`"),
         ("arn:aws:iam::123456789012:user/x", "not a role"),
         ("arn:aws:iam::123456789012:role/", "role name ``"),
-        ("arn:aws:iam::210987654321:role/x", "is in account 210987654321, but account_id is 123456789012"),
+        (
+            "arn:aws:iam::210987654321:role/x",
+            "is in account 210987654321, but account_id is 123456789012",
+        ),
         ("arn:gcp:iam::123456789012:role/x", "not an IAM role ARN"),
     ] {
         let p = role_arn_problem(bad, acct).unwrap_or_else(|| panic!("{bad} accepted"));
@@ -102,16 +134,23 @@ fn role_arns_must_be_iam_roles_of_the_account() {
 /// The profile table is written three times (code, docs, schema); they must agree.
 #[test]
 fn size_table_is_the_same_in_code_docs_and_schema() {
-    let docs = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/environment.md"),
-    )
-    .unwrap();
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/environment.md"))
+            .unwrap();
     let schema = crate::spec::schema_for_kind("Environment").unwrap();
-    let described = schema["properties"]["size"]["description"].as_str().unwrap();
+    let described = schema["properties"]["size"]["description"]
+        .as_str()
+        .unwrap();
     for p in &PROFILES {
         let row = p.table_row();
-        assert!(docs.contains(&row), "docs/environment.md lacks the row\n{row}");
-        assert!(described.contains(&row), "the schema's `size` lacks the row\n{row}");
+        assert!(
+            docs.contains(&row),
+            "docs/environment.md lacks the row\n{row}"
+        );
+        assert!(
+            described.contains(&row),
+            "the schema's `size` lacks the row\n{row}"
+        );
     }
     for r in REGIONS {
         assert!(
@@ -125,8 +164,7 @@ fn size_table_is_the_same_in_code_docs_and_schema() {
 const EXAMPLE: &str = include_str!("../../examples/environment/environment.yaml");
 
 fn load(text: &str) -> Spec {
-    load_str(Path::new("env.yaml"), text, &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"))
+    load_str(Path::new("env.yaml"), text, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn normalised(text: &str) -> (Normalised, Vec<SpecError>) {
@@ -141,7 +179,10 @@ fn normalised(text: &str) -> (Normalised, Vec<SpecError>) {
 }
 
 fn addresses(n: &Normalised) -> Vec<String> {
-    n.resources.iter().map(|r| format!("{}.{}", r.ty, r.name)).collect()
+    n.resources
+        .iter()
+        .map(|r| format!("{}.{}", r.ty, r.name))
+        .collect()
 }
 
 fn find<'a>(n: &'a Normalised, addr: &str) -> &'a ResourceSpec {
@@ -170,7 +211,11 @@ fn the_example_normalises_into_the_whole_environment() {
         })
         .collect::<String>();
     insta::assert_snapshot!("example_resources", text);
-    let outputs: Vec<String> = n.outputs.iter().map(|(k, v, _)| format!("{k} = {v}")).collect();
+    let outputs: Vec<String> = n
+        .outputs
+        .iter()
+        .map(|(k, v, _)| format!("{k} = {v}"))
+        .collect();
     assert_eq!(
         outputs,
         [
@@ -215,7 +260,11 @@ fn every_edge_points_inside_the_environment() {
 fn size_profiles_pick_types_counts_and_nat_gateways() {
     let (small, _) = normalised(&EXAMPLE.replace("size: medium", "size: small"));
     let (large, _) = normalised(&EXAMPLE.replace("size: medium", "size: large"));
-    let ng = |n: &Normalised| find(n, "aws_eks_node_group.demo-default").attributes.clone();
+    let ng = |n: &Normalised| {
+        find(n, "aws_eks_node_group.demo-default")
+            .attributes
+            .clone()
+    };
     assert_eq!(ng(&small)["instance_types"], json!(["t3.large"]));
     assert_eq!(
         ng(&small)["scaling_config"],
@@ -227,7 +276,12 @@ fn size_profiles_pick_types_counts_and_nat_gateways() {
         json!({"desired_size": 6, "min_size": 3, "max_size": 12})
     );
     assert_eq!(ng(&large)["disk_size"], json!(200));
-    let nats = |n: &Normalised| n.resources.iter().filter(|r| r.ty == "aws_nat_gateway").count();
+    let nats = |n: &Normalised| {
+        n.resources
+            .iter()
+            .filter(|r| r.ty == "aws_nat_gateway")
+            .count()
+    };
     assert_eq!(nats(&small), 1);
     assert_eq!(nats(&large), 3);
     // small: every private table routes through the one NAT gateway, in zone a.
@@ -242,7 +296,10 @@ fn size_profiles_pick_types_counts_and_nat_gateways() {
     assert_eq!(db(&small)["instance_class"], json!("db.t3.medium"));
     assert_eq!(db(&large)["instance_class"], json!("db.r5.xlarge"));
     assert_eq!(db(&large)["allocated_storage"], json!(100));
-    let (mixed, _) = normalised(&EXAMPLE.replace("  engine: postgres\n", "  engine: postgres\n  size: small\n"));
+    let (mixed, _) = normalised(&EXAMPLE.replace(
+        "  engine: postgres\n",
+        "  engine: postgres\n  size: small\n",
+    ));
     assert_eq!(db(&mixed)["instance_class"], json!("db.t3.medium"));
     assert_eq!(db(&mixed)["multi_az"], json!(true));
 }
@@ -271,7 +328,16 @@ fn a_minimal_environment_uses_the_defaults() {
         json!("us-west-2b")
     );
     let names: Vec<&str> = n.outputs.iter().map(|o| o.0.as_str()).collect();
-    assert_eq!(names, ["vpc_id", "cluster_name", "cluster_endpoint", "bucket_name", "bucket_arn"]);
+    assert_eq!(
+        names,
+        [
+            "vpc_id",
+            "cluster_name",
+            "cluster_endpoint",
+            "bucket_name",
+            "bucket_arn"
+        ]
+    );
 }
 
 #[test]
@@ -279,12 +345,18 @@ fn a_named_environment_prefixes_its_outputs_and_names() {
     let (n, _) = normalised(&EXAMPLE.replace("provider: aws\n", "provider: aws\nname: blue\n"));
     assert!(addresses(&n).contains(&"aws_vpc.blue".to_string()));
     assert_eq!(n.outputs[0].0, "blue.vpc_id");
-    assert!(n.resources.iter().all(|r| r.provider.as_deref() == Some("aws.blue")));
+    assert!(n
+        .resources
+        .iter()
+        .all(|r| r.provider.as_deref() == Some("aws.blue")));
 }
 
 #[test]
 fn a_given_password_is_sensitive_input_and_not_managed() {
-    let (n, errors) = normalised(&EXAMPLE.replace("  engine: postgres\n", "  engine: postgres\n  password: \"s3cret-${x}-pw\"\n"));
+    let (n, errors) = normalised(&EXAMPLE.replace(
+        "  engine: postgres\n",
+        "  engine: postgres\n  password: \"s3cret-${x}-pw\"\n",
+    ));
     assert!(errors.is_empty(), "{errors:?}");
     let db = &find(&n, "aws_db_instance.demo").attributes;
     // `${` is escaped so the model reads it back literally.
@@ -295,7 +367,10 @@ fn a_given_password_is_sensitive_input_and_not_managed() {
 
 #[test]
 fn password_problems_never_echo_the_password() {
-    let (_, errors) = normalised(&EXAMPLE.replace("  engine: postgres\n", "  engine: postgres\n  password: \"has space\"\n"));
+    let (_, errors) = normalised(&EXAMPLE.replace(
+        "  engine: postgres\n",
+        "  engine: postgres\n  password: \"has space\"\n",
+    ));
     let text = format!("{errors:?}");
     assert!(text.contains("database.password"), "{text}");
     assert!(text.contains("a character RDS refuses"), "{text}");
@@ -306,7 +381,13 @@ fn password_problems_never_echo_the_password() {
 fn any_problem_produces_no_resources() {
     let (n, errors) = normalised(&EXAMPLE.replace("az_count: 3", "az_count: 4"));
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].message.contains("az_count 4: eu-central-1 has 3 zones"), "{}", errors[0]);
+    assert!(
+        errors[0]
+            .message
+            .contains("az_count 4: eu-central-1 has 3 zones"),
+        "{}",
+        errors[0]
+    );
     assert!(n.resources.is_empty() && n.outputs.is_empty());
 }
 
@@ -314,22 +395,118 @@ fn any_problem_produces_no_resources() {
 /// as schemas, so the model can be built before the provider's own schemas exist.
 fn contract() -> Schemas {
     let types: &[(&str, &[&str], &[&str])] = &[
-        ("aws_vpc", &["cidr_block", "enable_dns_support", "enable_dns_hostnames", "tags"], &["id", "arn"]),
-        ("aws_subnet", &["vpc_id", "cidr_block", "availability_zone", "map_public_ip_on_launch", "tags"], &["id", "arn"]),
+        (
+            "aws_vpc",
+            &[
+                "cidr_block",
+                "enable_dns_support",
+                "enable_dns_hostnames",
+                "tags",
+            ],
+            &["id", "arn"],
+        ),
+        (
+            "aws_subnet",
+            &[
+                "vpc_id",
+                "cidr_block",
+                "availability_zone",
+                "map_public_ip_on_launch",
+                "tags",
+            ],
+            &["id", "arn"],
+        ),
         ("aws_internet_gateway", &["vpc_id", "tags"], &["id"]),
         ("aws_eip", &["domain", "tags"], &["id", "public_ip"]),
-        ("aws_nat_gateway", &["allocation_id", "subnet_id", "tags"], &["id"]),
+        (
+            "aws_nat_gateway",
+            &["allocation_id", "subnet_id", "tags"],
+            &["id"],
+        ),
         ("aws_route_table", &["vpc_id", "route", "tags"], &["id"]),
-        ("aws_route_table_association", &["subnet_id", "route_table_id"], &["id"]),
-        ("aws_security_group", &["name", "description", "vpc_id", "ingress", "egress", "tags"], &["id", "arn"]),
-        ("aws_eks_cluster", &["name", "role_arn", "version", "subnet_ids", "security_group_ids", "tags"], &["id", "arn", "endpoint", "status"]),
-        ("aws_eks_node_group", &["cluster_name", "node_group_name", "node_role_arn", "subnet_ids", "instance_types", "scaling_config", "disk_size", "tags"], &["id", "arn", "status"]),
-        ("aws_db_subnet_group", &["name", "description", "subnet_ids", "tags"], &["id", "arn"]),
-        ("aws_db_instance", &["identifier", "engine", "engine_version", "instance_class", "allocated_storage", "multi_az", "backup_retention_period", "db_subnet_group_name", "vpc_security_group_ids", "username", "password", "manage_master_user_password", "skip_final_snapshot", "tags"], &["id", "arn", "endpoint", "address", "master_user_secret_arn"]),
-        ("aws_s3_bucket", &["bucket", "force_destroy", "tags"], &["id", "arn"]),
+        (
+            "aws_route_table_association",
+            &["subnet_id", "route_table_id"],
+            &["id"],
+        ),
+        (
+            "aws_security_group",
+            &["name", "description", "vpc_id", "ingress", "egress", "tags"],
+            &["id", "arn"],
+        ),
+        (
+            "aws_eks_cluster",
+            &[
+                "name",
+                "role_arn",
+                "version",
+                "subnet_ids",
+                "security_group_ids",
+                "tags",
+            ],
+            &["id", "arn", "endpoint", "status"],
+        ),
+        (
+            "aws_eks_node_group",
+            &[
+                "cluster_name",
+                "node_group_name",
+                "node_role_arn",
+                "subnet_ids",
+                "instance_types",
+                "scaling_config",
+                "disk_size",
+                "tags",
+            ],
+            &["id", "arn", "status"],
+        ),
+        (
+            "aws_db_subnet_group",
+            &["name", "description", "subnet_ids", "tags"],
+            &["id", "arn"],
+        ),
+        (
+            "aws_db_instance",
+            &[
+                "identifier",
+                "engine",
+                "engine_version",
+                "instance_class",
+                "allocated_storage",
+                "multi_az",
+                "backup_retention_period",
+                "db_subnet_group_name",
+                "vpc_security_group_ids",
+                "username",
+                "password",
+                "manage_master_user_password",
+                "skip_final_snapshot",
+                "tags",
+            ],
+            &["id", "arn", "endpoint", "address", "master_user_secret_arn"],
+        ),
+        (
+            "aws_s3_bucket",
+            &["bucket", "force_destroy", "tags"],
+            &["id", "arn"],
+        ),
         ("aws_s3_bucket_versioning", &["bucket", "status"], &[]),
-        ("aws_s3_bucket_lifecycle_configuration", &["bucket", "expiration_days"], &[]),
-        ("aws_s3_bucket_public_access_block", &["bucket", "block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"], &[]),
+        (
+            "aws_s3_bucket_lifecycle_configuration",
+            &["bucket", "expiration_days"],
+            &[],
+        ),
+        (
+            "aws_s3_bucket_public_access_block",
+            &[
+                "bucket",
+                "block_public_acls",
+                "block_public_policy",
+                "ignore_public_acls",
+                "restrict_public_buckets",
+            ],
+            &[],
+        ),
     ];
     types
         .iter()
@@ -383,12 +560,24 @@ fn the_example_builds_a_model_against_the_contract() {
     );
     assert_eq!(
         deps("aws_nat_gateway.demo-a"),
-        ["aws_eip.demo-nat-a", "aws_internet_gateway.demo", "aws_subnet.demo-public-a"]
+        [
+            "aws_eip.demo-nat-a",
+            "aws_internet_gateway.demo",
+            "aws_subnet.demo-public-a"
+        ]
     );
     let names: Vec<&str> = m.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(
         names,
-        ["bucket_arn", "bucket_name", "cluster_endpoint", "cluster_name", "rds_endpoint", "rds_secret_arn", "vpc_id"]
+        [
+            "bucket_arn",
+            "bucket_name",
+            "cluster_endpoint",
+            "cluster_name",
+            "rds_endpoint",
+            "rds_secret_arn",
+            "vpc_id"
+        ]
     );
     // The longest dependency chain (what an apply must wait through): VPC → subnet →
     // NAT → private table → association → cluster → node group.

@@ -835,7 +835,11 @@ fn build_outputs<T>(
             continue;
         }
         first.insert(name, (*di, path));
-        let vpath = if path.is_empty() { path.clone() } else { path.key("value") };
+        let vpath = if path.is_empty() {
+            path.clone()
+        } else {
+            path.key("value")
+        };
         let expr = match Expr::parse(value) {
             Ok(e) => e,
             Err((_, e)) => {
@@ -853,7 +857,10 @@ fn build_outputs<T>(
                     .unwrap_or_default();
                 errors.push(doc.error_at(
                     &vpath,
-                    format!("output `{name}`: {} is not declared{hint}: declare it, or fix the address", r.target),
+                    format!(
+                        "output `{name}`: {} is not declared{hint}: declare it, or fix the address",
+                        r.target
+                    ),
                 ));
                 dangling = true;
             }

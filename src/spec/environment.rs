@@ -93,7 +93,9 @@ pub enum CloudProvider {
 }
 
 /// A size profile: `small`, `medium` or `large` (see `size` for the table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Size {
     Small,
