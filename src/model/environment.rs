@@ -66,7 +66,10 @@ pub struct SizeProfile {
     pub nat_per_az: bool,
 }
 
-/// The size profiles, smallest first.
+/// The size profiles, smallest first. Medium and large scale out (more nodes of the
+/// same type and disk), so moving between them changes the node group in place; small
+/// uses smaller nodes, so leaving it replaces the node group (`instance_types` and
+/// `disk_size` force a new one in AWS).
 pub const PROFILES: [SizeProfile; 3] = [
     SizeProfile {
         size: Size::Small,
@@ -96,11 +99,11 @@ pub const PROFILES: [SizeProfile; 3] = [
     },
     SizeProfile {
         size: Size::Large,
-        node_instance_type: "m5.2xlarge",
+        node_instance_type: "m5.xlarge",
         nodes_min: 3,
         nodes_desired: 6,
         nodes_max: 12,
-        node_disk_gib: 200,
+        node_disk_gib: 100,
         db_class: "db.r5.xlarge",
         db_storage_gib: 500,
         db_multi_az: true,

@@ -270,12 +270,12 @@ fn size_profiles_pick_types_counts_and_nat_gateways() {
         ng(&small)["scaling_config"],
         json!({"desired_size": 2, "min_size": 1, "max_size": 3})
     );
-    assert_eq!(ng(&large)["instance_types"], json!(["m5.2xlarge"]));
+    assert_eq!(ng(&large)["instance_types"], json!(["m5.xlarge"]));
     assert_eq!(
         ng(&large)["scaling_config"],
         json!({"desired_size": 6, "min_size": 3, "max_size": 12})
     );
-    assert_eq!(ng(&large)["disk_size"], json!(200));
+    assert_eq!(ng(&large)["disk_size"], json!(100));
     let nats = |n: &Normalised| {
         n.resources
             .iter()

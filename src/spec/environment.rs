@@ -67,7 +67,7 @@ pub struct EnvironmentDoc {
     /// |---|---|---|---|---|---|---|---|---|
     /// | small | t3.large | 1/2/3 | 50 | db.t3.medium | 20 | no | 1 | 1 |
     /// | medium | m5.xlarge | 2/3/6 | 100 | db.m5.large | 100 | yes | 7 | one per AZ |
-    /// | large | m5.2xlarge | 3/6/12 | 200 | db.r5.xlarge | 500 | yes | 14 | one per AZ |
+    /// | large | m5.xlarge | 3/6/12 | 100 | db.r5.xlarge | 500 | yes | 14 | one per AZ |
     pub size: Size,
     /// The network.
     pub network: NetworkSpec,
