@@ -283,13 +283,19 @@ fn compare_bench(old: &str) {
                     round + 1,
                     t.as_secs_f64()
                 );
-                times.entry((label, step)).or_default().push(t.as_secs_f64());
+                times
+                    .entry((label, step))
+                    .or_default()
+                    .push(t.as_secs_f64());
             }
         }
     }
     for ((label, step), mut ts) in times {
         ts.sort_by(f64::total_cmp);
-        println!("median of {ROUNDS}: {label} {step}: {:.2} s", ts[ts.len() / 2]);
+        println!(
+            "median of {ROUNDS}: {label} {step}: {:.2} s",
+            ts[ts.len() / 2]
+        );
     }
 }
 
