@@ -58,6 +58,8 @@ enum Command {
     State(StateCmd),
     /// Print the resource graph.
     Graph(GraphArgs),
+    /// List the service instances: those the spec declares and those the broker created.
+    Instances(InstancesArgs),
     /// Print the JSON Schema of a spec kind, the plan (`plan`) or the drift report (`drift`).
     Schema {
         /// Which schema to print.
@@ -312,6 +314,18 @@ struct GraphArgs {
     format: String,
 }
 
+#[derive(Args, Debug)]
+struct InstancesArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    state: StateArg,
+    /// Print JSON (an array of {id, service_id, plan_id, deployment, origin, foundation,
+    /// status?, declared_at?}) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 // ---- `anvil sim vault` ----
 
 #[derive(Subcommand, Debug)]
@@ -409,6 +423,7 @@ impl Command {
             Command::Import(a) => a.spec.verbose,
             Command::Destroy(a) => a.spec.verbose,
             Command::Graph(a) => a.spec.verbose,
+            Command::Instances(a) => a.spec.verbose,
             _ => false,
         }
     }
@@ -768,6 +783,15 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Graph(a) => {
             let g = ops::graph(&inputs(&a.spec, &StateArg { state: None }), sink).await?;
             print!("{}", output::render_graph(&g, &a.format));
+            Ok(0)
+        }
+        Command::Instances(a) => {
+            let rows = ops::instances::instances(&inputs(&a.spec, &a.state)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", output::render_instances(&rows));
+            }
             Ok(0)
         }
         Command::Schema { kind } => {

@@ -4,9 +4,11 @@
 //! returns data. Front-ends (`cli`, later a broker and a server) call one of these per
 //! command and render what comes back; nothing here prints or needs a terminal.
 
+pub mod broker_bind;
 mod commands;
 mod drift;
 mod events;
+pub mod instances;
 mod planfile;
 pub mod reconcile;
 mod state_commands;
