@@ -5,6 +5,7 @@
 //! command and render what comes back; nothing here prints or needs a terminal.
 
 pub mod broker_bind;
+pub mod broker_internal;
 mod commands;
 mod drift;
 mod events;
