@@ -65,7 +65,7 @@ pub enum BindError {
     Render {
         instance: String,
         binding: String,
-        source: CredentialError,
+        source: Box<CredentialError>,
     },
     /// A Director or Vault call failed (its message names the endpoint).
     #[error("{context}: {source}")]
@@ -338,7 +338,7 @@ impl Clients {
                 credentials::render(template, &ctx).map_err(|source| BindError::Render {
                     instance: id.clone(),
                     binding: bid.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
             }
         };
