@@ -4,10 +4,13 @@
 //! returns data. Front-ends (`cli`, later a broker and a server) call one of these per
 //! command and render what comes back; nothing here prints or needs a terminal.
 
+pub mod broker_bind;
+pub mod broker_internal;
 mod commands;
 mod drift;
 mod events;
 mod outputs;
+pub mod instances;
 mod planfile;
 pub mod reconcile;
 mod state_commands;
