@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the code map and invariants.
 
 pub mod apply;
+pub mod broker;
 pub mod cli;
 pub mod drift;
 pub mod model;

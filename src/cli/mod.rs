@@ -5,6 +5,7 @@
 //! Exit codes, as Terraform: 0 success (no changes), 1 error (usage errors included),
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
+mod broker;
 mod output;
 mod reconcile;
 mod sim_bosh;
@@ -78,6 +79,8 @@ enum Command {
     Sim(SimCmd),
     /// Bring Blacksmith's Vault index back into agreement with the Director's deployments.
     Reconcile(reconcile::ReconcileArgs),
+    /// Serve the Open Service Broker API over a Foundation (docs/broker.md).
+    Broker(broker::BrokerArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -590,8 +593,8 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
     } else {
         (APPLY_INTERRUPT_MESSAGES, true)
     };
-    // The simulators stop on their own signals (gracefully, exit 0).
-    let signals = (!matches!(&cli.command, Command::Sim(_)))
+    // The simulators and the broker stop on their own signals (gracefully, exit 0).
+    let signals = (!matches!(&cli.command, Command::Sim(_) | Command::Broker(_)))
         .then(|| session.on_interrupt(messages, abort_on_second));
     let result = command(cli.command, style, &session).await;
     if let Some(signals) = signals {
@@ -806,6 +809,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
         Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
+        Command::Broker(a) => broker::run(a).await,
     }
 }
 

@@ -51,6 +51,47 @@ pub struct Normalised {
     pub resources: Vec<(usize, ResourceSpec)>,
 }
 
+/// The index status of a broker-created instance once its deployment is done
+/// (Blacksmith's last provisioning status); spec instances say `succeeded`.
+pub const BROKER_DONE: &str = "provisioning_completed";
+
+/// Checks one instance that is not (yet) in the document against its Foundation's
+/// catalog as [`normalise`] would: a UUID id, a known service and plan, parameters the
+/// plan uses, a template that renders. Limits are the caller's (it knows what else
+/// counts). Returns the rendered manifest, or the problems as messages (without
+/// locations: the instance has none).
+///
+/// # Errors
+/// Each problem found, as a readable message.
+pub fn check_instance(
+    doc: &Document,
+    f: &FoundationDoc,
+    inst: &InstanceSpec,
+) -> Result<String, Vec<String>> {
+    if !is_uuid(&inst.id) {
+        return Err(vec![format!(
+            "instance id `{}` is not a UUID: expected 8-4-4-4-12 hex digits",
+            inst.id
+        )]);
+    }
+    let Some(service) = f.catalog.services.iter().find(|s| s.id == inst.service) else {
+        return Err(vec![format!("unknown service `{}`", inst.service)]);
+    };
+    let Some(plan) = service.plans.iter().find(|p| p.id == inst.plan) else {
+        return Err(vec![format!(
+            "unknown plan `{}` for service `{}`",
+            inst.plan, service.id
+        )]);
+    };
+    // A position past the document's instances: messages only, no location.
+    let i = f.instances.len();
+    let unknown = unknown_parameters(doc, i, plan, inst);
+    if !unknown.is_empty() {
+        return Err(unknown.into_iter().map(|e| e.message).collect());
+    }
+    render_instance(doc, i, service, plan, inst).map_err(|e| vec![e.message])
+}
+
 /// The deployment name of an instance: `{plan_id}-{instance_id}`.
 #[must_use]
 pub fn deployment_name(plan_id: &str, instance_id: &str) -> String {
@@ -379,7 +420,7 @@ fn instance_resources(
                     "deployment_name": lit(&deployment),
                     "organization_guid": lit(&inst.organization_guid),
                     "space_guid": lit(&inst.space_guid),
-                    "status": "succeeded",
+                    "status": if inst.from_broker { BROKER_DONE } else { "succeeded" },
                 }),
             ),
             (

@@ -236,6 +236,14 @@ impl Clients {
         })
     }
 
+    /// [`Clients::connect`] with the process environment.
+    ///
+    /// # Errors
+    /// As [`Clients::connect`].
+    pub async fn connect_env(f: &FoundationDoc, file: &Path) -> Result<Clients, BindError> {
+        Clients::connect(f, file, crate::providers::env_var).await
+    }
+
     /// The service and plan of a target (a plan named by id or by name).
     ///
     /// # Errors

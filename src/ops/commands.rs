@@ -363,7 +363,7 @@ pub async fn apply_saved_plan(
     .await
 }
 
-async fn take_lock(
+pub(super) async fn take_lock(
     ws: &Workspace,
     operation: &str,
     timeout: Duration,

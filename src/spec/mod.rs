@@ -32,8 +32,9 @@ pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use suggest::{did_you_mean, hint as did_you_mean_hint};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
-    InstanceSpec, Lifecycle, Metadata, PlanSpec, ProviderEntries, ResourceSpec, ResourcesDoc,
-    ResourcesKind, ServiceSpec, VaultSpec, API_VERSION, KINDS,
+    InstanceSchemas, InstanceSpec, Lifecycle, Metadata, ParametersSchema, PlanSchemas, PlanSpec,
+    ProviderEntries, ResourceSpec, ResourcesDoc, ResourcesKind, ServiceSpec, VaultSpec,
+    API_VERSION, KINDS,
 };
 
 use yaml::{Node, Pos, Value};

@@ -250,6 +250,12 @@ pub struct ServiceSpec {
     /// negative number means always over the limit.
     #[serde(default)]
     pub limit: i64,
+    /// Whether instances may change plan (`PATCH` with another `plan_id`); default true.
+    #[serde(default = "yes")]
+    pub plan_updateable: bool,
+    /// Marketplace metadata, passed through to the broker's catalog as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The plans of this service.
     pub plans: Vec<PlanSpec>,
 }
@@ -275,6 +281,10 @@ pub struct PlanSpec {
     /// over the limit.
     #[serde(default)]
     pub limit: i64,
+    /// Marketplace metadata (`displayName`, `bullets`, `costs`...), passed through to
+    /// the broker's catalog as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The BOSH manifest template, a path relative to this spec file. Only
     /// `${instance.…}`, `${plan.…}`, `${service.…}` and `${params.…}` are substituted;
     /// BOSH `((vars))` and shell `${...}` pass through.
@@ -296,6 +306,41 @@ pub struct PlanSpec {
     /// empty credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<BTreeMap<String, serde_json::Value>>,
+    /// JSON Schemas of the parameters a platform may send, as the Open Service Broker
+    /// catalog gives them (`service_instance.create.parameters`,
+    /// `service_instance.update.parameters`): advertised in `GET /v2/catalog` and checked
+    /// by `anvil broker` before it accepts a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schemas: Option<PlanSchemas>,
+}
+
+/// A plan's parameter schemas, in the Open Service Broker catalog's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSchemas {
+    /// Schemas for service instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_instance: Option<InstanceSchemas>,
+}
+
+/// The parameter schemas of provisioning and updating a service instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSchemas {
+    /// Checks the parameters of a provision request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<ParametersSchema>,
+    /// Checks the parameters of an update request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<ParametersSchema>,
+}
+
+/// One parameters schema.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParametersSchema {
+    /// A JSON Schema (draft 4 to 2020-12) the `parameters` object must satisfy.
+    pub parameters: serde_json::Value,
 }
 
 /// One service instance.
@@ -317,6 +362,11 @@ pub struct InstanceSpec {
     /// The Cloud Foundry space GUID the instance belongs to.
     #[serde(default)]
     pub space_guid: String,
+    /// Set when the instance comes from `anvil broker`'s store rather than a spec file
+    /// (never read from YAML): plans mark it, and its index entry's final status is
+    /// Blacksmith's `provisioning_completed`.
+    #[serde(skip)]
+    pub from_broker: bool,
 }
 
 /// The generated JSON Schema for a kind (`"Resources"`, matched case-insensitively), with

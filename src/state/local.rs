@@ -112,6 +112,37 @@ impl LocalBackend {
         fsio::sibling(&self.path, ".journal")
     }
 
+    /// The broker's store: `<state>.broker` beside the state file.
+    pub fn broker_store_path(&self) -> PathBuf {
+        fsio::sibling(&self.path, ".broker")
+    }
+
+    fn read_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
+        let path = self.broker_store_path();
+        let Some(bytes) =
+            fsio::read_optional(&path).map_err(|e| StateError::io("read", &path, e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                location: loc(&path),
+                detail: format!("the broker store is not JSON ({e})"),
+            })
+    }
+
+    fn store_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
+        let path = self.broker_store_path();
+        let bytes = serde_json::to_vec(doc).map_err(|source| StateError::Serialize {
+            location: loc(&path),
+            source,
+        })?;
+        let backup = fsio::sibling(&path, ".backup");
+        fsio::atomic_write(&path, &bytes, Some(&backup), &self.faults)?;
+        Ok(())
+    }
+
     fn lease(&self) -> Result<Duration, StateError> {
         match self.lease {
             Some(l) => Ok(l),
@@ -414,6 +445,20 @@ impl StateBackend for LocalBackend {
 
     async fn has_journal(&self) -> bool {
         LocalBackend::has_journal(self)
+    }
+
+    async fn load_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
+        self.read_broker_store()
+    }
+
+    async fn write_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
+        // An fsync per write: off the async workers.
+        let me = self.clone();
+        let doc = doc.clone();
+        super::blocking(&loc(&self.broker_store_path()), move || {
+            me.store_broker_store(&doc)
+        })
+        .await
     }
 }
 

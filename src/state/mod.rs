@@ -324,6 +324,32 @@ pub trait StateBackend: Send + Sync {
     async fn has_journal(&self) -> bool {
         false
     }
+
+    /// The broker's desired-state store kept beside this workspace's state (the service
+    /// instances `anvil broker` created, with their operations), as the JSON document
+    /// last written; `None` when none was ever written. The document is opaque here:
+    /// `ops` owns its shape. Backends that cannot keep one answer `None`.
+    ///
+    /// # Errors
+    /// The store exists but cannot be read or is not JSON.
+    async fn load_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
+        Ok(None)
+    }
+
+    /// Replaces the broker's store durably (it is on disk or committed when this
+    /// returns). Not under the state lock: the broker is the store's only writer.
+    ///
+    /// # Errors
+    /// IO or backend errors; a backend that cannot keep a store says so.
+    async fn write_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
+        let _ = doc;
+        Err(StateError::Backend {
+            action: "write the broker store to",
+            location: self.describe(),
+            detail: "this state backend does not keep a broker store".to_string(),
+            hint: "run `anvil broker` with a file state (--state PATH) or PostgreSQL".to_string(),
+        })
+    }
 }
 
 /// Proof that this process holds a backend's state lock. Renewed in the background while
