@@ -130,6 +130,12 @@ fn cases() -> Vec<(&'static str, String, Vec<String>)> {
             vec!["bad.yaml:24:7: instances[0].parameters.colour: unknown parameter for plan redis-small: neither its template (t.yml.tmpl) nor its defaults use it; remove it, or use it in the template as ${params.colour}".into()],
         ),
         (
+            "credentials template with an unknown namespace",
+            // The plan at lines 14-17 gets `credentials:` at line 18, its `host` at 18:26.
+            foundation("          credentials: { host: \"${vms.redis.ip}\" }\n", &inst(A, "small")),
+            vec!["bad.yaml:18:26: catalog.services[0].plans[1].credentials.host: credentials template of plan `redis-none`: `${vms.redis.ip}` uses the unknown namespace `vms`".into()],
+        ),
+        (
             "unknown field in an instance",
             foundation("", &format!("{}    size: big\n", inst(A, "small"))),
             vec!["bad.yaml:22:5: instances[0].size: unknown field `size`".into()],

@@ -62,6 +62,8 @@ enum Command {
     /// Print the outputs (an Environment's vpc_id, cluster_endpoint, ...; `outputs:` of
     /// Resources documents) from the state of the last apply: anvil output [NAME].
     Output(OutputArgs),
+    /// List the service instances: those the spec declares and those the broker created.
+    Instances(InstancesArgs),
     /// Print the JSON Schema of a spec kind, the plan (`plan`) or the drift report (`drift`).
     Schema {
         /// Which schema to print.
@@ -339,6 +341,18 @@ struct GraphArgs {
     format: String,
 }
 
+#[derive(Args, Debug)]
+struct InstancesArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
+    state: StateArg,
+    /// Print JSON (an array of {id, service_id, plan_id, deployment, origin, foundation,
+    /// status?, declared_at?}) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 // ---- `anvil sim vault` ----
 
 #[derive(Subcommand, Debug)]
@@ -436,6 +450,7 @@ impl Command {
             Command::Import(a) => a.spec.verbose,
             Command::Destroy(a) => a.spec.verbose,
             Command::Graph(a) => a.spec.verbose,
+            Command::Instances(a) => a.spec.verbose,
             _ => false,
         }
     }
@@ -806,6 +821,15 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
             };
             let found = ops::outputs(&inputs(&spec, &a.state), a.name.as_deref(), sink).await?;
             output::print_outputs(&found, a.name.as_deref(), a.json)
+        }
+        Command::Instances(a) => {
+            let rows = ops::instances::instances(&inputs(&a.spec, &a.state)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", output::render_instances(&rows));
+            }
+            Ok(0)
         }
         Command::Schema { kind } => {
             println!("{}", serde_json::to_string_pretty(&ops::schema(&kind)?)?);

@@ -157,6 +157,21 @@ pub fn normalise(doc: &Document, f: &FoundationDoc, errors: &mut Vec<SpecError>)
                 continue;
             }
             plans.insert(&p.id, (si, pi));
+            if let Some(template) = &p.credentials {
+                for (segments, problem) in super::credentials::check(template) {
+                    let mut at = plan_path(si, pi).key("credentials");
+                    for seg in segments {
+                        at = match seg {
+                            super::credentials::Segment::Key(k) => at.key(k),
+                            super::credentials::Segment::Index(i) => at.index(i),
+                        };
+                    }
+                    errors.push(doc.error_at(
+                        &at,
+                        format!("credentials template of plan `{}`: {problem}", p.id),
+                    ));
+                }
+            }
         }
     }
 
@@ -476,8 +491,14 @@ fn instance_resources(
 
 /// The plan's default parameters overridden by the instance's.
 fn merged_params(plan: &PlanSpec, inst: &InstanceSpec) -> BTreeMap<String, Value> {
+    merge_params(plan, &inst.parameters)
+}
+
+/// The plan's default parameters overridden by `given` (an instance's parameters).
+#[must_use]
+pub fn merge_params(plan: &PlanSpec, given: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
     let mut p = plan.parameters.clone();
-    for (k, v) in &inst.parameters {
+    for (k, v) in given {
         p.insert(k.clone(), v.clone());
     }
     p
@@ -497,7 +518,10 @@ fn unknown_parameters(
     let Some(template) = doc.attachments.get(&plan.manifest) else {
         return Vec::new();
     };
-    let used = template_params(&template.text);
+    let mut used = template_params(&template.text);
+    if let Some(c) = &plan.credentials {
+        used.extend(super::credentials::param_names(c));
+    }
     let mut out = Vec::new();
     for key in inst.parameters.keys() {
         if used.contains(key) || plan.parameters.contains_key(key) {

@@ -7,6 +7,7 @@
 //! No IO: it takes a loaded [`Spec`] and schemas, and returns data.
 
 pub mod environment;
+pub mod credentials;
 pub mod expr;
 pub mod foundation;
 pub mod schema;

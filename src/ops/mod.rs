@@ -5,10 +5,13 @@
 //! command and render what comes back; nothing here prints or needs a terminal.
 
 pub mod broker;
+pub mod broker_bind;
+pub mod broker_internal;
 mod commands;
 mod drift;
 mod events;
 mod outputs;
+pub mod instances;
 mod planfile;
 pub mod reconcile;
 mod state_commands;

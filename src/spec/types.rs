@@ -308,6 +308,20 @@ pub struct PlanSpec {
     /// Default parameter values, overridden by each instance's `parameters`.
     #[serde(default)]
     pub parameters: BTreeMap<String, serde_json::Value>,
+    /// The credentials template a bind hands to the application (the broker's `PUT
+    /// …/service_bindings/:id`): any YAML map whose strings may hold `${…}`:
+    /// `${instance.id|name|deployment_name|organization_guid|space_guid}`,
+    /// `${plan.id|name}`, `${service.id|name}`, `${params.NAME}`, `${binding.id}`, the
+    /// deployment's VMs from the Director as `${jobs.GROUP.ip}` / `${jobs.GROUP.dns}`
+    /// (the bootstrap VM), `${jobs.GROUP.ips}` / `${jobs.GROUP.hosts}` (lists, every VM)
+    /// and `${jobs.GROUP.N.ip}` / `${jobs.GROUP.N.dns}` (VM index N), and
+    /// `${secret.NAME}`: a random 32-character secret generated on the instance's first
+    /// bind and kept in Vault at `{instance_id}/credentials`, so every binding gets the
+    /// same one. A string that is one `${…}` alone takes the value's type (a list, a
+    /// number); `$${` writes a literal `${`. Without it the plan's instances bind with
+    /// empty credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<BTreeMap<String, serde_json::Value>>,
     /// JSON Schemas of the parameters a platform may send, as the Open Service Broker
     /// catalog gives them (`service_instance.create.parameters`,
     /// `service_instance.update.parameters`): advertised in `GET /v2/catalog` and checked

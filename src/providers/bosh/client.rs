@@ -809,6 +809,82 @@ impl Client {
         }
     }
 
+    /// The deployment's VMs with their details (`GET /deployments/{name}/vms?format=full`,
+    /// a task whose `result` output holds one JSON object per line): `None` when the
+    /// deployment does not exist. Waiting for the task stops when `cancel` fires.
+    ///
+    /// # Errors
+    /// The Director refuses or cannot be asked, or the task fails.
+    pub async fn vms_full(
+        &self,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Vec<Value>>, BoshError> {
+        let path = format!("/deployments/{}/vms?format=full", url_segment(name));
+        let a = self
+            .request_accepting(
+                Method::GET,
+                &path,
+                Body::None,
+                None,
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if a.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let Some(id) = a.task_id() else {
+            return Err(self.error(
+                &Method::GET,
+                &path,
+                Some(a.status.as_u16()),
+                "expected a 302 to the vms task",
+            ));
+        };
+        self.follow_task(id, name, &|_| {}, cancel).await?;
+        let out = self.task_output(id, "result").await?;
+        Ok(Some(
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+                .collect(),
+        ))
+    }
+
+    /// A task's output of one type (`event`, `result`, `debug`); empty when there is none.
+    ///
+    /// # Errors
+    /// The Director refuses or cannot be asked (an unknown task is a not-found error).
+    pub async fn task_output(&self, id: u64, ty: &str) -> Result<String, BoshError> {
+        let path = format!("/tasks/{id}/output?type={}", url_segment(ty));
+        let a = self.request(Method::GET, &path, Body::None, None).await?;
+        Ok(a.body)
+    }
+
+    /// The Director's events about one deployment (`GET /events?deployment=NAME`), newest
+    /// first as the Director gives them.
+    ///
+    /// # Errors
+    /// The Director refuses or cannot be asked.
+    pub async fn events(&self, deployment: &str) -> Result<Vec<Value>, BoshError> {
+        let path = format!("/events?deployment={}", url_segment(deployment));
+        let a = self.request(Method::GET, &path, Body::None, None).await?;
+        Ok(a.json()
+            .and_then(|j| j.as_array().cloned())
+            .unwrap_or_default())
+    }
+
+    /// The deployment's tasks, newest first (`GET /tasks?deployment=NAME&verbose=1`).
+    ///
+    /// # Errors
+    /// The Director refuses or cannot be asked.
+    pub async fn tasks(&self, deployment: &str) -> Result<Vec<Value>, BoshError> {
+        let path = format!("/tasks?deployment={}&verbose=1", url_segment(deployment));
+        let a = self.request(Method::GET, &path, Body::None, None).await?;
+        Ok(a.json()
+            .and_then(|j| j.as_array().cloned())
+            .unwrap_or_default())
+    }
+
     /// The latest config of a type and name: `(id, content)`, `None` when there is none.
     ///
     /// # Errors

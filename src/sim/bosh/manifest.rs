@@ -20,6 +20,8 @@ pub struct InstanceGroup {
     pub vm_type: String,
     pub azs: Vec<String>,
     pub jobs: Vec<String>,
+    /// The first network's name (`default` when none is named), for BOSH DNS names.
+    pub network: String,
 }
 
 /// What the simulator keeps of a parsed manifest.
@@ -118,6 +120,11 @@ pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
                 vm_type: scalar(&g["vm_type"]).unwrap_or_default(),
                 azs: strings(&g["azs"]),
                 jobs,
+                network: g["networks"]
+                    .as_vec()
+                    .and_then(|n| n.first())
+                    .and_then(|n| scalar(&n["name"]))
+                    .unwrap_or_else(|| "default".into()),
             })
         })
         .collect();

@@ -706,10 +706,13 @@ pub fn vms(groups: &[InstanceGroup], deployment: &str) -> Vec<Value> {
             };
             let cpu_user = format!("{:.1}", (h % 900) as f64 / 10.0);
             let mem_pct = (h >> 8) % 90 + 5;
+            let id = uuid_from(&key);
             out.push(json!({
                 "agent_id": uuid_from(&[deployment, &g.name, &idx, "agent"]),
                 "job_name": g.name,
-                "id": uuid_from(&key),
+                // BOSH DNS: {instance id}.{group}.{network}.{deployment}.bosh
+                "dns": [format!("{id}.{}.{}.{deployment}.bosh", g.name, g.network)],
+                "id": id,
                 "index": i,
                 "job_state": "running",
                 "bootstrap": i == 0,
