@@ -108,7 +108,11 @@ impl Env {
         let c = self.bosh();
         let text = format!("name: {name}\n{manifest}");
         self.rt.block_on(async {
-            let task = c.deploy(name, &text, |_| false).await.unwrap().unwrap();
+            let task = c
+                .deploy(name, &text, |_| false, false)
+                .await
+                .unwrap()
+                .unwrap();
             c.follow_task(task, name, &|_| {}, &Default::default())
                 .await
                 .unwrap();

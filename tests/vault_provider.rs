@@ -211,6 +211,7 @@ async fn fifty_concurrent_index_writers_lose_nothing() {
                     prior: None,
                     progress: Arc::new(|_| {}),
                     cancel: Default::default(),
+                    resumed: false,
                 })
                 .await
         }));
@@ -306,6 +307,7 @@ async fn an_update_keeps_the_fields_other_writers_own() {
             prior: None,
             progress: Arc::new(|_| {}),
             cancel: Default::default(),
+            resumed: false,
         }
     }
     let first = attrs("small");
@@ -366,6 +368,7 @@ async fn missing_mount_and_bad_token_are_explained() {
                 prior: None,
                 progress: Arc::new(|_| {}),
                 cancel: Default::default(),
+                resumed: false,
             })
             .await
             .expect_err("must fail")
@@ -419,6 +422,7 @@ async fn approle_login_is_used_without_a_token() {
             prior: None,
             progress: Arc::new(|_| {}),
             cancel: Default::default(),
+            resumed: false,
         })
         .await
         .expect("create with AppRole");

@@ -105,11 +105,18 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct ApplyConfig {
     pub parallelism: usize,
+    /// Addresses whose change an earlier run started and was interrupted before its
+    /// result was recorded: their providers are told to look for that attempt's effect
+    /// (a BOSH task still running) before acting again.
+    pub resumed: std::collections::BTreeSet<String>,
 }
 
 impl Default for ApplyConfig {
     fn default() -> Self {
-        ApplyConfig { parallelism: 10 }
+        ApplyConfig {
+            parallelism: 10,
+            resumed: std::collections::BTreeSet::new(),
+        }
     }
 }
 
@@ -568,13 +575,14 @@ pub async fn apply(
             });
             let ty = address.split('.').next().unwrap_or_default().to_string();
             let abort = abort.clone();
+            let resumed = cfg.resumed.contains(&key);
             running.spawn(async move {
                 if let Err(e) = commit.wait().await {
                     return (i, Err(ProviderError::new(format!("the state journal could not be written, so {address} was not touched: {e}"))));
                 }
                 let out = match op {
-                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, cancel: abort }).await.map(Some),
-                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, cancel: abort }).await.map(Some),
+                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, cancel: abort, resumed }).await.map(Some),
+                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, cancel: abort, resumed }).await.map(Some),
                     Op::Delete => match &prior {
                         Some(p) => provider.delete(&address, p).await.map(|_| None),
                         None => Ok(None),

@@ -167,7 +167,10 @@ impl Harness {
             &self.registry,
             state,
             Box::new(journal),
-            &ApplyConfig { parallelism },
+            &ApplyConfig {
+                parallelism,
+                ..ApplyConfig::default()
+            },
             Channels {
                 events: tx,
                 cancel,

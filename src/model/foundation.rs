@@ -87,7 +87,14 @@ pub fn check_instance(
     let i = f.instances.len();
     let unknown = unknown_parameters(doc, i, plan, inst);
     if !unknown.is_empty() {
-        return Err(unknown.into_iter().map(|e| e.message).collect());
+        // Name the parameter the way the request does (`parameters.NAME`).
+        return Err(unknown
+            .into_iter()
+            .map(|e| match e.path.find("parameters.") {
+                Some(at) => format!("{}: {}", &e.path[at..], e.message),
+                None => e.message,
+            })
+            .collect());
     }
     render_instance(doc, i, service, plan, inst).map_err(|e| vec![e.message])
 }

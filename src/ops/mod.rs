@@ -554,6 +554,13 @@ pub async fn run_apply(
     abort: &CancellationToken,
 ) -> Result<(State, apply::Report), OpsError> {
     let mut state = state;
+    // Changes an interrupted run started: their providers look for that attempt first.
+    let resumed = state
+        .pending
+        .iter()
+        .filter(|p| plan.get(&p.address).is_some())
+        .map(|p| p.address.clone())
+        .collect();
     apply::settle_pending(plan, &ws.model, &mut state);
     let journal = ws.backend.journal(&state, lock).await?;
     let total = plan
@@ -586,7 +593,10 @@ pub async fn run_apply(
         &ws.registry,
         state,
         journal,
-        &ApplyConfig { parallelism },
+        &ApplyConfig {
+            parallelism,
+            resumed,
+        },
         Channels {
             events: tx,
             cancel: stop_rx,

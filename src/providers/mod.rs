@@ -86,6 +86,10 @@ pub struct ChangeRequest<'a> {
     /// Cancelled when the run must stop now: long operations (a BOSH task being
     /// followed) stop waiting and fail with [`ErrorKind::Cancelled`].
     pub cancel: CancellationToken,
+    /// An earlier run started this change and was interrupted before its result was
+    /// recorded: look for that attempt's effect (a task still running, the object
+    /// already as asked) before acting again, so nothing is done twice.
+    pub resumed: bool,
 }
 
 /// The seam between the engine and the real world.

@@ -313,6 +313,7 @@ mod tests {
             prior: None,
             progress: Arc::new(|_| {}),
             cancel: CancellationToken::new(),
+            resumed: false,
         }
     }
 

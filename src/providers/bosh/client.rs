@@ -636,15 +636,20 @@ impl Client {
     ///
     /// # Errors
     /// The Director refuses the manifest, or stays unreachable.
+    ///
+    /// With `resumed` (an earlier run's deploy of this manifest was interrupted before
+    /// its result was recorded) the first attempt checks the same way, so a task that
+    /// run started is followed instead of deploying again.
     pub async fn deploy(
         &self,
         name: &str,
         manifest: &str,
         same: impl Fn(&str) -> bool,
+        resumed: bool,
     ) -> Result<Option<u64>, BoshError> {
         let m = Method::POST;
         let path = "/deployments";
-        let attempt = std::sync::atomic::AtomicU32::new(0);
+        let attempt = std::sync::atomic::AtomicU32::new(u32::from(resumed));
         let once = || async {
             if attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
                 if let Some(id) = self.active_tasks(name).await?.first() {

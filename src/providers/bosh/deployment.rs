@@ -81,7 +81,12 @@ impl ResourceType<BoshContext> for Deployment {
             .map_err(|e| ProviderError::invalid(format!("{e}: fix `manifest` in the spec")))?;
         let client = ctx.client().await?;
         let task = client
-            .deploy(name, &named, |current| same_yaml(current, &named))
+            .deploy(
+                name,
+                &named,
+                |current| same_yaml(current, &named),
+                req.resumed,
+            )
             .await?;
         let mut outputs = BTreeMap::new();
         if let Some(id) = task {
