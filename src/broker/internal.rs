@@ -231,7 +231,7 @@ async fn redeploy(
     };
     let task = c
         .director
-        .deploy(&deployment, &manifest, |_| false)
+        .deploy(&deployment, &manifest, |_| false, false)
         .await
         .map_err(|source| {
             api_error(BindError::Provider {
