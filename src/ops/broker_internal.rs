@@ -287,9 +287,9 @@ mod tests {
             v,
             json!({"a": REDACTED, "b": {"c": REDACTED, "d": [REDACTED, REDACTED]}})
         );
-        let y = to_yaml(&json!({"k": "v", "n": 2, "l": ["a"]}));
+        let y = to_yaml(&json!({"k": "v", "num": 2, "l": ["a"]}));
         assert!(
-            y.contains("k: v") && y.contains("n: 2") && y.contains("- a"),
+            y.contains("k: v") && y.contains("num: 2") && y.contains("- a"),
             "{y}"
         );
     }
