@@ -11,6 +11,7 @@
 //! This module only reads files. It does not resolve `${TYPE.NAME.ATTR}` references or
 //! unescape `$${`; the model does.
 
+mod environment;
 mod error;
 mod subst;
 mod suggest;
@@ -28,12 +29,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use environment::{
+    CloudProvider, DatabaseSpec, Engine, EnvironmentDoc, EnvironmentKind, KubernetesSpec,
+    NetworkSpec, Size, StorageSpec,
+};
 pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use suggest::{did_you_mean, hint as did_you_mean_hint};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
-    InstanceSchemas, InstanceSpec, Lifecycle, Metadata, ParametersSchema, PlanSchemas, PlanSpec,
-    ProviderEntries, ResourceSpec, ResourcesDoc, ResourcesKind, ServiceSpec, VaultSpec,
+    InstanceSchemas, InstanceSpec, Lifecycle, Metadata, OutputSpec, ParametersSchema, PlanSchemas,
+    PlanSpec, ProviderEntries, ResourceSpec, ResourcesDoc, ResourcesKind, ServiceSpec, VaultSpec,
     API_VERSION, KINDS,
 };
 
@@ -108,6 +113,8 @@ pub enum DocumentBody {
     Resources(ResourcesDoc),
     /// `kind: Foundation`.
     Foundation(Box<FoundationDoc>),
+    /// `kind: Environment`.
+    Environment(Box<EnvironmentDoc>),
 }
 
 impl Document {
@@ -131,6 +138,7 @@ impl Document {
         match &self.body {
             DocumentBody::Resources(d) => &d.metadata.name,
             DocumentBody::Foundation(d) => &d.metadata.name,
+            DocumentBody::Environment(d) => &d.metadata.name,
         }
     }
 
@@ -140,6 +148,7 @@ impl Document {
         match &self.body {
             DocumentBody::Resources(_) => "Resources",
             DocumentBody::Foundation(_) => "Foundation",
+            DocumentBody::Environment(_) => "Environment",
         }
     }
 
@@ -755,6 +764,9 @@ fn check_document(
         "Resources" => serde_json::from_value(instance).map(DocumentBody::Resources),
         "Foundation" => {
             serde_json::from_value(instance).map(|f| DocumentBody::Foundation(Box::new(f)))
+        }
+        "Environment" => {
+            serde_json::from_value(instance).map(|e| DocumentBody::Environment(Box::new(e)))
         }
         other => {
             errors.push(here(
