@@ -515,4 +515,77 @@ fn bind_unbind_and_blacksmith_endpoints() {
         .vault
         .kv_read(&format!("{PG}/manifest"), TOKEN)
         .is_some());
+
+    // A broker-provisioned instance: listed by `anvil instances` with its origin, and
+    // bindable once its provisioning succeeded.
+    let fresh = "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7";
+    let (status, out) = osb(
+        &b,
+        "PUT",
+        &format!("/v2/service_instances/{fresh}?accepts_incomplete=true"),
+        Some(&json!({"service_id": "redis", "plan_id": "redis-small",
+            "organization_guid": "org", "space_guid": "space"})),
+    );
+    assert_eq!(status, 202, "{out}");
+    let op = out["operation"].as_str().unwrap_or_default().to_string();
+    let mut state = Value::Null;
+    for _ in 0..600 {
+        let (status, last) = osb(
+            &b,
+            "GET",
+            &format!("/v2/service_instances/{fresh}/last_operation?operation={op}"),
+            None,
+        );
+        assert_eq!(status, 200, "{last}");
+        state = last["state"].clone();
+        if state != "in progress" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, "succeeded");
+    let o = at_simulators(
+        &mut env.s.cmd(&["instances", "f", "--json"]),
+        &env.bosh.url,
+        &env.vault.url(),
+        TOKEN,
+    )
+    .output()
+    .unwrap();
+    assert_code(&o, 0);
+    let rows: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let origins: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().into(),
+                r["origin"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(origins.len(), 5, "{rows}");
+    assert!(origins[..4].iter().all(|(_, o)| o == "spec"), "{rows}");
+    assert_eq!(
+        origins[4],
+        (fresh.to_string(), "broker".to_string()),
+        "{rows}"
+    );
+    assert_eq!(rows[4]["status"], "provision succeeded", "{rows}");
+    let (status, bound) = osb(
+        &b,
+        "PUT",
+        &binding_path(fresh, "f1"),
+        Some(&bind_body("redis", "redis-small", "app-9")),
+    );
+    assert_eq!(status, 201, "{bound}");
+    let (_, _, vms) = env.bosh.http(
+        "GET",
+        &format!("/deployments/redis-small-{fresh}/vms"),
+        None,
+    );
+    let vms: Value = serde_json::from_str(&vms).unwrap();
+    assert_eq!(bound["credentials"]["host"], vms[0]["ips"][0]);
+    assert_ne!(bound["credentials"]["password"], password.as_str());
 }

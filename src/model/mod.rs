@@ -6,8 +6,8 @@
 //! self-references, cycles) and reports each problem at its `file:line:column`.
 //! No IO: it takes a loaded [`Spec`] and schemas, and returns data.
 
-pub mod environment;
 pub mod credentials;
+pub mod environment;
 pub mod expr;
 pub mod foundation;
 pub mod schema;

@@ -169,7 +169,7 @@ pub fn load_foundation(path: &Path) -> Result<(FoundationDoc, PathBuf), BindErro
         .iter()
         .filter_map(|d| match &d.body {
             DocumentBody::Foundation(f) => Some(((**f).clone(), d.file.clone())),
-            DocumentBody::Resources(_) | DocumentBody::Environment(_) => None,
+            _ => None,
         })
         .collect();
     match found.len() {

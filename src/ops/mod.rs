@@ -4,13 +4,14 @@
 //! returns data. Front-ends (`cli`, later a broker and a server) call one of these per
 //! command and render what comes back; nothing here prints or needs a terminal.
 
+pub mod broker;
 pub mod broker_bind;
 pub mod broker_internal;
 mod commands;
 mod drift;
 mod events;
-mod outputs;
 pub mod instances;
+mod outputs;
 mod planfile;
 pub mod reconcile;
 mod state_commands;
@@ -191,13 +192,39 @@ fn load(
         env: utf8_env(),
     };
     let t = std::time::Instant::now();
-    let spec = spec::load(&paths, &opts)?;
+    let mut spec = spec::load(&paths, &opts)?;
     tracing::debug!(elapsed = ?t.elapsed(), documents = spec.documents.len(), "spec loaded");
     let name = spec.workspace().unwrap_or("default").to_string();
     let backend = state::open(inputs.state_url.as_deref(), &name);
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    // The instances `anvil broker` created are part of the desired state of every
+    // command: a GitOps apply must not delete them.
+    if let Ok(b) = &backend {
+        if spec
+            .documents
+            .iter()
+            .any(|d| matches!(d.body, spec::DocumentBody::Foundation(_)))
+        {
+            let store = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| match &runtime {
+                        Some(rt) => rt.block_on(broker::read_store(b.as_ref())),
+                        None => futures::executor::block_on(broker::read_store(b.as_ref())),
+                    })
+                    .join()
+                    .unwrap_or_else(|_| {
+                        Err(StateError::Io {
+                            action: "read",
+                            location: b.describe(),
+                            source: std::io::Error::other("the broker store reader panicked"),
+                        })
+                    })
+            })?;
+            broker::merge_instances(&mut spec, &store);
+        }
+    }
     // Reading state needs only the workspace name: a read-only caller gets it read on
     // the other core while the model is built.
-    let runtime = tokio::runtime::Handle::try_current().ok();
     let (model, preloaded) = std::thread::scope(|scope| {
         let preload = match (&backend, preload_state) {
             (Ok(b), true) => Some(scope.spawn(|| {
@@ -527,6 +554,13 @@ pub async fn run_apply(
     abort: &CancellationToken,
 ) -> Result<(State, apply::Report), OpsError> {
     let mut state = state;
+    // Changes an interrupted run started: their providers look for that attempt first.
+    let resumed = state
+        .pending
+        .iter()
+        .filter(|p| plan.get(&p.address).is_some())
+        .map(|p| p.address.clone())
+        .collect();
     apply::settle_pending(plan, &ws.model, &mut state);
     let journal = ws.backend.journal(&state, lock).await?;
     let total = plan
@@ -559,7 +593,10 @@ pub async fn run_apply(
         &ws.registry,
         state,
         journal,
-        &ApplyConfig { parallelism },
+        &ApplyConfig {
+            parallelism,
+            resumed,
+        },
         Channels {
             events: tx,
             cancel: stop_rx,
