@@ -59,11 +59,11 @@ enum Command {
     State(StateCmd),
     /// Print the resource graph.
     Graph(GraphArgs),
+    /// List the service instances: those the spec declares and those the broker created.
+    Instances(InstancesArgs),
     /// Print the outputs (an Environment's vpc_id, cluster_endpoint, ...; `outputs:` of
     /// Resources documents) from the state of the last apply: anvil output [NAME].
     Output(OutputArgs),
-    /// List the service instances: those the spec declares and those the broker created.
-    Instances(InstancesArgs),
     /// Print the JSON Schema of a spec kind, the plan (`plan`) or the drift report (`drift`).
     Schema {
         /// Which schema to print.
@@ -812,6 +812,15 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
             print!("{}", output::render_graph(&g, &a.format));
             Ok(0)
         }
+        Command::Instances(a) => {
+            let rows = ops::instances::instances(&inputs(&a.spec, &a.state)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", output::render_instances(&rows));
+            }
+            Ok(0)
+        }
         Command::Output(a) => {
             let spec = SpecArgs {
                 paths: a.paths.clone(),
@@ -821,15 +830,6 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
             };
             let found = ops::outputs(&inputs(&spec, &a.state), a.name.as_deref(), sink).await?;
             output::print_outputs(&found, a.name.as_deref(), a.json)
-        }
-        Command::Instances(a) => {
-            let rows = ops::instances::instances(&inputs(&a.spec, &a.state)).await?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", output::render_instances(&rows));
-            }
-            Ok(0)
         }
         Command::Schema { kind } => {
             println!("{}", serde_json::to_string_pretty(&ops::schema(&kind)?)?);

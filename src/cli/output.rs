@@ -330,6 +330,50 @@ pub fn render_graph(g: &Graph, format: &str) -> String {
     s
 }
 
+/// `anvil instances` as a table: one row per instance, columns padded to fit.
+pub fn render_instances(rows: &[crate::ops::instances::InstanceRow]) -> String {
+    if rows.is_empty() {
+        return "No service instances.\n".to_string();
+    }
+    let header = ["ID", "SERVICE", "PLAN", "DEPLOYMENT", "ORIGIN", "STATUS"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.service_id.clone(),
+                r.plan_id.clone(),
+                r.deployment.clone(),
+                r.origin.as_str().to_string(),
+                r.status.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::new();
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header.map(String::from));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
 /// Prints `anvil output`: every output (`NAME = JSON`, or one JSON object with `--json`),
 /// or one output's value (a string as it is, else JSON). Outputs without a value yet are
 /// named on stderr; asked for by name, that is an error. Returns the exit code.
@@ -385,48 +429,4 @@ pub fn print_outputs(found: &Outputs, name: Option<&str>, json: bool) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(0)
-}
-
-/// `anvil instances` as a table: one row per instance, columns padded to fit.
-pub fn render_instances(rows: &[crate::ops::instances::InstanceRow]) -> String {
-    if rows.is_empty() {
-        return "No service instances.\n".to_string();
-    }
-    let header = ["ID", "SERVICE", "PLAN", "DEPLOYMENT", "ORIGIN", "STATUS"];
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.id.clone(),
-                r.service_id.clone(),
-                r.plan_id.clone(),
-                r.deployment.clone(),
-                r.origin.as_str().to_string(),
-                r.status.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |row: &[String]| {
-        let mut s = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = line(&header.map(String::from));
-    for row in &cells {
-        out.push_str(&line(row));
-    }
-    out
 }

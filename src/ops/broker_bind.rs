@@ -169,7 +169,7 @@ pub fn load_foundation(path: &Path) -> Result<(FoundationDoc, PathBuf), BindErro
         .iter()
         .filter_map(|d| match &d.body {
             DocumentBody::Foundation(f) => Some(((**f).clone(), d.file.clone())),
-            DocumentBody::Resources(_) | DocumentBody::Environment(_) => None,
+            _ => None,
         })
         .collect();
     match found.len() {
@@ -234,6 +234,14 @@ impl Clients {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_MOUNT.to_string()),
         })
+    }
+
+    /// [`Clients::connect`] with the process environment.
+    ///
+    /// # Errors
+    /// As [`Clients::connect`].
+    pub async fn connect_env(f: &FoundationDoc, file: &Path) -> Result<Clients, BindError> {
+        Clients::connect(f, file, crate::providers::env_var).await
     }
 
     /// The service and plan of a target (a plan named by id or by name).

@@ -13,6 +13,7 @@ use super::{Inputs, OpsError};
 use crate::model::{self, foundation};
 use crate::providers::Registry;
 use crate::spec::{self, DocumentBody, LoadOptions, SpecErrors};
+use crate::state;
 
 /// Where an instance is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -46,7 +47,7 @@ pub struct InstanceRow {
     pub origin: Origin,
     /// The Foundation's workspace name.
     pub foundation: String,
-    /// The broker's status of the instance (`db` index status), for broker instances.
+    /// A broker instance's last operation and where it is (`provision succeeded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// Where a spec instance is declared (`file:line:column`).
@@ -54,10 +55,12 @@ pub struct InstanceRow {
     pub declared_at: Option<String>,
 }
 
-/// `anvil instances`: every instance the spec declares, sorted by origin then id.
+/// `anvil instances`: every instance the spec declares and every broker instance in
+/// the workspace's store (deprovisioned ones left out), sorted by origin then id. Takes
+/// no lock: the store is read as last written.
 ///
 /// # Errors
-/// Every problem in the spec, located.
+/// Every problem in the spec, located; a state backend that cannot be read.
 pub async fn instances(inputs: &Inputs) -> Result<Vec<InstanceRow>, OpsError> {
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
@@ -93,7 +96,26 @@ pub async fn instances(inputs: &Inputs) -> Result<Vec<InstanceRow>, OpsError> {
     // The same checks as `validate` (unknown plans, limits, UUIDs...), so the list only
     // shows instances a plan would accept.
     model::build(&loaded, Registry::builtin().schemas())?;
+    let workspace = loaded.workspace().unwrap_or("default").to_string();
+    let backend = state::open(inputs.state_url.as_deref(), &workspace)?;
+    let store = super::broker::read_store(backend.as_ref()).await?;
     let mut rows = Vec::new();
+    for inst in store.instances.values().filter(|i| !i.gone()) {
+        rows.push(InstanceRow {
+            id: inst.id.clone(),
+            service_id: inst.service_id.clone(),
+            plan_id: inst.plan_id.clone(),
+            deployment: foundation::deployment_name(&inst.plan_id, &inst.id),
+            origin: Origin::Broker,
+            foundation: workspace.clone(),
+            status: Some(format!(
+                "{} {}",
+                format!("{:?}", inst.operation.kind).to_lowercase(),
+                inst.operation.state.as_str()
+            )),
+            declared_at: None,
+        });
+    }
     for doc in &loaded.documents {
         let DocumentBody::Foundation(f) = &doc.body else {
             continue;

@@ -1,0 +1,206 @@
+//! Broker benchmark (issue 9, acceptance 6): `cargo bench --bench broker`.
+//!
+//! Starts `anvil sim bosh --task-duration 200ms`, `anvil sim vault` and `anvil broker`
+//! (the bench-profile binary, local state in a scratch directory) on 127.0.0.1:0 with a
+//! Foundation of one unlimited plan and no spec instances, then 100 clients each send one
+//! provision (`PUT /v2/service_instances/:id?accepts_incomplete=true`) at the same moment:
+//! 1. accept latency: each request's time to its `202`, p50 / p99 / max (goal p99 < 20 ms);
+//! 2. end-to-end: from the first request until every instance's `last_operation` says
+//!    `succeeded` (polled every 20 ms), against the ideal 100 × 0.2 s / 5 = 4 s (the BOSH
+//!    provider runs 5 tasks at once; goal ≤ 1.3×).
+//!
+//! Rounds default to 1; pass another count: `cargo bench --bench broker -- 3`.
+//! Results go to stdout as Markdown rows for docs/benchmarks.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_anvil");
+const CLIENTS: usize = 100;
+const TASK: &str = "200ms";
+const IDEAL_SECS: f64 = 100.0 * 0.2 / 5.0;
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-secret";
+
+const TEMPLATE: &str = "releases: [{name: redis, version: latest}]\nstemcells: [{alias: default, os: ubuntu-jammy, version: latest}]\ninstance_groups:\n- name: redis\n  instances: 1\n  vm_type: small\n  azs: [z1]\n  stemcell: default\n  networks: [{name: services}]\n  jobs: [{name: redis, release: redis, properties: {port: ${params.port}}}]\n";
+
+const FOUNDATION: &str = "apiVersion: anvil/v1\nkind: Foundation\nmetadata: { name: bench }\ncatalog:\n  services:\n    - id: redis\n      name: redis\n      bindable: true\n      plans:\n        - id: redis-small\n          name: small\n          manifest: small.yml.tmpl\n          parameters: { port: 6379 }\ninstances: []\n";
+
+/// A child process and the URL it printed first; killed when dropped.
+struct Proc(Child, String);
+
+impl Proc {
+    fn start(cmd: &mut Command, prefix: &str) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start anvil");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        let url = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Proc(child, url)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    // Nearest rank: the smallest sample with at least p of them at or below it.
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn round(round: usize) {
+    let bosh = Proc::start(
+        Command::new(BIN).args([
+            "sim",
+            "bosh",
+            "--listen",
+            "127.0.0.1:0",
+            "--task-duration",
+            TASK,
+        ]),
+        "anvil sim bosh listening on ",
+    );
+    let vault = Proc::start(
+        Command::new(BIN).args(["sim", "vault", "--listen", "127.0.0.1:0", "--token", "root"]),
+        "anvil sim vault listening on ",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("foundation.yaml"), FOUNDATION).expect("write");
+    std::fs::write(dir.path().join("small.yml.tmpl"), TEMPLATE).expect("write");
+    let state = dir.path().join("state/bench.json");
+    let broker = Proc::start(
+        Command::new(BIN)
+            .args(["broker", "--foundation"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("BOSH_ENVIRONMENT", &bosh.1)
+            .env("BOSH_CLIENT", "admin")
+            .env("BOSH_CLIENT_SECRET", "admin")
+            .env_remove("BOSH_CA_CERT")
+            .env("VAULT_ADDR", &vault.1)
+            .env("VAULT_TOKEN", "root")
+            .env("ANVIL_BROKER_USERNAME", USER)
+            .env("ANVIL_BROKER_PASSWORD", PASSWORD),
+        "anvil broker listening on ",
+    );
+    let url = broker.1.clone();
+    // One connection pool per client, as 100 platform workers would have.
+    let ids: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("00000000-0000-4000-8000-{round:04x}{i:08x}"))
+        .collect();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let mut tasks = Vec::new();
+    for id in &ids {
+        let client = reqwest::Client::new();
+        let req = client
+            .put(format!(
+                "{url}/v2/service_instances/{id}?accepts_incomplete=true"
+            ))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("X-Broker-API-Version", "2.17")
+            .json(&serde_json::json!({
+                "service_id": "redis",
+                "plan_id": "redis-small",
+                "organization_guid": "org",
+                "space_guid": "space",
+            }));
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let t = Instant::now();
+            let resp = req.send().await.expect("provision request");
+            let took = t.elapsed();
+            assert_eq!(
+                resp.status().as_u16(),
+                202,
+                "provision: {:?}",
+                resp.text().await
+            );
+            took
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.push(t.await.expect("client"));
+    }
+    lat.sort();
+    let poller = reqwest::Client::new();
+    let mut pending: Vec<String> = ids.clone();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in pending {
+            let body: serde_json::Value = poller
+                .get(format!("{url}/v2/service_instances/{id}/last_operation"))
+                .basic_auth(USER, Some(PASSWORD))
+                .header("X-Broker-API-Version", "2.17")
+                .send()
+                .await
+                .expect("last_operation")
+                .json()
+                .await
+                .expect("last_operation body");
+            match body["state"].as_str() {
+                Some("succeeded") => {}
+                Some("in progress") => still.push(id),
+                _ => panic!("instance {id} failed: {body}"),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let e2e = start.elapsed().as_secs_f64();
+    println!(
+        "| {round} | {:.1} | {:.1} | {:.1} | {e2e:.2} | {:.2}× |",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat[lat.len() - 1]),
+        e2e / IDEAL_SECS
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("broker: a benchmark; run it with `cargo bench --bench broker`");
+        return;
+    }
+    let rounds = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(1);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!(
+        "| round | accept p50 (ms) | accept p99 (ms) | accept max (ms) | 100 instances end-to-end (s) | vs ideal {IDEAL_SECS:.0} s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in 1..=rounds {
+        rt.block_on(round(r));
+    }
+}
