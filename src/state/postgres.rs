@@ -1,6 +1,6 @@
 //! The PostgreSQL backend (`postgres://` / `postgresql://` state URLs).
 //!
-//! Three tables in one schema (`?schema=NAME`, default `public`) hold every workspace of
+//! Four tables in one schema (`?schema=NAME`, default `public`) hold every workspace of
 //! a database, keyed by workspace name; they are created on first use under a
 //! transaction-scoped advisory lock, so concurrent first runs do not collide:
 //!
@@ -9,6 +9,7 @@
 //! | `anvil_state` | `workspace`, `lineage`, `serial`, `doc` (the state JSON), `updated_at` |
 //! | `anvil_journal` | `workspace`, `seq`, `serial` (of a result), `record` (one [`JournalRecord`] as JSON) |
 //! | `anvil_lock` | `workspace`, `id`, `info` (the holder as JSON), `expires_at` |
+//! | `anvil_broker_store` | `workspace`, `doc` (the broker's store JSON), `updated_at` |
 //!
 //! `write` and every journal checkpoint replace the state row and the journal rows in one
 //! transaction that first checks, under a row lock, that our lock row is still ours and
@@ -226,11 +227,12 @@ impl PostgresBackend {
                 let exists: bool = client
                     .query_one(
                         "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL \
-                         AND to_regclass($3) IS NOT NULL",
+                         AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL",
                         &[
                             &format!("{s}.anvil_state"),
                             &format!("{s}.anvil_journal"),
                             &format!("{s}.anvil_lock"),
+                            &format!("{s}.anvil_broker_store"),
                         ],
                     )
                     .await
@@ -274,7 +276,11 @@ impl PostgresBackend {
                             workspace text PRIMARY KEY,
                             id text NOT NULL,
                             info text NOT NULL,
-                            expires_at timestamptz NOT NULL);"
+                            expires_at timestamptz NOT NULL);
+                         CREATE TABLE IF NOT EXISTS {s}.anvil_broker_store (
+                            workspace text PRIMARY KEY,
+                            doc text NOT NULL,
+                            updated_at timestamptz NOT NULL DEFAULT now());"
                     ))
                     .await
                 };
@@ -746,6 +752,56 @@ impl StateBackend for PostgresBackend {
         // The journal continues the stored state, so that state must be exactly `base`.
         self.store(base, lock).await?;
         Ok(Box::new(PgJournal::start(self, base, lock)))
+    }
+
+    async fn load_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
+        self.ensure_tables().await?;
+        let ctx = self.ctx();
+        let s = &self.schema;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT doc FROM {s}.anvil_broker_store WHERE workspace = $1"),
+                &[&self.workspace],
+            )
+            .await
+            .map_err(|e| ctx.pg_err("read the broker store of", &e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let doc: &str = row.get(0);
+        serde_json::from_str(doc)
+            .map(Some)
+            .map_err(|e| StateError::Backend {
+                action: "read the broker store of",
+                location: self.location.clone(),
+                detail: format!("the stored document is not JSON: {e}"),
+                hint: format!(
+                    "inspect or delete the row of workspace {:?} in {s}.anvil_broker_store",
+                    self.workspace
+                ),
+            })
+    }
+
+    async fn write_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
+        self.ensure_tables().await?;
+        let ctx = self.ctx();
+        let s = &self.schema;
+        let text = doc.to_string();
+        let client = self.client().await?;
+        // One autocommitted upsert: committed (durable) when `execute` returns.
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.anvil_broker_store (workspace, doc, updated_at) \
+                     VALUES ($1, $2, now()) ON CONFLICT (workspace) \
+                     DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()"
+                ),
+                &[&self.workspace, &text],
+            )
+            .await
+            .map_err(|e| ctx.pg_err("write the broker store to", &e))?;
+        Ok(())
     }
 
     async fn has_journal(&self) -> bool {
