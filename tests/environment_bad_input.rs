@@ -68,6 +68,16 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["bad.yaml:11:3: network.az_count: az_count 1:", "need at least 2"],
         ),
         (
+            "absurd zone count",
+            with("az_count: 3", "az_count: 4294967295"),
+            vec!["bad.yaml:11:3: network.az_count: az_count 4294967295: eu-central-1 has 3 zones"],
+        ),
+        (
+            "negative zone count",
+            with("az_count: 3", "az_count: -1"),
+            vec!["bad.yaml:11:3: network.az_count:"],
+        ),
+        (
             "unknown size",
             with("size: medium", "size: huge"),
             vec!["bad.yaml:8:1: size: invalid value `huge`: expected one of `small`, `medium`, `large`"],
