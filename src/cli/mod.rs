@@ -58,6 +58,9 @@ enum Command {
     State(StateCmd),
     /// Print the resource graph.
     Graph(GraphArgs),
+    /// Print the outputs (an Environment's vpc_id, cluster_endpoint, ...; `outputs:` of
+    /// Resources documents) from the state of the last apply: anvil output [NAME].
+    Output(OutputArgs),
     /// Print the JSON Schema of a spec kind, the plan (`plan`) or the drift report (`drift`).
     Schema {
         /// Which schema to print.
@@ -301,6 +304,27 @@ enum StateCmd {
         #[command(flatten)]
         target: TargetArgs,
     },
+}
+
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// Print only this output: a string as it is, any other value as JSON.
+    name: Option<String>,
+    /// Spec files or directories declaring the outputs (repeatable; default: the
+    /// current directory).
+    #[arg(long = "spec", value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Set a variable: --var NAME=VALUE (repeatable).
+    #[arg(long = "var")]
+    vars: Vec<String>,
+    /// Read variables from a YAML or JSON file (repeatable).
+    #[arg(long = "var-file")]
+    var_files: Vec<PathBuf>,
+    /// Print JSON: {"NAME": {"value": ..., "description": ...}}, or NAME's value.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArg,
 }
 
 #[derive(Args, Debug)]
@@ -769,6 +793,16 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
             let g = ops::graph(&inputs(&a.spec, &StateArg { state: None }), sink).await?;
             print!("{}", output::render_graph(&g, &a.format));
             Ok(0)
+        }
+        Command::Output(a) => {
+            let spec = SpecArgs {
+                paths: a.paths.clone(),
+                vars: a.vars.clone(),
+                var_files: a.var_files.clone(),
+                verbose: false,
+            };
+            let found = ops::outputs(&inputs(&spec, &a.state), a.name.as_deref(), sink).await?;
+            output::print_outputs(&found, a.name.as_deref(), a.json)
         }
         Command::Schema { kind } => {
             println!("{}", serde_json::to_string_pretty(&ops::schema(&kind)?)?);

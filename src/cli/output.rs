@@ -1,7 +1,7 @@
 //! Terminal presentation: progress while applying, the final report, state listings,
 //! graphs, and plans read back from saved files.
 
-use crate::ops::{ApplyEvent as Event, Graph, Op, OpsEvent, Report, ResourceState, State};
+use crate::ops::{ApplyEvent as Event, Graph, Op, OpsEvent, Outputs, Report, ResourceState, State};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::io::IsTerminal;
@@ -328,4 +328,61 @@ pub fn render_graph(g: &Graph, format: &str) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// Prints `anvil output`: every output (`NAME = JSON`, or one JSON object with `--json`),
+/// or one output's value (a string as it is, else JSON). Outputs without a value yet are
+/// named on stderr; asked for by name, that is an error. Returns the exit code.
+///
+/// # Errors
+/// A value that cannot be written as JSON, or an output asked for by name that has no
+/// value yet (the message says why and to apply).
+pub fn print_outputs(found: &Outputs, name: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    if let Some(n) = name {
+        let Some(o) = found.outputs.iter().find(|o| o.name == n) else {
+            anyhow::bail!("no output `{n}` in workspace `{}`", found.workspace);
+        };
+        let Some(v) = &o.value else {
+            anyhow::bail!(
+                "output `{n}` has no value in the state at {}: {}; run `anvil apply` first",
+                found.location,
+                o.missing.as_deref().unwrap_or("not applied yet")
+            );
+        };
+        match (v, json) {
+            (serde_json::Value::String(s), false) => println!("{s}"),
+            _ => println!("{}", serde_json::to_string_pretty(v)?),
+        }
+        return Ok(0);
+    }
+    if found.outputs.is_empty() {
+        eprintln!(
+            "No outputs: the spec of workspace `{}` declares none.",
+            found.workspace
+        );
+    }
+    let mut doc = serde_json::Map::new();
+    for o in &found.outputs {
+        match &o.value {
+            Some(v) if json => {
+                let mut entry = serde_json::Map::new();
+                entry.insert("value".into(), v.clone());
+                if !o.description.is_empty() {
+                    entry.insert("description".into(), o.description.clone().into());
+                }
+                doc.insert(o.name.clone(), entry.into());
+            }
+            Some(v) => println!("{} = {}", o.name, serde_json::to_string(v)?),
+            None => eprintln!(
+                "Warning: output `{}` has no value in the state at {}: {}; run `anvil apply` first.",
+                o.name,
+                found.location,
+                o.missing.as_deref().unwrap_or("not applied yet")
+            ),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(0)
 }

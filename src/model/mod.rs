@@ -6,6 +6,7 @@
 //! self-references, cycles) and reports each problem at its `file:line:column`.
 //! No IO: it takes a loaded [`Spec`] and schemas, and returns data.
 
+pub mod environment;
 pub mod expr;
 pub mod foundation;
 pub mod schema;
@@ -136,14 +137,26 @@ fn valid_alias(a: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
+/// A named value computed from applied resources (`outputs:` of a `Resources` document,
+/// or an Environment's `vpc_id`, `cluster_endpoint`, ...), read by `anvil output`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    /// Its value: references resolve against what the state records.
+    pub value: Expr,
+    pub description: String,
+}
+
 /// The resource graph. Edges run dependency → dependent.
 #[derive(Debug, Default)]
 pub struct Model {
     pub graph: DiGraph<Resource, ()>,
     index: HashMap<Address, NodeIndex>,
     /// The provider instances the spec configures (`providers:` blocks, Foundations'
-    /// `director`/`vault`), each once.
+    /// `director`/`vault`, Environments' `aws.NAME`), each once.
     pub providers: Vec<ProviderInstance>,
+    /// The outputs, sorted by name.
+    pub outputs: Vec<Output>,
 }
 
 impl Model {
@@ -328,6 +341,8 @@ fn describe_cycle(c: &[Address]) -> String {
 enum Origin {
     Resource(usize),
     Instance(usize),
+    /// Generated from an Environment document as a whole.
+    Environment,
 }
 
 impl Origin {
@@ -335,6 +350,7 @@ impl Origin {
         match self {
             Origin::Resource(i) => FieldPath::root().key("resources").index(i),
             Origin::Instance(i) => FieldPath::root().key("instances").index(i),
+            Origin::Environment => FieldPath::root(),
         }
     }
 }
@@ -396,9 +412,11 @@ fn collect_providers(
         None => out.push(inst),
     };
     for doc in &spec.documents {
+        let empty = BTreeMap::new();
         let block = match &doc.body {
             DocumentBody::Resources(r) => &r.providers,
             DocumentBody::Foundation(f) => &f.providers,
+            DocumentBody::Environment(_) => &empty,
         };
         for (name, entries) in block {
             let ppath = FieldPath::root().key("providers").key(name);
@@ -461,6 +479,21 @@ fn collect_providers(
                 );
             }
         }
+        if let DocumentBody::Environment(e) = &doc.body {
+            if let Some((alias, settings)) = environment::provider_instance(e) {
+                let path = FieldPath::root().key("region");
+                add(
+                    ProviderInstance {
+                        provider: "aws".into(),
+                        alias: Some(alias),
+                        settings,
+                        origin: doc.error_at(&path, ""),
+                    },
+                    errors,
+                    "two Environments of one workspace have the same name: give each its own `name:`",
+                );
+            }
+        }
     }
 }
 
@@ -488,19 +521,42 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
     collect_providers(spec, schemas, &mut model.providers, &mut errors);
     let instances: BTreeSet<String> = model.providers.iter().map(ProviderInstance::name).collect();
 
+    // Outputs with where they were declared: (document, field path, value).
+    let mut outputs: Vec<(usize, FieldPath, String, Value, String)> = Vec::new();
     for (di, doc) in spec.documents.iter().enumerate() {
         let generated: Vec<(usize, ResourceSpec)>;
+        let generated_env: Vec<ResourceSpec>;
         let list: Box<dyn Iterator<Item = (Origin, &ResourceSpec)>> = match &doc.body {
-            DocumentBody::Resources(body) => Box::new(
-                body.resources
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (Origin::Resource(i), r)),
-            ),
+            DocumentBody::Resources(body) => {
+                for (name, o) in &body.outputs {
+                    let p = FieldPath::root().key("outputs").key(name.as_str());
+                    outputs.push((di, p, name.clone(), o.value.clone(), o.description.clone()));
+                }
+                Box::new(
+                    body.resources
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (Origin::Resource(i), r)),
+                )
+            }
             DocumentBody::Foundation(f) => {
                 let n = foundation::normalise(doc, f, &mut errors);
                 generated = n.resources;
                 Box::new(generated.iter().map(|(i, r)| (Origin::Instance(*i), r)))
+            }
+            DocumentBody::Environment(e) => {
+                let n = environment::normalise(doc, e, &mut errors);
+                for (name, value, description) in n.outputs {
+                    outputs.push((
+                        di,
+                        FieldPath::root(),
+                        name,
+                        Value::String(value),
+                        description.to_string(),
+                    ));
+                }
+                generated_env = n.resources;
+                Box::new(generated_env.iter().map(|r| (Origin::Environment, r)))
             }
         };
         for (i, rs) in list {
@@ -677,6 +733,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         }
     }
 
+    model.outputs = build_outputs(spec, &outputs, &seen, &mut errors);
     tracing::debug!(elapsed = ?t0.elapsed(), "model: resources read");
     // Dangling and self references, located where they were written. Suggestions scan
     // every declared address, so only the first few dangling ones get one (a spec with
@@ -742,6 +799,82 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
         return Err(SpecErrors(errors));
     }
     Ok(model)
+}
+
+/// Checks and parses the outputs: names usable on a command line and unique, values
+/// that parse and reference declared resources. Sorted by name.
+fn build_outputs<T>(
+    spec: &Spec,
+    decls: &[(usize, FieldPath, String, Value, String)],
+    seen: &HashMap<Address, T>,
+    errors: &mut Vec<SpecError>,
+) -> Vec<Output> {
+    let mut out: Vec<Output> = Vec::new();
+    let mut first: HashMap<&str, (usize, &FieldPath)> = HashMap::new();
+    for (di, path, name, value, description) in decls {
+        let doc = &spec.documents[*di];
+        let ok_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok_name {
+            errors.push(doc.error_at(
+                path,
+                format!("output name `{name}`: use letters, digits, `_`, `-` and `.`, starting with a letter or `_`"),
+            ));
+            continue;
+        }
+        if let Some((fd, fp)) = first.get(name.as_str()) {
+            errors.push(doc.error_at(
+                path,
+                format!(
+                    "duplicate output `{name}` (first declared at {}): output names are unique in a workspace (Environments with their own `name:` prefix theirs with it)",
+                    spec.documents[*fd].locate(fp)
+                ),
+            ));
+            continue;
+        }
+        first.insert(name, (*di, path));
+        let vpath = if path.is_empty() {
+            path.clone()
+        } else {
+            path.key("value")
+        };
+        let expr = match Expr::parse(value) {
+            Ok(e) => e,
+            Err((_, e)) => {
+                errors.push(doc.error_at(&vpath, e.0));
+                continue;
+            }
+        };
+        let mut refs = Vec::new();
+        expr.references(&mut refs);
+        let mut dangling = false;
+        for r in refs {
+            if !seen.contains_key(&r.target) {
+                let hint = nearest_address(&r.target, seen.keys())
+                    .map(|a| format!(" (did you mean \"{a}\"?)"))
+                    .unwrap_or_default();
+                errors.push(doc.error_at(
+                    &vpath,
+                    format!(
+                        "output `{name}`: {} is not declared{hint}: declare it, or fix the address",
+                        r.target
+                    ),
+                ));
+                dangling = true;
+            }
+        }
+        if !dangling {
+            out.push(Output {
+                name: name.clone(),
+                value: expr,
+                description: description.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// How many dangling references get a "did you mean" (each costs a scan of all addresses).

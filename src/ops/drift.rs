@@ -234,7 +234,7 @@ fn spec_record(
 }
 
 /// Resolves a reference from what is recorded (outputs first, then attributes).
-fn lookup_recorded(state: &State, rf: &Reference) -> Lookup {
+pub(crate) fn lookup_recorded(state: &State, rf: &Reference) -> Lookup {
     let target = rf.target.to_string();
     let Some(rec) = state.resources.get(&target) else {
         return Lookup::Missing(format!("{target} is not recorded in state"));

@@ -7,6 +7,7 @@
 mod commands;
 mod drift;
 mod events;
+mod outputs;
 mod planfile;
 pub mod reconcile;
 mod state_commands;
@@ -19,6 +20,7 @@ pub use self::commands::{
 };
 pub use self::drift::{drift, import_object, record_observed, Imported, Recorded};
 pub use self::events::{discard, EventSink, OpsEvent};
+pub use self::outputs::{outputs, OutputValue, Outputs};
 pub use self::planfile::{
     plan_from_document, planfile_arg, read_planfile, show_planfile, write_planfile, SavedPlan,
 };

@@ -11,6 +11,7 @@
 //! This module only reads files. It does not resolve `${TYPE.NAME.ATTR}` references or
 //! unescape `$${`; the model does.
 
+mod environment;
 mod error;
 mod subst;
 mod suggest;
@@ -28,12 +29,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use environment::{
+    CloudProvider, DatabaseSpec, Engine, EnvironmentDoc, EnvironmentKind, KubernetesSpec,
+    NetworkSpec, Size, StorageSpec,
+};
 pub use error::{FieldPath, Location, Seg, SpecError, SpecErrors};
 pub use suggest::{did_you_mean, hint as did_you_mean_hint};
 pub use types::{
     schema_for_kind, ApiVersion, Catalog, DirectorSpec, FoundationDoc, FoundationKind,
-    InstanceSpec, Lifecycle, Metadata, PlanSpec, ProviderEntries, ResourceSpec, ResourcesDoc,
-    ResourcesKind, ServiceSpec, VaultSpec, API_VERSION, KINDS,
+    InstanceSpec, Lifecycle, Metadata, OutputSpec, PlanSpec, ProviderEntries, ResourceSpec,
+    ResourcesDoc, ResourcesKind, ServiceSpec, VaultSpec, API_VERSION, KINDS,
 };
 
 use yaml::{Node, Pos, Value};
@@ -107,6 +112,8 @@ pub enum DocumentBody {
     Resources(ResourcesDoc),
     /// `kind: Foundation`.
     Foundation(Box<FoundationDoc>),
+    /// `kind: Environment`.
+    Environment(Box<EnvironmentDoc>),
 }
 
 impl Document {
@@ -130,6 +137,7 @@ impl Document {
         match &self.body {
             DocumentBody::Resources(d) => &d.metadata.name,
             DocumentBody::Foundation(d) => &d.metadata.name,
+            DocumentBody::Environment(d) => &d.metadata.name,
         }
     }
 
@@ -139,6 +147,7 @@ impl Document {
         match &self.body {
             DocumentBody::Resources(_) => "Resources",
             DocumentBody::Foundation(_) => "Foundation",
+            DocumentBody::Environment(_) => "Environment",
         }
     }
 
@@ -754,6 +763,9 @@ fn check_document(
         "Resources" => serde_json::from_value(instance).map(DocumentBody::Resources),
         "Foundation" => {
             serde_json::from_value(instance).map(|f| DocumentBody::Foundation(Box::new(f)))
+        }
+        "Environment" => {
+            serde_json::from_value(instance).map(|e| DocumentBody::Environment(Box::new(e)))
         }
         other => {
             errors.push(here(

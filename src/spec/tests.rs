@@ -59,7 +59,7 @@ fn check_err(text: &str, prefix: &str, needle: &str) {
 fn resources(spec: &Spec, doc: usize) -> &ResourcesDoc {
     match &spec.documents[doc].body {
         DocumentBody::Resources(r) => r,
-        DocumentBody::Foundation(_) => panic!("document {doc} is a Foundation"),
+        other => panic!("document {doc} is not Resources: {other:?}"),
     }
 }
 
@@ -741,6 +741,7 @@ fn loads_directories_sorted_and_recursively() {
         .map(|d| match &d.body {
             DocumentBody::Resources(r) => r.resources[0].name.as_str(),
             DocumentBody::Foundation(_) => "foundation",
+            DocumentBody::Environment(_) => "environment",
         })
         .collect();
     assert_eq!(names, ["a", "m", "z"]);
@@ -1010,7 +1011,7 @@ fn schema_for_kind_is_case_insensitive() {
     assert_eq!(s["title"], json!("anvil Resources"));
     assert!(s["description"].is_string());
     assert!(schema_for_kind("Nope").is_none());
-    assert_eq!(KINDS, ["Resources", "Foundation"]);
+    assert_eq!(KINDS, ["Resources", "Foundation", "Environment"]);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every kind of document anvil accepts, as written in `kind:`.
-pub const KINDS: &[&str] = &["Resources", "Foundation"];
+pub const KINDS: &[&str] = &["Resources", "Foundation", "Environment"];
 
 /// The only `apiVersion` anvil accepts.
 pub const API_VERSION: &str = "anvil/v1";
@@ -50,6 +50,22 @@ pub struct ResourcesDoc {
     /// The resources, each addressed as `TYPE.NAME`.
     #[serde(default)]
     pub resources: Vec<ResourceSpec>,
+    /// Named values computed from the applied resources, read with `anvil output`
+    /// (e.g. `vpc_id: { value: "${aws_vpc.main.id}" }`). Names are unique across the
+    /// workspace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, OutputSpec>,
+}
+
+/// One output: a value, usually a `${TYPE.NAME.ATTR}` reference or a template of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The value: any YAML value; strings may hold `${TYPE.NAME.ATTR}` references.
+    pub value: serde_json::Value,
+    /// What it is, shown by `anvil output`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
 }
 
 /// The instances of one provider in a `providers:` block, by provider name (`bosh`,
@@ -318,6 +334,10 @@ pub fn schema_for_kind(kind: &str) -> Option<serde_json::Value> {
         "Foundation" => (
             schemars::schema_for!(FoundationDoc),
             "An anvil `Foundation` document: a BOSH Director, a Vault, a service catalog and its instances (Blacksmith's world).",
+        ),
+        "Environment" => (
+            schemars::schema_for!(super::environment::EnvironmentDoc),
+            "An anvil `Environment` document: a cloud environment (network, Kubernetes cluster, database, bucket) sized by one profile, normalised into AWS resources (docs/environment.md).",
         ),
         _ => return None,
     };

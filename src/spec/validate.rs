@@ -29,9 +29,11 @@ struct Compiled {
 fn compiled(kind: &str) -> Result<&'static Compiled, String> {
     static RESOURCES: OnceLock<Result<Compiled, String>> = OnceLock::new();
     static FOUNDATION: OnceLock<Result<Compiled, String>> = OnceLock::new();
+    static ENVIRONMENT: OnceLock<Result<Compiled, String>> = OnceLock::new();
     let cell = match kind {
         "Resources" => &RESOURCES,
         "Foundation" => &FOUNDATION,
+        "Environment" => &ENVIRONMENT,
         other => return Err(format!("no schema for kind `{other}`")),
     };
     cell.get_or_init(|| {
@@ -207,6 +209,11 @@ fn pattern_hint(pattern: &str) -> &'static str {
             "letters, digits, `_`, `-`, not starting with a digit or `-`"
         }
         r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_-]*$" => "a resource address TYPE.NAME",
+        r"^[0-9]{12}$" => "an AWS account id: 12 digits",
+        r"^[0-9]+\.[0-9]+$" => "a version MAJOR.MINOR, e.g. 1.31",
+        r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$" => {
+            "a lowercase letter first, then lowercase letters, digits and `-`, at most 32 characters, not ending with `-`"
+        }
         _ => "see the schema",
     }
 }
