@@ -209,6 +209,7 @@ async fn fifty_concurrent_index_writers_lose_nothing() {
                     ty: "vault_index_entry",
                     attributes: &attrs,
                     prior: None,
+                    lineage: "00000000-0000-0000-0000-000000000000",
                     progress: Arc::new(|_| {}),
                     cancel: Default::default(),
                 })
@@ -304,6 +305,7 @@ async fn an_update_keeps_the_fields_other_writers_own() {
             ty: "vault_index_entry",
             attributes: a,
             prior: None,
+            lineage: "00000000-0000-0000-0000-000000000000",
             progress: Arc::new(|_| {}),
             cancel: Default::default(),
         }
@@ -364,6 +366,7 @@ async fn missing_mount_and_bad_token_are_explained() {
                 ty: "vault_secret",
                 attributes: &attrs,
                 prior: None,
+                lineage: "00000000-0000-0000-0000-000000000000",
                 progress: Arc::new(|_| {}),
                 cancel: Default::default(),
             })
@@ -417,6 +420,7 @@ async fn approle_login_is_used_without_a_token() {
             ty: "vault_secret",
             attributes: &attrs,
             prior: None,
+            lineage: "00000000-0000-0000-0000-000000000000",
             progress: Arc::new(|_| {}),
             cancel: Default::default(),
         })
