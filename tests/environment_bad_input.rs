@@ -221,7 +221,10 @@ fn bad_environments_fail_cleanly() {
             let o = c.output().expect("run anvil");
             let err = stderr(&o);
             if o.status.code() != Some(1) {
-                failures.push(format!("{name}: {cmd:?} exited {:?}\n{err}", o.status.code()));
+                failures.push(format!(
+                    "{name}: {cmd:?} exited {:?}\n{err}",
+                    o.status.code()
+                ));
             }
             if err.contains("panicked") {
                 failures.push(format!("{name}: {cmd:?} panicked:\n{err}"));
@@ -242,10 +245,18 @@ fn bad_environments_fail_cleanly() {
         failures.len(),
         failures.join("\n\n")
     );
-    assert_eq!(moto.requests(), Vec::<String>::new(), "bad input reached AWS");
+    assert_eq!(
+        moto.requests(),
+        Vec::<String>::new(),
+        "bad input reached AWS"
+    );
     // The log does record requests: the empty log above means none were made.
     moto.python("result = client('sts').get_caller_identity()['Account']");
-    assert!(!moto.requests().is_empty(), "moto logged no request:\n{}", moto.log());
+    assert!(
+        !moto.requests().is_empty(),
+        "moto logged no request:\n{}",
+        moto.log()
+    );
 }
 
 /// The valid base really is valid, so every case above fails for its own edit.
