@@ -1,11 +1,13 @@
 //! Acceptance (issue 10, test 5): bad Environment specs — CIDRs, zones, sizes, bucket
 //! names, `gcp`, missing region, ARNs, account ids, unknown fields, database limits —
 //! fail `validate`, `plan` and `apply` with exit 1, `file:line:column` and what is
-//! expected, and write no state.
+//! expected, write no state, and make no AWS call: the commands run against a moto
+//! server whose request log stays empty.
 
 mod common;
+mod moto_support;
 use common::*;
-use std::time::Duration;
+use moto_support::Moto;
 
 /// A valid Environment; each case edits it. Line numbers are those below.
 const GOOD: &str = "apiVersion: anvil/v1
@@ -66,6 +68,16 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "one zone",
             with("az_count: 3", "az_count: 1"),
             vec!["bad.yaml:11:3: network.az_count: az_count 1:", "need at least 2"],
+        ),
+        (
+            "absurd zone count",
+            with("az_count: 3", "az_count: 4294967295"),
+            vec!["bad.yaml:11:3: network.az_count: az_count 4294967295: eu-central-1 has 3 zones"],
+        ),
+        (
+            "negative zone count",
+            with("az_count: 3", "az_count: -1"),
+            vec!["bad.yaml:11:3: network.az_count:"],
         ),
         (
             "unknown size",
@@ -192,6 +204,7 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
 
 #[test]
 fn bad_environments_fail_cleanly() {
+    let moto = Moto::start();
     let mut failures = Vec::new();
     let all = cases();
     assert!(all.len() >= 12);
@@ -203,7 +216,9 @@ fn bad_environments_fail_cleanly() {
             &["plan", "bad.yaml"][..],
             &["apply", "--auto-approve", "bad.yaml"][..],
         ] {
-            let o = s.run_with_limit(cmd, Duration::from_secs(30));
+            let mut c = s.cmd(cmd);
+            moto.apply_env(&mut c);
+            let o = c.output().expect("run anvil");
             let err = stderr(&o);
             if o.status.code() != Some(1) {
                 failures.push(format!(
@@ -229,6 +244,18 @@ fn bad_environments_fail_cleanly() {
         "{} failure(s):\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+    assert_eq!(
+        moto.requests(),
+        Vec::<String>::new(),
+        "bad input reached AWS"
+    );
+    // The log does record requests: the empty log above means none were made.
+    moto.python("result = client('sts').get_caller_identity()['Account']");
+    assert!(
+        !moto.requests().is_empty(),
+        "moto logged no request:\n{}",
+        moto.log()
     );
 }
 

@@ -255,7 +255,7 @@ fn schema_help_lists_every_kind() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    for kind in ["resources", "foundation", "plan", "drift"] {
+    for kind in ["resources", "foundation", "environment", "plan", "drift"] {
         assert!(
             h.contains(kind),
             "schema --help does not list `{kind}`:\n{h}"

@@ -576,13 +576,14 @@ pub async fn apply(
             let ty = address.split('.').next().unwrap_or_default().to_string();
             let abort = abort.clone();
             let resumed = cfg.resumed.contains(&key);
+            let lineage = state.lineage.to_string();
             running.spawn(async move {
                 if let Err(e) = commit.wait().await {
                     return (i, Err(ProviderError::new(format!("the state journal could not be written, so {address} was not touched: {e}"))));
                 }
                 let out = match op {
-                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, cancel: abort, resumed }).await.map(Some),
-                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, cancel: abort, resumed }).await.map(Some),
+                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, lineage: &lineage, cancel: abort, resumed }).await.map(Some),
+                    Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, lineage: &lineage, cancel: abort, resumed }).await.map(Some),
                     Op::Delete => match &prior {
                         Some(p) => provider.delete(&address, p).await.map(|_| None),
                         None => Ok(None),

@@ -237,10 +237,16 @@ pub struct Carved {
 /// # Errors
 /// Why it cannot (the subnets would be smaller than `/28`), saying what would fit.
 pub fn carve(net: Ipv4Net, zones: u32) -> Result<Carved, String> {
-    let count = 2 * zones.max(1);
+    // u64: any u32 zone count doubles without overflow.
+    let count = 2 * u64::from(zones.max(1));
     // ceil(log2(count)) extra prefix bits.
-    let bits = u8::try_from(32 - (count - 1).leading_zeros()).unwrap_or(32);
+    let bits = u8::try_from(64 - (count - 1).leading_zeros()).unwrap_or(u8::MAX);
     let prefix = net.prefix_len().saturating_add(bits);
+    if bits > SMALLEST_SUBNET - BIGGEST_VPC {
+        return Err(format!(
+            "no VPC block holds {count} subnets (a public and a private one in each of {zones} zones) of at least /{SMALLEST_SUBNET}: use fewer zones"
+        ));
+    }
     if prefix > SMALLEST_SUBNET {
         let need = SMALLEST_SUBNET.saturating_sub(bits);
         return Err(format!(
@@ -251,9 +257,10 @@ pub fn carve(net: Ipv4Net, zones: u32) -> Result<Carved, String> {
     let all: Vec<Ipv4Net> = net
         .subnets(prefix)
         .map_err(|e| format!("{net} cannot be cut into /{prefix} subnets: {e}"))?
-        .take(count as usize)
+        .take(usize::try_from(count).unwrap_or(usize::MAX))
         .collect();
-    let (public, private) = all.split_at(zones as usize);
+    // `all` has `count` subnets: the prefix check above guarantees that many fit.
+    let (public, private) = all.split_at((all.len() / 2).min(zones as usize));
     Ok(Carved {
         public: public.to_vec(),
         private: private.to_vec(),
@@ -532,8 +539,9 @@ pub fn normalise(doc: &Document, e: &EnvironmentDoc, errors: &mut Vec<SpecError>
     let net_path = root.key("network");
     let zones = e.network.az_count;
     let mut carved = None;
+    let zones_ok = zones >= 2 && region.is_none_or(|r| zones as usize <= r.zones.len());
     match region {
-        Some(r) if zones < 2 || zones as usize > r.zones.len() => fail(
+        Some(r) if !zones_ok => fail(
             net_path.key("az_count"),
             format!(
                 "az_count {zones}: {} has {} zones in anvil's table ({}), and EKS and RDS need at least 2; use 2 to {}",
@@ -543,7 +551,7 @@ pub fn normalise(doc: &Document, e: &EnvironmentDoc, errors: &mut Vec<SpecError>
                 r.zones.len()
             ),
         ),
-        _ if zones < 2 => fail(
+        _ if !zones_ok => fail(
             net_path.key("az_count"),
             format!("az_count {zones}: EKS and RDS need at least 2 zones"),
         ),
@@ -551,10 +559,12 @@ pub fn normalise(doc: &Document, e: &EnvironmentDoc, errors: &mut Vec<SpecError>
     }
     match parse_vpc_cidr(&e.network.cidr) {
         Err(m) => fail(net_path.key("cidr"), m),
-        Ok(net) => match carve(net, zones) {
+        // Whether the block holds the subnets only means something for a usable count.
+        Ok(net) if zones_ok => match carve(net, zones) {
             Err(m) => fail(net_path.key("cidr"), m),
             Ok(c) => carved = Some(c),
         },
+        Ok(_) => {}
     }
 
     for key in e.tags.keys() {

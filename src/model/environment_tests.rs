@@ -47,6 +47,10 @@ fn carving_refuses_blocks_too_small_and_says_what_fits() {
         "{e}"
     );
     assert!(carve(net("10.0.0.0/27"), 2).is_err());
+    // Absurd zone counts are refused, not overflowed.
+    assert!(carve(net("10.0.0.0/16"), u32::MAX)
+        .unwrap_err()
+        .contains("no VPC block holds 8589934590 subnets"));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! provider (Terraform's aliases): `bosh` is the default instance, `bosh.east` the one a
 //! `providers:` entry with `alias: east` (or a Foundation with `alias: east`) configures.
 
+pub mod aws;
 pub mod bosh;
 pub mod error;
 pub mod null;
@@ -82,6 +83,10 @@ pub struct ChangeRequest<'a> {
     pub attributes: &'a Attributes,
     /// The recorded object, for updates.
     pub prior: Option<&'a ResourceState>,
+    /// The state's lineage: providers that tag what they create (`aws`) record it, so
+    /// an object created but not journalled (the run killed in between) is found again
+    /// by the next run of the same state and adopted instead of created twice.
+    pub lineage: &'a str,
     pub progress: ProgressFn,
     /// Cancelled when the run must stop now: long operations (a BOSH task being
     /// followed) stop waiting and fail with [`ErrorKind::Cancelled`].
@@ -221,6 +226,7 @@ impl Registry {
         r.register(Arc::new(null::provider()));
         r.register(Arc::new(vault::provider()));
         r.register(Arc::new(bosh::provider()));
+        r.register(Arc::new(aws::provider()));
         r
     }
 

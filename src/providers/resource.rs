@@ -311,6 +311,7 @@ mod tests {
             ty,
             attributes: attrs,
             prior: None,
+            lineage: "00000000-0000-0000-0000-000000000000",
             progress: Arc::new(|_| {}),
             cancel: CancellationToken::new(),
             resumed: false,

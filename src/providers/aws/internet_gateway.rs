@@ -1,0 +1,164 @@
+//! `aws_internet_gateway`: an internet gateway attached to a VPC (a new VPC replaces
+//! it); delete detaches it first.
+
+use super::{schema, AwsResource, Mode};
+use crate::model::{AttrKind, ResourceSchema};
+use async_trait::async_trait;
+#[cfg(feature = "aws")]
+use {
+    super::sdk::{self, Clients},
+    crate::providers::{Applied, ChangeRequest, ProviderError},
+    crate::state::ResourceState,
+    aws_sdk_ec2::types::ResourceType,
+    serde_json::Value,
+};
+
+/// The `aws_internet_gateway` type.
+pub struct InternetGateway;
+
+/// The attribute table of `aws_internet_gateway`.
+const ATTRS: &[(&str, AttrKind, Mode, &str)] = &[(
+    "vpc_id",
+    AttrKind::String,
+    Mode::RequiredNew,
+    "The VPC it is attached to.",
+)];
+
+#[async_trait]
+impl AwsResource for InternetGateway {
+    fn schema(&self) -> ResourceSchema {
+        schema(
+            "aws_internet_gateway",
+            ATTRS,
+            true,
+            &[("id", "The gateway ID (`igw-…`).")],
+        )
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read(
+        &self,
+        c: &Clients,
+        recorded: &ResourceState,
+    ) -> Result<Option<ResourceState>, ProviderError> {
+        let id = sdk::recorded_id(recorded)?;
+        let out = sdk::found(
+            c.ec2
+                .describe_internet_gateways()
+                .internet_gateway_ids(id)
+                .send()
+                .await
+                .map_err(c.err("ec2", "DescribeInternetGateways")),
+        )?;
+        let Some(g) = out.as_ref().and_then(|o| o.internet_gateways().first()) else {
+            return Ok(None);
+        };
+        let vpc = g
+            .attachments()
+            .first()
+            .and_then(|a| a.vpc_id())
+            .map_or(Value::Null, Value::from);
+        Ok(Some(sdk::observed(
+            recorded,
+            vec![("vpc_id", vpc), ("tags", sdk::ec2_user_tags(g.tags()))],
+            &["tags"],
+            sdk::outputs([("id", Value::from(id))]),
+        )))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let a = req.attributes;
+        let vpc = sdk::str_attr(a, "vpc_id")?;
+        let existing = c
+            .ec2
+            .describe_internet_gateways()
+            .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeInternetGateways"))?;
+        let (id, attached) = match existing.internet_gateways().first() {
+            Some(g) => (
+                g.internet_gateway_id().unwrap_or_default().to_string(),
+                !g.attachments().is_empty(),
+            ),
+            None => {
+                let tags = sdk::all_tags(req.address, req.lineage, a);
+                let out = c
+                    .ec2
+                    .create_internet_gateway()
+                    .tag_specifications(sdk::ec2_tag_spec(ResourceType::InternetGateway, &tags))
+                    .send()
+                    .await
+                    .map_err(c.err("ec2", "CreateInternetGateway"))?;
+                let id = out
+                    .internet_gateway()
+                    .and_then(|g| g.internet_gateway_id())
+                    .unwrap_or_default()
+                    .to_string();
+                (id, false)
+            }
+        };
+        if !attached {
+            c.ec2
+                .attach_internet_gateway()
+                .internet_gateway_id(&id)
+                .vpc_id(vpc)
+                .send()
+                .await
+                .map_err(c.err("ec2", "AttachInternetGateway"))?;
+        }
+        Ok(sdk::applied(req, sdk::outputs([("id", Value::from(id))])))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn update(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let prior = req
+            .prior
+            .ok_or_else(|| ProviderError::new("no prior record to update"))?;
+        let id = sdk::recorded_id(prior)?;
+        sdk::ec2_retag(c, id, Some(prior), req).await?;
+        Ok(sdk::applied(req, prior.outputs.clone()))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
+        let id = sdk::recorded_id(recorded)?;
+        if let Some(vpc) = sdk::opt_str(&recorded.attributes, "vpc_id") {
+            // Detaching fails while the VPC still has public addresses mapped (a NAT
+            // gateway being deleted): retried.
+            sdk::delete_retrying(|| async {
+                match c
+                    .ec2
+                    .detach_internet_gateway()
+                    .internet_gateway_id(id)
+                    .vpc_id(vpc)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let e = c.error("ec2", "DetachInternetGateway", &e);
+                        // Not attached (any more) is what we want.
+                        if e.message.contains("Gateway.NotAttached") {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            })
+            .await?;
+        }
+        sdk::delete_retrying(|| async {
+            c.ec2
+                .delete_internet_gateway()
+                .internet_gateway_id(id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(c.err("ec2", "DeleteInternetGateway"))
+        })
+        .await
+    }
+}

@@ -1,0 +1,135 @@
+//! `aws_route_table_association`: the association of a subnet with a route table.
+//! Create adopts an association the subnet already has with that table (a run killed
+//! before journalling it); read finds it on the table, so an association deleted
+//! outside anvil reads as gone.
+
+use super::{schema, AwsResource, Mode};
+use crate::model::{AttrKind, ResourceSchema};
+use async_trait::async_trait;
+#[cfg(feature = "aws")]
+use {
+    super::sdk::{self, Clients},
+    crate::providers::{Applied, ChangeRequest, ProviderError},
+    crate::state::ResourceState,
+    serde_json::Value,
+};
+
+/// The `aws_route_table_association` type.
+pub struct RouteTableAssociation;
+
+/// The attribute table of `aws_route_table_association`.
+const ATTRS: &[(&str, AttrKind, Mode, &str)] = &[
+    (
+        "subnet_id",
+        AttrKind::String,
+        Mode::RequiredNew,
+        "The subnet.",
+    ),
+    (
+        "route_table_id",
+        AttrKind::String,
+        Mode::RequiredNew,
+        "The route table.",
+    ),
+];
+
+#[async_trait]
+impl AwsResource for RouteTableAssociation {
+    fn schema(&self) -> ResourceSchema {
+        schema(
+            "aws_route_table_association",
+            ATTRS,
+            false,
+            &[("id", "The association ID (`rtbassoc-…`).")],
+        )
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read(
+        &self,
+        c: &Clients,
+        recorded: &ResourceState,
+    ) -> Result<Option<ResourceState>, ProviderError> {
+        let id = sdk::recorded_id(recorded)?;
+        let table = sdk::str_attr(&recorded.attributes, "route_table_id")?;
+        let Some(t) = super::route_table::describe(c, table).await? else {
+            return Ok(None);
+        };
+        let Some(assoc) = t
+            .associations()
+            .iter()
+            .find(|a| a.route_table_association_id() == Some(id))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(sdk::observed(
+            recorded,
+            vec![
+                (
+                    "subnet_id",
+                    Value::from(assoc.subnet_id().unwrap_or_default()),
+                ),
+                ("route_table_id", Value::from(table)),
+            ],
+            &[],
+            sdk::outputs([("id", Value::from(id))]),
+        )))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+        let a = req.attributes;
+        let table = sdk::str_attr(a, "route_table_id")?;
+        let subnet = sdk::str_attr(a, "subnet_id")?;
+        if let Some(t) = super::route_table::describe(c, table).await? {
+            if let Some(id) = t
+                .associations()
+                .iter()
+                .find(|x| x.subnet_id() == Some(subnet))
+                .and_then(|x| x.route_table_association_id())
+            {
+                return Ok(sdk::applied(req, sdk::outputs([("id", Value::from(id))])));
+            }
+        }
+        let out = c
+            .ec2
+            .associate_route_table()
+            .route_table_id(table)
+            .subnet_id(subnet)
+            .send()
+            .await
+            .map_err(c.err("ec2", "AssociateRouteTable"))?;
+        Ok(sdk::applied(
+            req,
+            sdk::outputs([("id", Value::from(out.association_id().unwrap_or_default()))]),
+        ))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn update(
+        &self,
+        _c: &Clients,
+        req: &ChangeRequest<'_>,
+    ) -> Result<Applied, ProviderError> {
+        // Both attributes force replacement: nothing changes in place.
+        let prior = req
+            .prior
+            .ok_or_else(|| ProviderError::new("no prior record to update"))?;
+        Ok(sdk::applied(req, prior.outputs.clone()))
+    }
+
+    #[cfg(feature = "aws")]
+    async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
+        let id = sdk::recorded_id(recorded)?;
+        sdk::delete_retrying(|| async {
+            c.ec2
+                .disassociate_route_table()
+                .association_id(id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(c.err("ec2", "DisassociateRouteTable"))
+        })
+        .await
+    }
+}
