@@ -127,7 +127,7 @@ fn unreachable_endpoint_is_named() {
     refused(
         &s,
         &o,
-        &["s3://some-bucket/state/demo.json", "cannot reach S3", &dead],
+        &["s3://some-bucket/state/demo.", "cannot reach S3", &dead],
     );
     // A hang guard, not a performance assertion: retries are bounded.
     assert!(start.elapsed() < std::time::Duration::from_secs(120));
@@ -137,8 +137,7 @@ fn unreachable_endpoint_is_named() {
 mod library {
     use super::moto_support::Moto;
     use anvil::state::{
-        JournalRecord, Lock, RecordedLifecycle, ResourceState, S3Backend, State, StateBackend,
-        StateError,
+        JournalRecord, RecordedLifecycle, ResourceState, S3Backend, State, StateBackend, StateError,
     };
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -319,22 +318,31 @@ mod library {
 
     #[test]
     fn lease_of_a_dead_holder_is_taken_over_by_exactly_one() {
-        let lease = Duration::from_millis(800);
+        let lease = Duration::from_secs(2);
         let open = move || backend("lib-lease", "w").with_lease(lease);
         // The holder "dies": its runtime (and renewal task) goes away and its lock is
         // never released.
         let first = tokio::runtime::Runtime::new().unwrap();
-        let id = first.block_on(async {
+        let (id, taken) = first.block_on(async {
             let lock = open().lock("apply", Duration::ZERO).await.unwrap();
             let id = lock.info().id.clone();
             std::mem::forget(lock);
-            id
+            (id, std::time::Instant::now())
         });
         drop(first);
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let err = open().lock("apply", Duration::ZERO).await.unwrap_err();
-            assert!(matches!(err, StateError::Locked { .. }), "{err}");
+            // Still held, unless a loaded machine let the lease run out already: then it
+            // must have been taken only after it (that is the takeover; the race below
+            // is then for a free lock, which If-None-Match decides).
+            match open().lock("apply", Duration::ZERO).await {
+                Err(StateError::Locked { info, .. }) => assert_eq!(info.id, id),
+                Err(e) => panic!("{e}"),
+                Ok(l) => {
+                    assert!(taken.elapsed() >= lease, "taken before the lease ran out");
+                    drop(l);
+                }
+            }
             // Eight takers race for the expired lock; the ETag condition lets one win.
             tokio::time::sleep(lease + Duration::from_millis(200)).await;
             let tasks: Vec<_> = (0..8)
@@ -348,10 +356,13 @@ mod library {
                     Err(e) => panic!("{e}"),
                 }
             }
-            assert_eq!(won.len(), 1, "exactly one taker wins");
-            // The winner keeps it past several leases by renewing.
+            // On a loaded machine a winner's lease may run out before its first renewal
+            // and be taken over in turn; then its renewal finds the lock lost. After the
+            // renewals, exactly one holder is left, and the lock object names it.
+            assert!(!won.is_empty(), "nobody took the expired lock");
             tokio::time::sleep(lease * 3).await;
-            assert!(!won[0].is_lost());
+            won.retain(|l| !l.is_lost());
+            assert_eq!(won.len(), 1, "exactly one holder is left");
             let err = open().lock("plan", Duration::ZERO).await.unwrap_err();
             let StateError::Locked { info, .. } = &err else {
                 panic!("{err}")
