@@ -1,6 +1,7 @@
 //! Acceptance: one state-backend conformance suite. The same test bodies run the real
 //! `anvil` binary against the `file` backend, `postgres` (a throwaway cluster from
-//! tests/pg_support) and `vault` (`anvil sim vault` from tests/sim_vault_support):
+//! tests/pg_support), `vault` (`anvil sim vault` from tests/sim_vault_support) and, with
+//! the `aws` feature, `s3` (a bucket per test on the moto server of tests/moto_support):
 //! round trip; two concurrent applies (one proceeds, the other fails naming the holder or
 //! waits with `--lock-timeout`); a SIGKILLed holder's lock taken over after its lease
 //! without force-unlock, and force-unlock by id; 20 SIGKILLs at random moments of a
@@ -10,6 +11,7 @@
 //! Run one backend with e.g. `cargo test --test backends vault::`.
 
 mod common;
+mod moto_support;
 mod pg_support;
 mod sim_vault_support;
 
@@ -27,6 +29,9 @@ pub enum Backend {
     File,
     Postgres,
     Vault,
+    /// Only run with the `aws` feature.
+    #[allow(dead_code)]
+    S3,
 }
 
 const VAULT_TOKEN: &str = "conformance-root-token";
@@ -38,13 +43,15 @@ struct Fixture {
     env: Vec<(String, String)>,
     _pg: Option<PgCluster>,
     vault: Option<VaultSim>,
+    /// The test's bucket on the shared moto server.
+    bucket: Option<String>,
 }
 
 impl Fixture {
     fn new(backend: Backend) -> Fixture {
         let s = Scratch::new();
         let mut env = Vec::new();
-        let (mut pg, mut vault) = (None, None);
+        let (mut pg, mut vault, mut bucket) = (None, None, None);
         match backend {
             Backend::File => {}
             Backend::Postgres => {
@@ -60,12 +67,26 @@ impl Fixture {
                 env.push(("VAULT_TOKEN".into(), VAULT_TOKEN.into()));
                 vault = Some(v);
             }
+            Backend::S3 => {
+                // One moto per test binary; each test its own bucket.
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let moto = moto_support::Moto::shared();
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let name = format!("anvil-conformance-{}-{n}", std::process::id());
+                moto.create_bucket(&name);
+                env.push(("ANVIL_STATE".into(), format!("s3://{name}/anvil/state")));
+                for (k, v) in moto.env() {
+                    env.push((k.into(), v));
+                }
+                bucket = Some(name);
+            }
         }
         Fixture {
             s,
             env,
             _pg: pg,
             vault,
+            bucket,
         }
     }
 
@@ -73,7 +94,9 @@ impl Fixture {
         let mut c = self.s.cmd(args);
         c.env_remove("VAULT_NAMESPACE")
             .env_remove("VAULT_CACERT")
-            .env_remove("ANVIL_LOCK_LEASE");
+            .env_remove("ANVIL_LOCK_LEASE")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -295,6 +318,14 @@ fn round_trip(b: Backend) {
             .kv_read("anvil/state/quickstart", VAULT_TOKEN)
             .expect("the state secret exists");
         assert!(!doc.to_string().contains(VAULT_TOKEN));
+    }
+    if let Some(bucket) = &f.bucket {
+        // The layout of docs/state.md; the lock is gone once the command ended.
+        let keys = moto_support::Moto::shared().python(&format!(
+            "r = client('s3').list_objects_v2(Bucket={bucket:?})\n\
+             result = sorted(o['Key'] for o in r.get('Contents', []))"
+        ));
+        assert_eq!(keys, serde_json::json!(["anvil/state/quickstart.json"]));
     }
 
     let o = f.run(&["destroy", "--auto-approve"]);
@@ -559,6 +590,8 @@ macro_rules! all_backends {
         conformance!(file, super::Backend::File, $($body),+);
         conformance!(vault, super::Backend::Vault, $($body),+);
         conformance!(postgres, super::Backend::Postgres, $($body),+);
+        #[cfg(feature = "aws")]
+        conformance!(s3, super::Backend::S3, $($body),+);
     };
 }
 

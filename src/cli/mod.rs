@@ -105,7 +105,8 @@ struct SpecArgs {
 #[derive(Args, Debug, Clone)]
 struct StateArg {
     /// State backend URL (default: state/<metadata.name>.json): a path or `file://PATH`,
-    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`, `vault://MOUNT/PATH`.
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`, `vault://MOUNT/PATH`,
+    /// `s3://BUCKET/KEY[?region=REGION]`.
     #[arg(long, env = "ANVIL_STATE")]
     state: Option<String>,
 }
@@ -114,8 +115,8 @@ struct StateArg {
 #[derive(Args, Debug, Clone)]
 struct TargetArgs {
     /// State backend URL: a path or `file://PATH` (a directory: with --workspace, or the
-    /// only state in it), `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]` or
-    /// `vault://MOUNT/PATH` (with --workspace).
+    /// only state in it), `postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME]`,
+    /// `vault://MOUNT/PATH` or `s3://BUCKET/KEY` (with --workspace).
     #[arg(long, env = "ANVIL_STATE")]
     state: Option<String>,
     /// Workspace whose state to use: state/NAME.json (default: the only state under ./state/).

@@ -231,7 +231,7 @@ pub enum StateError {
     },
 
     /// A `--state` URL names a backend anvil does not have.
-    #[error("unsupported state backend {url:?}; supported: file://PATH or a plain PATH (local file; a directory means DIR/<workspace>.json), postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME] (also postgresql://), vault://MOUNT/PATH; see docs/state.md")]
+    #[error("unsupported state backend {url:?}; supported: file://PATH or a plain PATH (local file; a directory means DIR/<workspace>.json), postgres://USER:PASSWORD@HOST:PORT/DB[?schema=NAME] (also postgresql://), vault://MOUNT/PATH, s3://BUCKET/KEY[?region=REGION]; see docs/state.md")]
     UnsupportedBackend {
         /// The URL given, password redacted.
         url: String,

@@ -33,6 +33,8 @@ mod journal;
 mod local;
 mod lock;
 mod postgres;
+#[cfg(feature = "aws")]
+mod s3;
 #[cfg(test)]
 mod tests;
 mod vault;
@@ -53,6 +55,8 @@ pub use journal::{Commit, JournalRecord, JournalWriter};
 pub use local::LocalBackend;
 pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
 pub use postgres::{PgJournal, PgLock, PostgresBackend};
+#[cfg(feature = "aws")]
+pub use s3::{S3Backend, S3Journal, S3Lock};
 pub use vault::{VaultBackend, VaultJournal, VaultLock};
 
 /// Format version of the state document this build reads and writes.
@@ -468,6 +472,8 @@ pub fn redact_url(url: &str) -> String {
 /// * `postgres://…` / `postgresql://…` → tables in a PostgreSQL database, one row set per
 ///   workspace (see docs/state.md);
 /// * `vault://MOUNT/PATH` → a KV v2 secret per workspace;
+/// * `s3://BUCKET/KEY[?region=R][&endpoint=URL]` → objects `KEY/<workspace>.json` (and
+///   `.lock`, `.journal/N`) in an S3 bucket (needs the `aws` feature);
 /// * any other `scheme://` → [`StateError::UnsupportedBackend`].
 ///
 /// # Errors
@@ -526,6 +532,13 @@ fn remote(url: &str, workspace: &str) -> Option<Result<Box<dyn StateBackend>, St
         "vault" => {
             Some(VaultBackend::open(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>))
         }
+        #[cfg(feature = "aws")]
+        "s3" => Some(S3Backend::open(url, workspace).map(|b| Box::new(b) as Box<dyn StateBackend>)),
+        #[cfg(not(feature = "aws"))]
+        "s3" => Some(Err(StateError::InvalidUrl {
+            url: redact_url(url.split('?').next().unwrap_or(url)),
+            detail: "this anvil was built without the aws feature, which the S3 state backend needs; use a build with the default features (cargo build --features aws)".into(),
+        })),
         _ => None,
     }
 }

@@ -323,7 +323,7 @@ fn open_resolves_urls() {
         b.describe(),
         format!("file://{}", d.path().join("demo.json").display())
     );
-    for url in ["s3://bucket/key", "ftp://host/x", ""] {
+    for url in ["gs://bucket/key", "ftp://host/x", ""] {
         let err = open(Some(url), "demo").err().unwrap();
         assert!(
             matches!(err, StateError::UnsupportedBackend { .. }),
@@ -337,12 +337,24 @@ fn open_resolves_urls() {
         );
     }
     // A password in an unsupported URL is never repeated.
-    let err = open(Some("s3://key:hunter2@bucket/x"), "demo")
-        .err()
-        .unwrap();
-    let msg = err.to_string();
-    assert!(!msg.contains("hunter2"), "{msg}");
-    assert!(msg.contains("s3://key:***@bucket/x"), "{msg}");
+    for url in ["gs://key:hunter2@bucket/x", "s3://key:hunter2@bucket/x"] {
+        let msg = open(Some(url), "demo").err().unwrap().to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("://key:***@bucket/x"), "{msg}");
+    }
+    // s3:// is the S3 backend, or a clear refusal in a build without it.
+    match open(Some("s3://bucket/key"), "demo") {
+        Ok(b) if cfg!(feature = "aws") => assert_eq!(b.describe(), "s3://bucket/key/demo.json"),
+        Ok(b) => panic!("s3:// opened without the aws feature: {}", b.describe()),
+        Err(e) => {
+            assert!(!cfg!(feature = "aws"), "{e}");
+            assert!(matches!(e, StateError::InvalidUrl { .. }), "{e}");
+            assert!(
+                e.to_string().contains("built without the aws feature"),
+                "{e}"
+            );
+        }
+    }
     for ws in ["", "..", "a/b", "x y"] {
         assert!(matches!(
             open(None, ws),

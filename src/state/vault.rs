@@ -52,7 +52,7 @@ use super::{
 };
 
 /// Format of the state secret (`anvil_state`) and of journal chunks (`anvil_journal`).
-const FORMAT: u64 = 1;
+pub(super) const FORMAT: u64 = 1;
 /// How often a waiting `lock` call looks again.
 const POLL: Duration = Duration::from_millis(100);
 /// Checkpoint once the journal since the last one holds this many bytes, or the state's
@@ -375,14 +375,14 @@ struct Head {
     version: u64,
 }
 
-/// One journal chunk secret.
+/// One journal chunk secret (also the S3 backend's chunk object).
 #[derive(Debug, Serialize, Deserialize)]
-struct Chunk {
-    anvil_journal: u64,
-    lineage: uuid::Uuid,
+pub(super) struct Chunk {
+    pub(super) anvil_journal: u64,
+    pub(super) lineage: uuid::Uuid,
     /// Serial of the state this chunk continues.
-    base_serial: u64,
-    records: Vec<JournalRecord>,
+    pub(super) base_serial: u64,
+    pub(super) records: Vec<JournalRecord>,
 }
 
 fn chunk_key(url: &VaultUrl, workspace: &str, n: u64) -> String {
@@ -409,7 +409,7 @@ fn backend_err(action: &'static str, location: &str, e: KvError) -> StateError {
     }
 }
 
-fn decode_state(value: Value, location: &str) -> Result<State, StateError> {
+pub(super) fn decode_state(value: Value, location: &str) -> Result<State, StateError> {
     let version = value.get("version").and_then(Value::as_u64);
     match version {
         Some(v) if v == u64::from(STATE_VERSION) => {}
@@ -442,7 +442,7 @@ struct StateView<'a> {
     pending: &'a [PendingOp],
 }
 
-fn encode_view(
+pub(super) fn encode_view(
     state: &State,
     pending: &[PendingOp],
     location: &str,
@@ -461,7 +461,7 @@ fn encode_view(
 }
 
 /// The state secret's data around already serialized state bytes.
-fn head_bytes(seq: u64, state: &[u8]) -> Vec<u8> {
+pub(super) fn head_bytes(seq: u64, state: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(state.len() + 64);
     out.extend_from_slice(
         format!("{{\"anvil_state\":{FORMAT},\"journal_seq\":{seq},\"state\":").as_bytes(),
@@ -472,7 +472,7 @@ fn head_bytes(seq: u64, state: &[u8]) -> Vec<u8> {
 }
 
 /// A chunk secret's data around already serialized records.
-fn chunk_bytes(lineage: uuid::Uuid, base_serial: u64, records: &[&[u8]]) -> Vec<u8> {
+pub(super) fn chunk_bytes(lineage: uuid::Uuid, base_serial: u64, records: &[&[u8]]) -> Vec<u8> {
     let size: usize = records.iter().map(|r| r.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 128);
     out.extend_from_slice(
