@@ -11,11 +11,6 @@ mod common;
 mod moto_support;
 
 use common::*;
-use moto_support::{venv_bin, Moto};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 /// Every aws_* type, wired as a small environment would be.
 const SPEC: &str = r#"apiVersion: anvil/v1
@@ -150,33 +145,85 @@ resources:
       scaling_config: {desired_size: 2, min_size: 1, max_size: 3}
 "#;
 
-/// The addresses of the spec by resource type family, as [`owned`] reports them.
-fn expected() -> BTreeMap<String, Vec<String>> {
-    let m = json!({
-        "vpc": ["aws_vpc.main"],
-        "subnet": ["aws_subnet.private_a", "aws_subnet.private_b", "aws_subnet.public_a"],
-        "igw": ["aws_internet_gateway.igw"],
-        "eip": ["aws_eip.nat"],
-        "nat": ["aws_nat_gateway.nat"],
-        "rtb": ["aws_route_table.private", "aws_route_table.public"],
-        "assoc": ["aws_route_table.private", "aws_route_table.public"],
-        "sg": ["aws_security_group.db"],
-        "bucket": ["aws_s3_bucket.data"],
-        "db_subnet_group": ["aws_db_subnet_group.main"],
-        "db": ["aws_db_instance.main"],
-        "eks": ["aws_eks_cluster.main"],
-        "nodegroup": ["aws_eks_node_group.main"],
-    });
-    serde_json::from_value(m).unwrap()
+#[test]
+fn plan_works_without_aws_and_names_every_type() {
+    // Planning needs no AWS at all (and no `aws` feature): nothing exists yet, so nothing
+    // is read.
+    let s = Scratch::new();
+    s.write("aws.yaml", SPEC);
+    let o = s.run(&["plan", "aws.yaml"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for ty in [
+        "aws_vpc",
+        "aws_subnet",
+        "aws_internet_gateway",
+        "aws_eip",
+        "aws_nat_gateway",
+        "aws_route_table",
+        "aws_route_table_association",
+        "aws_security_group",
+        "aws_eks_cluster",
+        "aws_eks_node_group",
+        "aws_db_subnet_group",
+        "aws_db_instance",
+        "aws_s3_bucket",
+        "aws_s3_bucket_versioning",
+        "aws_s3_bucket_lifecycle_configuration",
+        "aws_s3_bucket_public_access_block",
+    ] {
+        assert!(
+            out.contains(&format!("{ty}.")),
+            "{ty} missing from plan:\n{out}"
+        );
+    }
 }
 
-/// What exists on the server with this lineage's tag: per type family, the
-/// `anvil:address` of each object (sorted, duplicates kept), and for route table
-/// associations the address of the table once per associated subnet.
-fn owned(moto: &Moto, lineage: &str) -> BTreeMap<String, Vec<String>> {
-    let v = moto.python(&format!(
+/// Everything that talks to moto needs the SDK.
+#[cfg(feature = "aws")]
+mod on_moto {
+    use super::common::*;
+    use super::moto_support::{venv_bin, Moto};
+    use super::SPEC;
+    use serde_json::{json, Value};
+    use std::collections::BTreeMap;
+    use std::process::{Command, Output, Stdio};
+    use std::time::Duration;
+
+    /// The addresses of the spec by resource type family, as [`owned`] reports them.
+    fn expected() -> BTreeMap<String, Vec<String>> {
+        let m = json!({
+            "vpc": ["aws_vpc.main"],
+            "subnet": ["aws_subnet.private_a", "aws_subnet.private_b", "aws_subnet.public_a"],
+            "igw": ["aws_internet_gateway.igw"],
+            "eip": ["aws_eip.nat"],
+            "nat": ["aws_nat_gateway.nat"],
+            "rtb": ["aws_route_table.private", "aws_route_table.public"],
+            "assoc": ["aws_route_table.private", "aws_route_table.public"],
+            "sg": ["aws_security_group.db"],
+            "bucket": ["aws_s3_bucket.data"],
+            "db_subnet_group": ["aws_db_subnet_group.main"],
+            "db": ["aws_db_instance.main"],
+            "eks": ["aws_eks_cluster.main"],
+            "nodegroup": ["aws_eks_node_group.main"],
+        });
+        serde_json::from_value(m).unwrap()
+    }
+
+    /// What exists on the server with this lineage's tag: per type family, the
+    /// `anvil:address` of each object (sorted, duplicates kept), and for route table
+    /// associations the address of the table once per associated subnet.
+    fn owned(moto: &Moto, lineage: &str) -> BTreeMap<String, Vec<String>> {
+        owned_in(moto, lineage, "us-east-1")
+    }
+
+    /// [`owned`] in a region.
+    fn owned_in(moto: &Moto, lineage: &str, region: &str) -> BTreeMap<String, Vec<String>> {
+        let v = moto.python(&format!(
         r#"
 LIN = {lineage:?}
+def client(name):
+    return boto3.client(name, endpoint_url=ENDPOINT, region_name={region:?}, aws_access_key_id='testing', aws_secret_access_key='testing')
 ec2 = client('ec2')
 f = [{{'Name': 'tag:anvil:lineage', 'Values': [LIN]}}]
 def addr(tags):
@@ -218,90 +265,90 @@ r['nodegroup'] = sorted(x for x in ng if x)
 result = r
 "#
     ));
-    serde_json::from_value(v).unwrap()
-}
+        serde_json::from_value(v).unwrap()
+    }
 
-/// A scratch directory with the spec, and the moto server anvil talks to.
-struct World {
-    moto: Moto,
-    s: Scratch,
-}
+    /// A scratch directory with the spec, and the moto server anvil talks to.
+    struct World {
+        moto: Moto,
+        s: Scratch,
+    }
 
-impl World {
-    fn new() -> World {
-        let s = Scratch::new();
-        s.write("aws.yaml", SPEC);
-        World {
-            moto: Moto::start(),
-            s,
+    impl World {
+        fn new() -> World {
+            let s = Scratch::new();
+            s.write("aws.yaml", SPEC);
+            World {
+                moto: Moto::start(),
+                s,
+            }
+        }
+
+        fn run(&self, args: &[&str]) -> Output {
+            let mut cmd = self.s.cmd(args);
+            self.moto.apply_env(&mut cmd);
+            cmd.output().expect("run anvil")
+        }
+
+        fn lineage(&self) -> String {
+            self.s.state_json("awstest")["lineage"]
+                .as_str()
+                .expect("lineage")
+                .to_string()
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = self.s.cmd(args);
-        self.moto.apply_env(&mut cmd);
-        cmd.output().expect("run anvil")
+    fn ok(o: &Output) -> String {
+        assert_code(o, 0);
+        stdout(o)
     }
 
-    fn lineage(&self) -> String {
-        self.s.state_json("awstest")["lineage"]
+    #[test]
+    fn apply_plan_drift_restore_and_destroy_on_moto() {
+        let w = World::new();
+        let out = ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
+        assert!(out.contains("aws_eks_node_group.main"), "{out}");
+        let lineage = w.lineage();
+        assert_eq!(owned(&w.moto, &lineage), expected());
+
+        // State keeps the password only as a fingerprint, and the computed outputs.
+        let st = w.s.state_json("awstest");
+        let db = &st["resources"]["aws_db_instance.main"];
+        assert!(
+            !st.to_string().contains("correct-horse-battery-staple"),
+            "password in state"
+        );
+        assert!(
+            db["sensitive"]["password"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("sha256:")),
+            "{db}"
+        );
+        assert!(
+            db["outputs"]["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.contains(':')),
+            "{db}"
+        );
+        assert!(st["resources"]["aws_vpc.main"]["outputs"]["id"]
             .as_str()
-            .expect("lineage")
-            .to_string()
-    }
-}
+            .is_some_and(|i| i.starts_with("vpc-")));
 
-fn ok(o: &Output) -> String {
-    assert_code(o, 0);
-    stdout(o)
-}
+        // A second plan is empty: what AWS reports back matches the spec.
+        let o = w.run(&["plan", "--detailed-exitcode", "aws.yaml"]);
+        assert_code(&o, 0);
+        assert_code(&w.run(&["drift", "aws.yaml"]), 0);
 
-#[test]
-fn apply_plan_drift_restore_and_destroy_on_moto() {
-    let w = World::new();
-    let out = ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
-    assert!(out.contains("aws_eks_node_group.main"), "{out}");
-    let lineage = w.lineage();
-    assert_eq!(owned(&w.moto, &lineage), expected());
-
-    // State keeps the password only as a fingerprint, and the computed outputs.
-    let st = w.s.state_json("awstest");
-    let db = &st["resources"]["aws_db_instance.main"];
-    assert!(
-        !st.to_string().contains("correct-horse-battery-staple"),
-        "password in state"
-    );
-    assert!(
-        db["sensitive"]["password"]
+        // Behind anvil's back: drop the private association, suspend versioning, open SSH.
+        let rtb = st["resources"]["aws_route_table.private"]["outputs"]["id"]
             .as_str()
-            .is_some_and(|f| f.starts_with("sha256:")),
-        "{db}"
-    );
-    assert!(
-        db["outputs"]["endpoint"]
+            .unwrap()
+            .to_string();
+        let sg = st["resources"]["aws_security_group.db"]["outputs"]["id"]
             .as_str()
-            .is_some_and(|e| e.contains(':')),
-        "{db}"
-    );
-    assert!(st["resources"]["aws_vpc.main"]["outputs"]["id"]
-        .as_str()
-        .is_some_and(|i| i.starts_with("vpc-")));
-
-    // A second plan is empty: what AWS reports back matches the spec.
-    let o = w.run(&["plan", "--detailed-exitcode", "aws.yaml"]);
-    assert_code(&o, 0);
-    assert_code(&w.run(&["drift", "aws.yaml"]), 0);
-
-    // Behind anvil's back: drop the private association, suspend versioning, open SSH.
-    let rtb = st["resources"]["aws_route_table.private"]["outputs"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sg = st["resources"]["aws_security_group.db"]["outputs"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.moto.python(&format!(
+            .unwrap()
+            .to_string();
+        w.moto.python(&format!(
         r#"
 ec2 = client('ec2')
 t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
@@ -312,29 +359,29 @@ client('s3').put_bucket_versioning(Bucket='awstest-data', VersioningConfiguratio
 ec2.authorize_security_group_ingress(GroupId={sg:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{{'CidrIp': '0.0.0.0/0'}}]}}])
 "#
     ));
-    let o = w.run(&["drift", "aws.yaml"]);
-    assert_code(&o, 2);
-    let report = stdout(&o);
-    for a in [
-        "aws_route_table_association.private_a",
-        "aws_s3_bucket_versioning.data",
-        "aws_security_group.db",
-    ] {
-        assert!(report.contains(a), "drift does not name {a}:\n{report}");
-    }
-    for quiet in [
-        "aws_vpc.main",
-        "aws_db_instance.main",
-        "aws_route_table_association.public_a",
-    ] {
-        assert!(!report.contains(quiet), "drift names {quiet}:\n{report}");
-    }
+        let o = w.run(&["drift", "aws.yaml"]);
+        assert_code(&o, 2);
+        let report = stdout(&o);
+        for a in [
+            "aws_route_table_association.private_a",
+            "aws_s3_bucket_versioning.data",
+            "aws_security_group.db",
+        ] {
+            assert!(report.contains(a), "drift does not name {a}:\n{report}");
+        }
+        for quiet in [
+            "aws_vpc.main",
+            "aws_db_instance.main",
+            "aws_route_table_association.public_a",
+        ] {
+            assert!(!report.contains(quiet), "drift names {quiet}:\n{report}");
+        }
 
-    // apply restores all three; drift is then clean and the extra rule is gone.
-    ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
-    assert_code(&w.run(&["drift", "aws.yaml"]), 0);
-    let real = w.moto.python(&format!(
-        r#"
+        // apply restores all three; drift is then clean and the extra rule is gone.
+        ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
+        assert_code(&w.run(&["drift", "aws.yaml"]), 0);
+        let real = w.moto.python(&format!(
+            r#"
 ec2 = client('ec2')
 g = ec2.describe_security_groups(GroupIds=[{sg:?}])['SecurityGroups'][0]
 t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
@@ -344,230 +391,257 @@ result = {{
   'assoc': len([a for a in t['Associations'] if a.get('SubnetId')]),
 }}
 "#
-    ));
-    assert_eq!(
-        real,
-        json!({"ports": [5432], "versioning": "Enabled", "assoc": 1})
-    );
-    assert_eq!(owned(&w.moto, &lineage), expected());
+        ));
+        assert_eq!(
+            real,
+            json!({"ports": [5432], "versioning": "Enabled", "assoc": 1})
+        );
+        assert_eq!(owned(&w.moto, &lineage), expected());
 
-    // An in-place change: node group scaling is updated, not replaced.
-    w.s.write(
-        "aws.yaml",
-        &SPEC.replace(
-            "{desired_size: 2, min_size: 1, max_size: 3}",
-            "{desired_size: 4, min_size: 2, max_size: 6}",
-        ),
-    );
-    let plan = ok(&w.run(&["plan", "aws.yaml"]));
-    assert!(plan.contains("aws_eks_node_group.main"), "{plan}");
-    assert!(plan.contains("update") || plan.contains("~"), "{plan}");
-    assert!(!plan.contains("replace"), "{plan}");
-    ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
-    let scaling = w.moto.python(
+        // An in-place change: node group scaling is updated, not replaced.
+        w.s.write(
+            "aws.yaml",
+            &SPEC.replace(
+                "{desired_size: 2, min_size: 1, max_size: 3}",
+                "{desired_size: 4, min_size: 2, max_size: 6}",
+            ),
+        );
+        let plan = ok(&w.run(&["plan", "aws.yaml"]));
+        assert!(plan.contains("aws_eks_node_group.main"), "{plan}");
+        assert!(plan.contains("update") || plan.contains("~"), "{plan}");
+        assert!(!plan.contains("replace"), "{plan}");
+        ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
+        let scaling = w.moto.python(
         "result = client('eks').describe_nodegroup(clusterName='awstest', nodegroupName='default')['nodegroup']['scalingConfig']",
     );
-    assert_eq!(
-        scaling,
-        json!({"desiredSize": 4, "minSize": 2, "maxSize": 6})
-    );
+        assert_eq!(
+            scaling,
+            json!({"desiredSize": 4, "minSize": 2, "maxSize": 6})
+        );
 
-    // destroy leaves nothing carrying the lineage tag.
-    ok(&w.run(&["destroy", "--auto-approve", "aws.yaml"]));
-    let left = owned(&w.moto, &lineage);
-    assert!(
-        left.values().all(Vec::is_empty),
-        "left after destroy: {left:?}"
-    );
-}
-
-#[test]
-fn objects_created_but_not_recorded_are_adopted_not_duplicated() {
-    let w = World::new();
-    ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
-    let lineage = w.lineage();
-    // Forget every record (as if each create's result never reached the journal), keeping
-    // the lineage: the next apply plans creates, and each must find its object by tag.
-    let path = w.s.state_file("awstest");
-    let mut st = w.s.state_json("awstest");
-    st["resources"] = json!({});
-    st["serial"] = json!(st["serial"].as_u64().unwrap() + 1);
-    std::fs::write(&path, serde_json::to_string_pretty(&st).unwrap()).unwrap();
-    let _ = std::fs::remove_file(w.s.path().join("state/awstest.json.journal"));
-    let out = ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
-    assert!(out.contains("aws_vpc.main"), "{out}");
-    assert_eq!(owned(&w.moto, &lineage), expected());
-    assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
-}
-
-#[test]
-fn sigkill_during_apply_then_apply_converges_with_each_object_once() {
-    let w = World::new();
-    let journal = w.s.path().join("state/awstest.json.journal");
-    let lines = || {
-        std::fs::read_to_string(&journal)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    // Kill once the journal holds a growing number of records (intents and results), so
-    // kills land at different points of the graph, creates and deletes alike.
-    let mut mid_run = 0;
-    for (trial, records) in [1usize, 5, 11, 17, 25, 3].into_iter().enumerate() {
-        let verb = if trial == 4 { "destroy" } else { "apply" };
-        let mut cmd =
-            w.s.cmd(&[verb, "--auto-approve", "--lock-timeout", "30s", "aws.yaml"]);
-        w.moto.apply_env(&mut cmd);
-        let mut child = cmd
-            .env("ANVIL_LOCK_LEASE", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        while lines() < records
-            && child.try_wait().unwrap().is_none()
-            && start.elapsed() < Duration::from_secs(120)
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let o = w.run(&["state", "list"]);
-        assert_code(&o, 0);
-        let n = stdout(&o).lines().count();
-        if n > 0 && n < 20 {
-            mid_run += 1;
-        }
-    }
-    assert!(mid_run > 0, "no kill landed mid-run");
-    let o = w.run(&[
-        "apply",
-        "--auto-approve",
-        "--lock-timeout",
-        "30s",
-        "aws.yaml",
-    ]);
-    assert_code(&o, 0);
-    assert_eq!(owned(&w.moto, &w.lineage()), expected());
-    assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
-}
-
-/// A moto server that checks credentials (moto's IAM auth from the first request on).
-struct AuthMoto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl AuthMoto {
-    fn start() -> AuthMoto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        AuthMoto { child, port }
-    }
-}
-
-impl Drop for AuthMoto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn bad_credentials_and_unreachable_endpoints_name_the_endpoint_and_the_code() {
-    let s = Scratch::new();
-    s.write("aws.yaml", SPEC);
-    let env = |cmd: &mut Command, endpoint: &str| {
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs([
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1"),
-            ("AWS_SECRET_ACCESS_KEY", "wrong"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_CONFIG_FILE", "/dev/null"),
-            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_MAX_ATTEMPTS", "1"),
-        ]);
-    };
-    let moto = AuthMoto::start();
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    let mut cmd = s.cmd(&["apply", "--auto-approve", "aws.yaml"]);
-    env(&mut cmd, &endpoint);
-    let o = cmd.output().unwrap();
-    assert_code(&o, 1);
-    let err = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(err.contains(&endpoint), "{err}");
-    assert!(
-        err.contains("InvalidClientTokenId") || err.contains("AuthFailure"),
-        "{err}"
-    );
-    assert!(err.contains("check the credentials"), "{err}");
-    drop(moto);
-
-    // Nothing listens on port 9 of the loopback.
-    let closed = "http://127.0.0.1:9";
-    let mut cmd = s.cmd(&["apply", "--auto-approve", "aws.yaml"]);
-    env(&mut cmd, closed);
-    let o = cmd.output().unwrap();
-    assert_code(&o, 1);
-    let err = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(err.contains(closed), "{err}");
-    assert!(err.contains("DispatchFailure"), "{err}");
-    assert!(err.contains("reachable"), "{err}");
-}
-
-#[test]
-fn plan_works_without_aws_and_names_every_type() {
-    // Planning needs no AWS at all: nothing exists yet, so nothing is read.
-    let s = Scratch::new();
-    s.write("aws.yaml", SPEC);
-    let o = s.run(&["plan", "aws.yaml"]);
-    let out = ok(&o);
-    for ty in [
-        "aws_vpc",
-        "aws_subnet",
-        "aws_internet_gateway",
-        "aws_eip",
-        "aws_nat_gateway",
-        "aws_route_table",
-        "aws_route_table_association",
-        "aws_security_group",
-        "aws_eks_cluster",
-        "aws_eks_node_group",
-        "aws_db_subnet_group",
-        "aws_db_instance",
-        "aws_s3_bucket",
-        "aws_s3_bucket_versioning",
-        "aws_s3_bucket_lifecycle_configuration",
-        "aws_s3_bucket_public_access_block",
-    ] {
+        // destroy leaves nothing carrying the lineage tag.
+        ok(&w.run(&["destroy", "--auto-approve", "aws.yaml"]));
+        let left = owned(&w.moto, &lineage);
         assert!(
-            out.contains(&format!("{ty}.")),
-            "{ty} missing from plan:\n{out}"
+            left.values().all(Vec::is_empty),
+            "left after destroy: {left:?}"
         );
     }
-    let _: Value = json!(null);
+
+    #[test]
+    fn objects_created_but_not_recorded_are_adopted_not_duplicated() {
+        let w = World::new();
+        ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
+        let lineage = w.lineage();
+        // Forget every record (as if each create's result never reached the journal), keeping
+        // the lineage: the next apply plans creates, and each must find its object by tag.
+        let path = w.s.state_file("awstest");
+        let mut st = w.s.state_json("awstest");
+        st["resources"] = json!({});
+        st["serial"] = json!(st["serial"].as_u64().unwrap() + 1);
+        std::fs::write(&path, serde_json::to_string_pretty(&st).unwrap()).unwrap();
+        let _ = std::fs::remove_file(w.s.path().join("state/awstest.json.journal"));
+        let out = ok(&w.run(&["apply", "--auto-approve", "aws.yaml"]));
+        assert!(out.contains("aws_vpc.main"), "{out}");
+        assert_eq!(owned(&w.moto, &lineage), expected());
+        assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
+    }
+
+    #[test]
+    fn sigkill_during_apply_then_apply_converges_with_each_object_once() {
+        let w = World::new();
+        let journal = w.s.path().join("state/awstest.json.journal");
+        let lines = || {
+            std::fs::read_to_string(&journal)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        // Kill once the journal holds a growing number of records (intents and results), so
+        // kills land at different points of the graph, creates and deletes alike.
+        let mut mid_run = 0;
+        for (trial, records) in [1usize, 5, 11, 17, 25, 3].into_iter().enumerate() {
+            let verb = if trial == 4 { "destroy" } else { "apply" };
+            let mut cmd =
+                w.s.cmd(&[verb, "--auto-approve", "--lock-timeout", "30s", "aws.yaml"]);
+            w.moto.apply_env(&mut cmd);
+            let mut child = cmd
+                .env("ANVIL_LOCK_LEASE", "1s")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while lines() < records
+                && child.try_wait().unwrap().is_none()
+                && start.elapsed() < Duration::from_secs(120)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let o = w.run(&["state", "list"]);
+            assert_code(&o, 0);
+            let n = stdout(&o).lines().count();
+            if n > 0 && n < 20 {
+                mid_run += 1;
+            }
+        }
+        assert!(mid_run > 0, "no kill landed mid-run");
+        let o = w.run(&[
+            "apply",
+            "--auto-approve",
+            "--lock-timeout",
+            "30s",
+            "aws.yaml",
+        ]);
+        assert_code(&o, 0);
+        assert_eq!(owned(&w.moto, &w.lineage()), expected());
+        assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
+    }
+
+    /// A moto server that checks credentials (moto's IAM auth from the first request on).
+    struct AuthMoto {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl AuthMoto {
+        fn start() -> AuthMoto {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let child = Command::new(venv_bin("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "moto did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            AuthMoto { child, port }
+        }
+    }
+
+    impl Drop for AuthMoto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn bad_credentials_and_unreachable_endpoints_name_the_endpoint_and_the_code() {
+        let s = Scratch::new();
+        s.write("aws.yaml", SPEC);
+        let env = |cmd: &mut Command, endpoint: &str| {
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("AWS_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.envs([
+                ("AWS_ENDPOINT_URL", endpoint),
+                ("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1"),
+                ("AWS_SECRET_ACCESS_KEY", "wrong"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_CONFIG_FILE", "/dev/null"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+                ("AWS_MAX_ATTEMPTS", "1"),
+            ]);
+        };
+        let moto = AuthMoto::start();
+        let endpoint = format!("http://127.0.0.1:{}", moto.port);
+        let mut cmd = s.cmd(&["apply", "--auto-approve", "aws.yaml"]);
+        env(&mut cmd, &endpoint);
+        let o = cmd.output().unwrap();
+        assert_code(&o, 1);
+        let err = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(err.contains(&endpoint), "{err}");
+        assert!(
+            err.contains("InvalidClientTokenId") || err.contains("AuthFailure"),
+            "{err}"
+        );
+        assert!(err.contains("check the credentials"), "{err}");
+        drop(moto);
+
+        // Nothing listens on port 9 of the loopback.
+        let closed = "http://127.0.0.1:9";
+        let mut cmd = s.cmd(&["apply", "--auto-approve", "aws.yaml"]);
+        env(&mut cmd, closed);
+        let o = cmd.output().unwrap();
+        assert_code(&o, 1);
+        let err = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(err.contains(closed), "{err}");
+        assert!(err.contains("DispatchFailure"), "{err}");
+        assert!(err.contains("reachable"), "{err}");
+    }
+
+    #[test]
+    fn the_example_environment_applies_plans_empty_outputs_and_destroys_on_moto() {
+        let moto = Moto::start();
+        let s = Scratch::new();
+        s.copy_example("environment", "env");
+        let run = |args: &[&str]| {
+            let mut cmd = s.cmd(args);
+            moto.apply_env(&mut cmd);
+            cmd.output().expect("run anvil")
+        };
+        let out = ok(&run(&["apply", "--auto-approve", "env"]));
+        assert!(out.contains("aws_eks_node_group."), "{out}");
+        assert_code(&run(&["plan", "--detailed-exitcode", "env"]), 0);
+        let o = run(&["output", "--json", "--spec", "env"]);
+        let outputs: Value = serde_json::from_str(&ok(&o)).expect("output --json is JSON");
+        for name in [
+            "vpc_id",
+            "cluster_name",
+            "cluster_endpoint",
+            "rds_endpoint",
+            "bucket_name",
+            "bucket_arn",
+        ] {
+            assert!(
+                outputs[name]["value"]
+                    .as_str()
+                    .is_some_and(|v| !v.is_empty()),
+                "output {name}: {outputs}"
+            );
+        }
+        let state_dir = s.path().join("state");
+        let ws = std::fs::read_dir(&state_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .find(|n| n.ends_with(".json"))
+            .expect("a state file");
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(state_dir.join(&ws)).unwrap()).unwrap();
+        let lineage = st["lineage"].as_str().unwrap().to_string();
+        let before = owned_in(&moto, &lineage, "eu-central-1");
+        // Each resource exists exactly once: 3 zones of subnets, NAT gateways and tables.
+        assert_eq!(before["subnet"].len(), 6, "{before:?}");
+        assert_eq!(before["nat"].len(), 3, "{before:?}");
+        for (k, v) in &before {
+            let mut d = v.clone();
+            d.dedup();
+            if k != "assoc" {
+                assert_eq!(&d, v, "{k} duplicated: {v:?}");
+            }
+            assert!(!v.is_empty(), "no {k} made: {before:?}");
+        }
+        ok(&run(&["destroy", "--auto-approve", "env"]));
+        let left = owned_in(&moto, &lineage, "eu-central-1");
+        assert!(
+            left.values().all(Vec::is_empty),
+            "left after destroy: {left:?}"
+        );
+    }
 }

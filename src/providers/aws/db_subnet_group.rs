@@ -100,7 +100,10 @@ impl AwsResource for DbSubnetGroup {
             ) {
                 return Err(sdk::not_ours("DB subnet group", name));
             }
-            return self.update(c, req).await;
+            // Adopted as it is: the next plan shows any difference as an update.
+            super::db_instance::rds_retag(c, g.db_subnet_group_arn().unwrap_or_default(), req)
+                .await?;
+            return Ok(sdk::applied(req, outputs(&g)));
         }
         let out = c
             .rds
@@ -127,6 +130,17 @@ impl AwsResource for DbSubnetGroup {
     #[cfg(feature = "aws")]
     async fn update(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
+        let prior = req.prior.map(|p| &p.attributes);
+        let changed = |k: &str| prior.is_none_or(|p| p.get(k) != a.get(k));
+        if !changed("description") && !changed("subnet_ids") {
+            let name = sdk::str_attr(a, "name")?;
+            let g = describe(c, name)
+                .await?
+                .ok_or_else(|| no_group(c, "DescribeDBSubnetGroups"))?;
+            super::db_instance::rds_retag(c, g.db_subnet_group_arn().unwrap_or_default(), req)
+                .await?;
+            return Ok(sdk::applied(req, outputs(&g)));
+        }
         let out = c
             .rds
             .modify_db_subnet_group()

@@ -317,6 +317,12 @@ pub(super) async fn retag(
     req: &ChangeRequest<'_>,
 ) -> Result<(), ProviderError> {
     let want = sdk::all_tags(req.address, req.lineage, req.attributes);
+    let same = have
+        .is_some_and(|h| h.len() == want.len() && want.iter().all(|(k, v)| h.get(k) == Some(v)));
+    if same {
+        // Nothing to change (and moto cannot tag node groups at all).
+        return Ok(());
+    }
     let stale: Vec<String> = have
         .into_iter()
         .flatten()

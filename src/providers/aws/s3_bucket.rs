@@ -77,6 +77,9 @@ impl AwsResource for S3Bucket {
                     t.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                     req.lineage,
                 ) => {}
+            // S3 cannot tag a bucket as it creates it: a bucket this account can see with
+            // no tags at all is one a killed run created and had not tagged yet.
+            Some(t) if t.is_empty() => {}
             Some(_) => return Err(sdk::not_ours("S3 bucket", bucket)),
             None => {
                 let mut create = c.s3.create_bucket().bucket(bucket);

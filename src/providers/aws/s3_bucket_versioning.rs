@@ -46,17 +46,33 @@ impl AwsResource for S3BucketVersioning {
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
         let bucket = sdk::str_attr(&recorded.attributes, "bucket")?;
-        let Some(out) = sdk::found(
-            c.s3.get_bucket_versioning()
-                .bucket(bucket)
-                .send()
-                .await
-                .map_err(c.err("s3", "GetBucketVersioning")),
-        )?
-        else {
-            return Ok(None);
+        let status = match c.s3.get_bucket_versioning().bucket(bucket).send().await {
+            Ok(out) => out.status().map(|s| s.as_str().to_string()),
+            Err(e) => {
+                // moto answers with a `GetBucketVersioningResponse` root element, which the
+                // SDK refuses (S3's is `VersioningConfiguration`); its body still says
+                // the status.
+                let body = e
+                    .raw_response()
+                    .filter(|r| r.status().as_u16() == 200)
+                    .and_then(|r| r.body().bytes())
+                    .map(|b| String::from_utf8_lossy(b).into_owned());
+                match body {
+                    Some(b) => b
+                        .split_once("<Status>")
+                        .and_then(|(_, r)| r.split_once("</Status>"))
+                        .map(|(s, _)| s.to_string()),
+                    None => {
+                        let e = c.error("s3", "GetBucketVersioning", &e);
+                        if e.kind == crate::providers::ErrorKind::NotFound {
+                            return Ok(None);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         };
-        let status = out.status().map_or("Suspended", |s| s.as_str());
+        let status = status.unwrap_or_else(|| "Suspended".to_string());
         Ok(Some(sdk::observed(
             recorded,
             vec![("status", Value::from(status))],

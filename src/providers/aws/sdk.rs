@@ -137,10 +137,14 @@ impl Clients {
         let endpoint = self.endpoint(service);
         let status = e.raw_response().map(|r| r.status().as_u16());
         let (code, detail) = match e {
-            SdkError::ServiceError(_) => (
-                e.code().unwrap_or("Unknown").to_string(),
+            SdkError::ServiceError(_) if e.code().is_some() => (
+                e.code().unwrap_or_default().to_string(),
                 e.message().unwrap_or("").to_string(),
             ),
+            // An answer the SDK could not read (no error code in it).
+            SdkError::ServiceError(_) => {
+                ("Unhandled".to_string(), DisplayErrorContext(e).to_string())
+            }
             SdkError::DispatchFailure(_) => (
                 "DispatchFailure".to_string(),
                 DisplayErrorContext(e).to_string(),

@@ -32,6 +32,7 @@ const ATTRS: &[(&str, AttrKind, Mode, &str)] = &[
 ];
 
 /// One rule for one CIDR block: (protocol, from, to, CIDR, description).
+#[cfg(feature = "aws")]
 type Atom = (String, i64, i64, String, String);
 
 #[async_trait]
