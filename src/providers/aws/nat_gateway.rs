@@ -97,7 +97,20 @@ impl AwsResource for NatGateway {
             .send()
             .await
             .map_err(c.err("ec2", "DescribeNatGateways"))?;
-        let id = match existing.nat_gateways().first() {
+        // Adopt only a gateway in the wanted subnet with the wanted address, still live:
+        // one left by a killed run whose subnet or address has since been replaced (moto
+        // even lets the subnet go first) is not this resource, and adopting it would
+        // record an object the next plan must replace.
+        let want_alloc = sdk::str_attr(a, "allocation_id")?;
+        let want_subnet = sdk::str_attr(a, "subnet_id")?;
+        let adoptable = existing.nat_gateways().iter().find(|g| {
+            matches!(g.state().map(|s| s.as_str()), Some("pending" | "available"))
+                && g.subnet_id() == Some(want_subnet)
+                && g.nat_gateway_addresses()
+                    .iter()
+                    .any(|x| x.allocation_id() == Some(want_alloc))
+        });
+        let id = match adoptable {
             Some(g) => g.nat_gateway_id().unwrap_or_default().to_string(),
             None => {
                 let tags = sdk::all_tags(req.address, req.lineage, a);
