@@ -4,3 +4,4 @@
 //! embedded (local state, a file-backed queue).
 
 pub mod queue;
+pub mod worker;
