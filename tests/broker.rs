@@ -332,6 +332,8 @@ fn full_lifecycle_catalog_provision_fetch_update_deprovision() {
     assert_eq!(redis["plan_updateable"], true);
     assert_eq!(redis["bindable"], true);
     assert_eq!(redis["tags"], json!(["redis"]));
+    assert_eq!(redis["instances_retrievable"], true);
+    assert_eq!(redis["bindings_retrievable"], true);
     assert_eq!(redis["plans"][0]["metadata"]["displayName"], "Redis small");
     assert_eq!(
         redis["plans"][0]["schemas"]["service_instance"]["create"]["parameters"]["type"],
