@@ -15,6 +15,7 @@ pub mod ops;
 pub mod plan;
 pub mod providers;
 pub mod reconcile;
+pub mod server;
 pub mod sim;
 pub mod spec;
 pub mod state;
