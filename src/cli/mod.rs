@@ -9,6 +9,7 @@ mod broker;
 mod output;
 mod reconcile;
 mod sim_bosh;
+mod sim_cf;
 
 use crate::ops::{
     self, ApplyOutcome, ApplyRequest, CancellationToken, DriftRequest, EventSink, Inputs, OpsError,
@@ -360,6 +361,9 @@ struct InstancesArgs {
 enum SimCmd {
     /// A BOSH Director API v1 simulator (docs/simulators.md).
     Bosh(sim_bosh::BoshArgs),
+    /// A Cloud Foundry API v3 simulator: apps, processes, stats, isolation segments
+    /// (docs/simulators.md).
+    Cf(sim_cf::CfArgs),
     /// A Vault KV v2 server (docs/simulators.md).
     Vault(VaultArgs),
 }
@@ -843,6 +847,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         }
         Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
         Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
+        Command::Sim(SimCmd::Cf(a)) => sim_cf::run(a).await,
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
     }
