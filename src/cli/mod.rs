@@ -10,6 +10,7 @@ mod output;
 mod reconcile;
 mod serve;
 mod sim_bosh;
+mod sim_cf;
 
 use crate::ops::{
     self, ApplyOutcome, ApplyRequest, CancellationToken, DriftRequest, EventSink, Inputs, OpsError,
@@ -374,6 +375,9 @@ struct InstancesArgs {
 enum SimCmd {
     /// A BOSH Director API v1 simulator (docs/simulators.md).
     Bosh(sim_bosh::BoshArgs),
+    /// A Cloud Foundry API v3 simulator: apps, processes, stats, isolation segments
+    /// (docs/simulators.md).
+    Cf(sim_cf::CfArgs),
     /// A Vault KV v2 server (docs/simulators.md).
     Vault(VaultArgs),
 }
@@ -871,6 +875,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         }
         Command::Sim(SimCmd::Vault(a)) => sim_vault(a).await,
         Command::Sim(SimCmd::Bosh(a)) => sim_bosh::run(a).await,
+        Command::Sim(SimCmd::Cf(a)) => sim_cf::run(a).await,
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
         Command::Serve(a) => serve::run(a).await,

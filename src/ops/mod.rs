@@ -83,6 +83,10 @@ pub enum OpsError {
         id: String,
         flags: String,
     },
+    /// `POST /b/{id}/redeploy`: the Director refused the kept manifest or its task
+    /// failed; the message names the deployment, the task and the Director's URL.
+    #[error("redeploy of deployment {deployment} failed: {message}")]
+    Redeploy { deployment: String, message: String },
     /// The caller cancelled before anything was changed.
     #[error("cancelled before anything was changed; run the command again when ready")]
     Cancelled,
