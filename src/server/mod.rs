@@ -105,11 +105,7 @@ pub fn prepare_with(settings: Settings, queue: Arc<dyn JobQueue>) -> Result<Prep
 }
 
 async fn open_queue(settings: &Settings) -> Result<Arc<dyn JobQueue>, ServeError> {
-    // Wired to `queue::open` once the queue implementations land (h11a).
-    let _ = (&settings.database, &settings.data_dir);
-    Err(ServeError::Usage(
-        "this build has no job queue implementation yet".into(),
-    ))
+    Ok(queue::open(settings.database.as_deref(), &settings.data_dir).await?)
 }
 
 /// The API's routes: `/api/v1/environments…` behind the bearer token, `/health` and
