@@ -8,6 +8,7 @@ pub mod broker;
 pub mod broker_bind;
 pub mod broker_internal;
 mod commands;
+pub mod environment_doc;
 mod drift;
 mod events;
 pub mod instances;
