@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod broker;
+pub mod capacity;
 pub mod cli;
 pub mod drift;
 pub mod model;

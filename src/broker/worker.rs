@@ -8,25 +8,44 @@
 //! them; the engine's journal and the BOSH provider's check for the deployment's
 //! running task keep an instance from being deployed twice.
 
+use super::bind::LazyClients;
 use super::Shared;
 use crate::ops::broker::{
-    apply_batch, index_seed, now_rfc3339, BatchItem, BrokerFoundation, ItemOutcome, OpKind,
-    OpState, StatusChange, StoredInstance, PROVISIONED,
+    apply_batch, index_seed, now_rfc3339, redeploy, BatchItem, BrokerFoundation, ItemOutcome,
+    OpKind, OpState, StatusChange, StoredInstance, PROVISIONED,
 };
 use crate::ops::{discard, CancellationToken};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// Where handlers queue instance ids.
+/// What the worker is asked to do.
+pub enum Job {
+    /// Apply the instance's operation in progress (from the store).
+    Apply(String),
+    /// Deploy an instance's kept manifest again (`POST /b/{id}/redeploy`).
+    Redeploy(Redeploy),
+}
+
+/// A redeploy: which instance, its deployment and manifest, the clients to reach the
+/// Director, and who waits for the task id (or the reason there is none).
+pub struct Redeploy {
+    pub id: String,
+    pub deployment: String,
+    pub manifest: String,
+    pub clients: LazyClients,
+    pub started: oneshot::Sender<Result<Option<u64>, String>>,
+}
+
+/// Where handlers queue work.
 pub struct WorkerHandle {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Job>,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<Mutex<bool>>,
 }
 
 /// The receiving end, handed to [`start`].
-pub struct Queue(mpsc::UnboundedReceiver<String>);
+pub struct Queue(mpsc::UnboundedReceiver<Job>);
 
 /// A new queue.
 pub fn channel() -> (WorkerHandle, Queue) {
@@ -44,7 +63,13 @@ pub fn channel() -> (WorkerHandle, Queue) {
 impl WorkerHandle {
     /// Queues an instance whose operation is in progress.
     pub fn enqueue(&self, id: &str) {
-        let _ = self.tx.send(id.to_string());
+        let _ = self.tx.send(Job::Apply(id.to_string()));
+    }
+
+    /// Queues a redeploy; it runs after the batch in progress, under the state lock.
+    /// When the worker has stopped, `started` is dropped unanswered.
+    pub fn redeploy(&self, job: Redeploy) {
+        let _ = self.tx.send(Job::Redeploy(job));
     }
 }
 
@@ -83,11 +108,24 @@ pub fn start(state: Shared, queue: Queue) {
                 let Some(first) = first else {
                     break;
                 };
-                let mut ids = BTreeSet::from([first]);
-                while let Ok(more) = rx.try_recv() {
-                    ids.insert(more);
+                let mut ids = BTreeSet::new();
+                let mut redeploys = Vec::new();
+                let mut next = Some(first);
+                while let Some(job) = next {
+                    match job {
+                        Job::Apply(id) => {
+                            ids.insert(id);
+                        }
+                        Job::Redeploy(r) => redeploys.push(r),
+                    }
+                    next = rx.try_recv().ok();
                 }
-                run_batch(&state, ids).await;
+                if !ids.is_empty() {
+                    run_batch(&state, ids).await;
+                }
+                for r in redeploys {
+                    run_redeploy(&state, r).await;
+                }
                 if state.stopping.is_cancelled() {
                     break;
                 }
@@ -197,6 +235,74 @@ async fn run_batch(state: &Shared, ids: BTreeSet<String>) {
         }
     };
     finish(state, &batch, &outcomes).await;
+}
+
+/// Deploys an instance's kept manifest again under the state lock, answers the task id
+/// to the waiting request as soon as the Director hands it out, and records the task in
+/// the store (a broker instance's operation names it) once it ended.
+async fn run_redeploy(state: &Shared, job: Redeploy) {
+    let Redeploy {
+        id,
+        deployment,
+        manifest,
+        clients,
+        started,
+    } = job;
+    let clients = match clients.get(state).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = started.send(Err(e.description));
+            return;
+        }
+    };
+    let mut started = Some(started);
+    let result = redeploy(
+        &state.settings.inputs,
+        state.settings.lock_timeout,
+        clients,
+        &deployment,
+        &manifest,
+        |task| {
+            if let Some(s) = started.take() {
+                let _ = s.send(Ok(task));
+            }
+        },
+        &discard(),
+        &state.stopping,
+    )
+    .await;
+    let description = match &result {
+        Ok(Some(t)) => {
+            format!("redeploy succeeded: deployment {deployment} deployed by BOSH task {t}")
+        }
+        Ok(None) => format!("redeploy succeeded: deployment {deployment} was up to date"),
+        Err(e) => e.to_string(),
+    };
+    if let Some(s) = started.take() {
+        let _ = s.send(Err(description.clone()));
+    }
+    match &result {
+        Ok(_) => tracing::info!(instance = %id, %description, "redeployed"),
+        Err(_) => tracing::warn!(instance = %id, %description, "redeploy failed"),
+    }
+    let task = result.ok().flatten();
+    let recorded = state
+        .store
+        .update(|store| match store.instances.get_mut(&id) {
+            Some(cur) if cur.operation.state != OpState::InProgress => {
+                cur.operation.description = description;
+                cur.operation.finished_at = Some(now_rfc3339());
+                if task.is_some() {
+                    cur.operation.task_id = task;
+                }
+                ((), true)
+            }
+            _ => ((), false),
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "could not record the redeploy in the broker store");
+    }
 }
 
 /// Records each operation's end in the store and the index.

@@ -717,6 +717,48 @@ pub async fn apply_batch(
     Ok(outcome)
 }
 
+/// Deploys an instance's kept `manifest` again as `deployment` (Blacksmith's redeploy),
+/// under the state lock `anvil apply` and the broker's batches take, so it never runs
+/// beside another change of the same Foundation. `started` gets the BOSH task id (or
+/// `None` when the Director already had this manifest and started nothing) as soon as
+/// the Director hands it out; the call returns once the task ended. The deployment's
+/// recorded attributes do not change (the same manifest), so the state stays true.
+///
+/// # Errors
+/// The spec, the lock (waited for up to `lock_timeout`), or the Director refusing the
+/// manifest or failing the task ([`OpsError::Redeploy`] naming the task).
+pub async fn redeploy(
+    inputs: &Inputs,
+    lock_timeout: Duration,
+    clients: &super::broker_bind::Clients,
+    deployment: &str,
+    manifest: &str,
+    started: impl FnOnce(Option<u64>),
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>, OpsError> {
+    let ws = load_workspace(inputs, Registry::builtin())?;
+    let _lock = super::commands::take_lock(&ws, "broker redeploy", lock_timeout, sink).await?;
+    let failed = |e: crate::providers::ProviderError| OpsError::Redeploy {
+        deployment: deployment.to_string(),
+        message: e.to_string(),
+    };
+    let task = clients
+        .director
+        .deploy(deployment, manifest, |_| false, false)
+        .await
+        .map_err(failed)?;
+    started(task);
+    if let Some(id) = task {
+        clients
+            .director
+            .follow_task(id, deployment, &|_| {}, cancel)
+            .await
+            .map_err(failed)?;
+    }
+    Ok(task)
+}
+
 /// One status change of an index entry.
 #[derive(Debug, Clone)]
 pub struct StatusChange {

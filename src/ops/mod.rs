@@ -9,6 +9,7 @@ pub mod broker_bind;
 pub mod broker_internal;
 mod commands;
 mod drift;
+pub mod environment_doc;
 pub mod environments;
 mod events;
 pub mod instances;
@@ -83,6 +84,10 @@ pub enum OpsError {
         id: String,
         flags: String,
     },
+    /// `POST /b/{id}/redeploy`: the Director refused the kept manifest or its task
+    /// failed; the message names the deployment, the task and the Director's URL.
+    #[error("redeploy of deployment {deployment} failed: {message}")]
+    Redeploy { deployment: String, message: String },
     /// The caller cancelled before anything was changed.
     #[error("cancelled before anything was changed; run the command again when ready")]
     Cancelled,

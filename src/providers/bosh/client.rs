@@ -236,6 +236,10 @@ pub struct Client {
     config: Config,
     auth: Auth,
     token: Mutex<Option<String>>,
+    /// How idempotent requests are retried ([`Policy::HTTP`] unless
+    /// [`Client::connect_with`] was given another, e.g. one attempt for a caller that
+    /// retries on its own schedule).
+    policy: Policy,
 }
 
 /// The error chain of a reqwest error in one line (the TLS cause is deep inside).
@@ -257,6 +261,15 @@ impl Client {
     /// The CA cannot be read or parsed, or the Director cannot be asked (a certificate
     /// error names `BOSH_CA_CERT`).
     pub async fn connect(config: &Config) -> Result<Client, BoshError> {
+        Client::connect_with(config, Policy::HTTP).await
+    }
+
+    /// [`Client::connect`] with another retry policy for idempotent requests (the
+    /// `/info` discovery included).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with(config: &Config, policy: Policy) -> Result<Client, BoshError> {
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
@@ -274,6 +287,7 @@ impl Client {
             config: config.clone(),
             auth: Auth::Basic,
             token: Mutex::new(None),
+            policy,
         };
         let info = client
             .request(Method::GET, "/info", Body::None, None)
@@ -392,7 +406,7 @@ impl Client {
                 Err(e) => Err(self.send_error(&m, token_url, &e)),
             }
         };
-        retry::run(Policy::HTTP, retry::transient, once)
+        retry::run(self.policy, retry::transient, once)
             .await
             .map_err(|(e, _)| e)
     }
@@ -523,7 +537,7 @@ impl Client {
                 Err(e) => Err(e),
             }
         };
-        retry::run(Policy::HTTP, retry::transient, once)
+        retry::run(self.policy, retry::transient, once)
             .await
             .map_err(|(e, _)| e)
     }
@@ -669,7 +683,7 @@ impl Client {
                 Err(e) => Err(e),
             }
         };
-        retry::run(Policy::HTTP, retry::transient, once)
+        retry::run(self.policy, retry::transient, once)
             .await
             .map_err(|(e, _)| e)
     }
@@ -1076,6 +1090,7 @@ mod tests {
             },
             auth: Auth::Basic,
             token: Mutex::new(None),
+            policy: Policy::HTTP,
         };
         let cancel = CancellationToken::new();
         cancel.cancel();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Where an environment is in its lifecycle (the seeds' names, exactly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -79,7 +79,7 @@ pub enum JobKind {
 }
 
 /// Counts of the last plan a job applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanSummary {
     pub add: usize,
     pub change: usize,
@@ -159,7 +159,7 @@ pub struct Job {
 }
 
 /// One progress event of an environment's jobs (`GET /{id}/events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     /// Increasing per environment, from 1.
     pub seq: u64,
