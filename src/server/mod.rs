@@ -201,3 +201,4 @@ fn start_workers(settings: &Settings, app: &Shared) -> Vec<tokio::task::JoinHand
     let _ = app;
     Vec::new()
 }
+pub mod worker;
