@@ -6,6 +6,7 @@
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod broker;
+mod capacity;
 mod output;
 mod reconcile;
 mod sim_bosh;
@@ -85,6 +86,9 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Serve the Open Service Broker API over a Foundation (docs/broker.md).
     Broker(broker::BrokerArgs),
+    /// Diego cells' capacity (from the Director's vitals), apps and isolation segments
+    /// (from the CF API), as text or JSON (docs/capacity.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -850,6 +854,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Sim(SimCmd::Cf(a)) => sim_cf::run(a).await,
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
+        Command::Capacity(a) => capacity::run(a).await,
     }
 }
 
