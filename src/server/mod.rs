@@ -14,6 +14,7 @@ pub mod auth;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
+pub mod worker;
 
 use crate::ops::CancellationToken;
 use api::{AppState, Shared};
@@ -201,4 +202,3 @@ fn start_workers(settings: &Settings, app: &Shared) -> Vec<tokio::task::JoinHand
     let _ = app;
     Vec::new()
 }
-pub mod worker;
