@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod broker;
+pub mod capacity;
 pub mod cli;
 pub mod drift;
 pub mod model;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod plan;
 pub mod providers;
 pub mod reconcile;
+pub mod server;
 pub mod sim;
 pub mod spec;
 pub mod state;

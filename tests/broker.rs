@@ -7,6 +7,8 @@
 //! readable description (acceptance 5).
 
 mod common;
+#[path = "pg_support/mod.rs"]
+mod pg_support;
 #[path = "sim_bosh_support/mod.rs"]
 mod sim_bosh_support;
 #[path = "sim_vault_support/mod.rs"]
@@ -159,9 +161,16 @@ impl World {
     }
 
     fn broker(&self) -> Broker {
-        let mut cmd = self
-            .s
-            .cmd(&["broker", "--foundation", "fnd", "--listen", "127.0.0.1:0"]);
+        self.broker_at(None)
+    }
+
+    /// A broker on the state (and store) at `state`, else the default file state.
+    fn broker_at(&self, state: Option<&str>) -> Broker {
+        let mut args = vec!["broker", "--foundation", "fnd", "--listen", "127.0.0.1:0"];
+        if let Some(url) = state {
+            args.extend(["--state", url]);
+        }
+        let mut cmd = self.s.cmd(&args);
         at_simulators(&mut cmd, &self.bosh.url, &self.vault.url(), TOKEN)
             .env("ANVIL_BROKER_USERNAME", USER)
             .env("ANVIL_BROKER_PASSWORD", PASSWORD)
@@ -323,6 +332,8 @@ fn full_lifecycle_catalog_provision_fetch_update_deprovision() {
     assert_eq!(redis["plan_updateable"], true);
     assert_eq!(redis["bindable"], true);
     assert_eq!(redis["tags"], json!(["redis"]));
+    assert_eq!(redis["instances_retrievable"], true);
+    assert_eq!(redis["bindings_retrievable"], true);
     assert_eq!(redis["plans"][0]["metadata"]["displayName"], "Redis small");
     assert_eq!(
         redis["plans"][0]["schemas"]["service_instance"]["create"]["parameters"]["type"],
@@ -725,6 +736,29 @@ fn gitops_apply_after_broker_provisions_deletes_no_broker_instance() {
     }
     let text = stdout(&w.anvil(&["plan", "fnd"]));
     assert!(text.contains("0 to destroy"), "{text}");
+    // The plan marks which resources are the broker's: in JSON every one of them, in
+    // the text each one that changes (a deployment deleted behind anvil's back).
+    for c in changes {
+        let addr = c["address"].as_str().unwrap();
+        let broker = ids.iter().any(|id| addr.contains(id.as_str()));
+        let expected = if broker { json!("broker") } else { Value::Null };
+        assert_eq!(c["origin"], expected, "{c}");
+    }
+    let gone = format!("redis-small-{}", ids[0]);
+    w.bosh.delete(&gone);
+    let text = stdout(&w.anvil(&["plan", "fnd"]));
+    assert!(
+        text.contains(&format!(
+            "# bosh_deployment.{gone} (broker instance) will be created"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "# bosh_deployment.limited-one-{SPEC_ID} will be created"
+        )),
+        "{text}"
+    );
 
     let apply = w.anvil(&["apply", "--auto-approve", "fnd"]);
     assert_code(&apply, 0);
@@ -733,6 +767,8 @@ fn gitops_apply_after_broker_provisions_deletes_no_broker_instance() {
         assert!(names.contains(&format!("redis-small-{id}")), "{names:?}");
         assert!(w.index().contains_key(id.as_str()));
     }
+    // The deleted broker deployment was deployed again: one more deploy task.
+    assert_eq!(deploys_per_deployment(&w.tasks())[&gone], 2);
     // The spec's own instance was deployed by the GitOps apply.
     assert!(
         names.contains(&format!("limited-one-{SPEC_ID}")),
@@ -841,16 +877,134 @@ fn hundred_concurrent_provisions_then_a_sigkill_with_fifty_in_flight_resumes_eac
         );
     }
     // None deployed twice: one deploy task per deployment.
-    let tasks = w.tasks();
-    let mut per: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for t in &tasks {
+    let per = deploys_per_deployment(&w.tasks());
+    assert_eq!(per.len(), 150, "{per:?}");
+    let twice: Vec<_> = per.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "deployed more than once: {twice:?}");
+    assert_eq!(b.stop(), Some(0));
+}
+
+/// Deploy tasks per deployment in the simulated Director.
+fn deploys_per_deployment(tasks: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut per = std::collections::BTreeMap::new();
+    for t in tasks {
         if t["description"] == "create deployment" {
             *per.entry(t["deployment"].as_str().unwrap_or_default().to_string())
                 .or_default() += 1;
         }
     }
-    assert_eq!(per.len(), 150, "{per:?}");
+    per
+}
+
+/// The broker lifecycle on a store kept by the state backend at `state`: provisions
+/// recorded there (no local store file), a SIGKILL while deploys run and a restart that
+/// resumes every unfinished provision from that store (each deployment deployed once),
+/// `anvil plan` on the same state seeing the broker's instances, and a deprovision.
+fn store_survives_a_sigkill(w: &World, state: &str) {
+    let b = w.broker_at(Some(state));
+    let ids: Vec<String> = (300..310).map(uuid).collect();
+    let mut ops = Vec::new();
+    for id in &ids {
+        let a = w.provision(&b, id, "redis-large", json!({}));
+        assert_eq!(a.status, 202, "{id}: {a:?}");
+        ops.push(a.body["operation"].as_str().unwrap().to_string());
+    }
+    // The store lives in the backend, not in a file beside a local state.
+    assert!(
+        !w.s.path().join("state").exists(),
+        "a local state directory was written with --state {state}"
+    );
+    let mut running = 0;
+    for _ in 0..3000 {
+        running = w
+            .tasks()
+            .iter()
+            .filter(|t| t["state"] == "processing" || t["state"] == "queued")
+            .count();
+        if running > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(running > 0, "no deploy ever ran");
+    b.kill();
+
+    let b = w.broker_at(Some(state));
+    for (id, op) in ids.iter().zip(&ops) {
+        let done = w.wait(&b, id, op);
+        assert_eq!(done.body["state"], "succeeded", "{id}: {:?}", done.body);
+        assert_eq!(w.index()[id.as_str()]["status"], "provisioning_completed");
+    }
+    let per = deploys_per_deployment(&w.tasks());
+    assert_eq!(per.len(), ids.len(), "{per:?}");
     let twice: Vec<_> = per.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "deployed more than once: {twice:?}");
+
+    // Deprovision one: its deployment goes, the others stay.
+    let gone = &ids[0];
+    let del = w.osb(
+        &b,
+        "DELETE",
+        &format!(
+            "/v2/service_instances/{gone}?accepts_incomplete=true&service_id=redis&plan_id=redis-large"
+        ),
+        None,
+    );
+    assert_eq!(del.status, 202, "{del:?}");
+    let op = del.body["operation"].as_str().unwrap().to_string();
+    assert_eq!(w.wait(&b, gone, &op).body["state"], "succeeded");
+    assert!(!w.bosh.names().contains(&format!("redis-large-{gone}")));
     assert_eq!(b.stop(), Some(0));
+
+    // A GitOps plan on the same state sees the broker's instances: nothing to destroy.
+    let plan = w.anvil(&["plan", "--state", state, "fnd"]);
+    assert_code(&plan, 0);
+    let text = stdout(&plan);
+    assert!(text.contains("0 to destroy"), "{text}");
+    // A restarted broker reads the finished operations back from the store.
+    let b = w.broker_at(Some(state));
+    let lo = w.osb(
+        &b,
+        "GET",
+        &format!("/v2/service_instances/{}/last_operation", ids[1]),
+        None,
+    );
+    assert_eq!(lo.body["state"], "succeeded", "{lo:?}");
+    let lo = w.osb(
+        &b,
+        "GET",
+        &format!("/v2/service_instances/{gone}/last_operation"),
+        None,
+    );
+    assert_eq!(lo.status, 410, "{lo:?}");
+    assert_eq!(b.stop(), Some(0));
+}
+
+#[test]
+fn store_on_postgres_resumes_after_a_sigkill() {
+    let pg = pg_support::PgCluster::shared();
+    pg.create_db("broker_store");
+    let w = World::start(&["--task-duration", "300ms"]);
+    let url = pg.url("broker_store");
+    store_survives_a_sigkill(&w, &url);
+    let rows = pg.psql(
+        "broker_store",
+        "SELECT workspace, length(doc) > 0 FROM anvil_broker_store",
+    );
+    assert!(rows.contains("brokered"), "{rows}");
+}
+
+#[test]
+fn store_on_vault_resumes_after_a_sigkill() {
+    let w = World::start(&["--task-duration", "300ms"]);
+    store_survives_a_sigkill(&w, "vault://secret/anvil/state");
+    let store = w
+        .vault
+        .kv_read("anvil/state/brokered.broker", TOKEN)
+        .expect("the broker store secret");
+    assert_eq!(store["format"], "anvil-broker-store");
+    assert_eq!(
+        store["instances"][uuid(300).as_str()]["operation"]["kind"],
+        "deprovision"
+    );
 }

@@ -10,6 +10,7 @@
 
 pub mod aws;
 pub mod bosh;
+pub mod cf;
 pub mod error;
 pub mod null;
 pub mod resource;

@@ -4,4 +4,5 @@
 //! CI need no real Director or Vault.
 
 pub mod bosh;
+pub mod cf;
 pub mod vault;

@@ -351,7 +351,8 @@ pub trait StateBackend: Send + Sync {
             action: "write the broker store to",
             location: self.describe(),
             detail: "this state backend does not keep a broker store".to_string(),
-            hint: "run `anvil broker` with a file state (--state PATH) or PostgreSQL".to_string(),
+            hint: "run `anvil broker` with a file state (--state PATH), PostgreSQL or Vault"
+                .to_string(),
         })
     }
 }

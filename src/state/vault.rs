@@ -79,6 +79,17 @@ pub struct VaultBackend {
     client: OnceCell<KvClient>,
     lease: Option<Duration>,
     clock: Arc<dyn Clock>,
+    /// The broker store secret's version last read or written (the next write's `cas`)
+    /// and the document of the last write attempt (to recognise our own write when an
+    /// answer was lost).
+    broker: Mutex<BrokerSeen>,
+}
+
+/// What this process last saw of the broker store secret.
+#[derive(Debug, Default)]
+struct BrokerSeen {
+    version: Option<u64>,
+    attempted: Option<Value>,
 }
 
 impl VaultBackend {
@@ -94,11 +105,14 @@ impl VaultBackend {
             url: e.url.clone(),
             detail: format!("{}; {}", e.detail, e.hint),
         })?;
-        if workspace.ends_with(".lock") || workspace.ends_with(".journal") {
+        if workspace.ends_with(".lock")
+            || workspace.ends_with(".journal")
+            || workspace.ends_with(".broker")
+        {
             return Err(StateError::InvalidUrl {
                 url: url.to_string(),
                 detail: format!(
-                    "workspace name {workspace:?} ends in .lock or .journal, which the Vault backend uses for another workspace's lock and journal; rename the workspace (metadata.name)"
+                    "workspace name {workspace:?} ends in .lock, .journal or .broker, which the Vault backend uses for another workspace's lock, journal and broker store; rename the workspace (metadata.name)"
                 ),
             });
         }
@@ -109,6 +123,7 @@ impl VaultBackend {
             client: OnceCell::new(),
             lease: None,
             clock: Arc::new(SystemClock),
+            broker: Mutex::new(BrokerSeen::default()),
         })
     }
 
@@ -136,6 +151,18 @@ impl VaultBackend {
 
     fn location(&self) -> String {
         format!("{}/{}", self.url.url.trim_end_matches('/'), self.workspace)
+    }
+
+    fn broker_key(&self) -> String {
+        self.url.key(&format!("{}.broker", self.workspace))
+    }
+
+    fn broker_location(&self) -> String {
+        format!("{}.broker", self.location())
+    }
+
+    fn broker_seen(&self) -> MutexGuard<'_, BrokerSeen> {
+        self.broker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_location(&self) -> String {
@@ -557,6 +584,76 @@ impl StateBackend for VaultBackend {
         }
         let client = self.client().await?;
         Ok(self.read_chunk(client, head.seq + 1).await?.is_some())
+    }
+
+    async fn load_broker_store(&self) -> Result<Option<Value>, StateError> {
+        let client = self.client().await?;
+        let location = self.broker_location();
+        let secret = client
+            .read(&self.broker_key())
+            .await
+            .map_err(|e| backend_err("read the broker store of", &location, e))?;
+        self.broker_seen().version = Some(secret.version);
+        Ok(secret.data)
+    }
+
+    async fn write_broker_store(&self, doc: &Value) -> Result<(), StateError> {
+        if !doc.is_object() {
+            return Err(StateError::Backend {
+                action: "write the broker store to",
+                location: self.broker_location(),
+                detail: "the broker store must be a JSON object to be a Vault secret".into(),
+                hint: "this is a bug in anvil; report it".into(),
+            });
+        }
+        let client = self.client().await?;
+        let location = self.broker_location();
+        let key = self.broker_key();
+        let known = self.broker_seen().version;
+        let cas = match known {
+            Some(v) => v,
+            None => {
+                client
+                    .read(&key)
+                    .await
+                    .map_err(|e| backend_err("read the broker store of", &location, e))?
+                    .version
+            }
+        };
+        let previous = std::mem::replace(&mut self.broker_seen().attempted, Some(doc.clone()));
+        // Check-and-set against the version this process last saw: a second broker
+        // writing the same workspace's store is refused instead of losing its changes.
+        let written = match client.write(&key, doc, cas).await {
+            Ok(v) => v,
+            Err(e) if e.kind == KvErrorKind::CasMismatch => {
+                // The previous write may have landed although its answer was lost: if
+                // the stored document is the one we attempted last, continue from it.
+                let current = client
+                    .read(&key)
+                    .await
+                    .map_err(|e| backend_err("read the broker store of", &location, e))?;
+                let ours = current.data.is_some()
+                    && (current.data == previous || current.data.as_ref() == Some(doc));
+                if !ours {
+                    return Err(StateError::Backend {
+                        action: "write the broker store to",
+                        location,
+                        detail: format!(
+                            "another writer changed it (version {} stored, {cas} expected)",
+                            current.version
+                        ),
+                        hint: "run one `anvil broker` per workspace; restart this one to read the store again".into(),
+                    });
+                }
+                client
+                    .write(&key, doc, current.version)
+                    .await
+                    .map_err(|e| backend_err("write the broker store to", &location, e))?
+            }
+            Err(e) => return Err(backend_err("write the broker store to", &location, e)),
+        };
+        self.broker_seen().version = Some(written);
+        Ok(())
     }
 
     async fn lock(&self, operation: &str, timeout: Duration) -> Result<Box<dyn Lock>, StateError> {

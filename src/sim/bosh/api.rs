@@ -2,7 +2,7 @@
 //! fault injection and the `/_sim/` control endpoints.
 
 use super::manifest;
-use super::store::{self, latest_config, lock_holder, now, Action, Config, Faults};
+use super::store::{self, latest_config, lock_holder, now, Action, Config, Faults, Vitals};
 use super::{AuthMode, BoshSim};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -147,6 +147,10 @@ pub fn router(sim: BoshSim) -> Router {
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/reset", post(reset))
+        .route(
+            "/_sim/vitals/{deployment}/{group}/{index}",
+            axum::routing::put(put_vitals),
+        )
         .fallback(|uri: Uri| async move { not_found(uri.path()) })
         .method_not_allowed_fallback(|uri: Uri| async move { not_found(uri.path()) })
         .layer(middleware::from_fn_with_state(sim.clone(), inject_faults))
@@ -157,6 +161,7 @@ async fn inject_faults(State(sim): State<BoshSim>, req: Request, next: Next) -> 
     if !req.uri().path().starts_with("/_sim/") {
         let (fail, latency) = {
             let mut g = sim.store.lock();
+            g.requests += 1;
             let p = g.faults.fail_rate;
             (g.rng.chance(p), g.faults.latency_ms)
         };
@@ -759,7 +764,8 @@ async fn events(State(sim): State<BoshSim>, headers: HeaderMap, uri: Uri, Query(
 /// Counters tests use to see what clients did: UAA tokens issued, 401s answered.
 async fn get_stats(State(sim): State<BoshSim>) -> Response {
     let g = sim.store.lock();
-    Json(json!({"tokens_issued": g.tokens_issued, "unauthorized": g.unauthorized})).into_response()
+    Json(json!({"tokens_issued": g.tokens_issued, "unauthorized": g.unauthorized, "requests": g.requests}))
+        .into_response()
 }
 
 async fn get_faults(State(sim): State<BoshSim>) -> Response {
@@ -796,4 +802,32 @@ async fn put_faults(State(sim): State<BoshSim>, body: Bytes) -> Response {
 async fn reset(State(sim): State<BoshSim>) -> Response {
     sim.store.reset();
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Sets one cell VM's vitals (`PUT /_sim/vitals/{deployment}/{group}/{index}`); kept
+/// across redeploys, forgotten by `/_sim/reset`.
+async fn put_vitals(
+    State(sim): State<BoshSim>,
+    Path((deployment, group, index)): Path<(String, String, u32)>,
+    body: Bytes,
+) -> Response {
+    let v: Vitals = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, 400, format!("bad vitals: {e}")),
+    };
+    if let Err(e) = v.validate() {
+        return error(StatusCode::BAD_REQUEST, 400, e);
+    }
+    if !store::is_cell_group(&group) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            400,
+            format!("group '{group}' is not a Diego cell group (its name must contain diego_cell, or be compute)"),
+        );
+    }
+    sim.store
+        .lock()
+        .vitals
+        .insert((deployment, group, index), v);
+    Json(v).into_response()
 }

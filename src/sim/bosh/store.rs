@@ -209,6 +209,10 @@ pub struct Inner {
     /// UAA tokens handed out and requests refused with 401, for `/_sim/stats`.
     pub tokens_issued: u64,
     pub unauthorized: u64,
+    /// Requests answered outside `/_sim/` (faults included), for `/_sim/stats`.
+    pub requests: u64,
+    /// Vitals set through `/_sim/vitals` per VM: (deployment, group, index).
+    pub vitals: HashMap<(String, String, u32), Vitals>,
     /// The seed, for dice that depend only on what they decide (a task's id), so that
     /// which tasks fail does not depend on how requests interleave.
     pub seed: u64,
@@ -244,6 +248,8 @@ impl Store {
                 rng: Rng::new(seed),
                 tokens_issued: 0,
                 unauthorized: 0,
+                requests: 0,
+                vitals: HashMap::new(),
                 seed,
             }),
             released: Notify::new(),
@@ -556,7 +562,7 @@ fn finish(g: &mut Inner, id: u64) {
         .unwrap_or_default();
     let cloud_config_id = latest_config(g, "cloud", "default").map(|c| c.id);
     let vm_lines: Vec<String> = if matches!(action, Action::Vms) {
-        vms(&old_groups, &dep)
+        vms_with(&old_groups, &dep, &g.vitals)
             .iter()
             .map(|v| v.to_string())
             .collect()
@@ -690,8 +696,78 @@ fn uuid_from(parts: &[&str]) -> String {
     )
 }
 
+/// A Diego cell's vitals as the simulator reports them: set per VM through
+/// `PUT /_sim/vitals/{deployment}/{group}/{index}`, else derived from the VM's key.
+/// Real agents report memory *used* (`mem.kb`) and its percentage; the simulator derives
+/// `mem.kb` from the total given here, so clients must compute the total back.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vitals {
+    /// The VM's total memory in KiB.
+    pub mem_total_kb: u64,
+    /// Memory used, in percent of the total (0..=100).
+    pub mem_percent: u64,
+    /// CPU time in user and system mode, in percent.
+    pub cpu_user: f64,
+    pub cpu_sys: f64,
+    /// Ephemeral and persistent disk used, in percent.
+    pub disk_ephemeral_percent: u64,
+    pub disk_persistent_percent: u64,
+}
+
+impl Vitals {
+    /// A cell's default: 16 GiB, 20–59 % memory used, derived from the key `h`.
+    fn cell_default(h: u64) -> Vitals {
+        Vitals {
+            mem_total_kb: 16 * 1024 * 1024,
+            mem_percent: h % 40 + 20,
+            cpu_user: ((h >> 8) % 500) as f64 / 10.0,
+            cpu_sys: ((h >> 16) % 100) as f64 / 10.0,
+            disk_ephemeral_percent: (h >> 24) % 50 + 10,
+            disk_persistent_percent: 0,
+        }
+    }
+
+    /// Checks the percentages.
+    ///
+    /// # Errors
+    /// A message naming the field out of 0..=100.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("mem_percent", self.mem_percent),
+            ("disk_ephemeral_percent", self.disk_ephemeral_percent),
+            ("disk_persistent_percent", self.disk_persistent_percent),
+        ] {
+            if v > 100 {
+                return Err(format!("{name} must be between 0 and 100, got {v}"));
+            }
+        }
+        for (name, v) in [("cpu_user", self.cpu_user), ("cpu_sys", self.cpu_sys)] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{name} must be between 0 and 100, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an instance group runs Diego cells (its name is or contains `diego_cell`, or
+/// is `compute`, as in TAS and Small Footprint TAS).
+pub fn is_cell_group(name: &str) -> bool {
+    name.contains("diego_cell") || name == "compute"
+}
+
 /// The simulated VMs of a deployment, in the `format=full` shape (vitals as strings).
 pub fn vms(groups: &[InstanceGroup], deployment: &str) -> Vec<Value> {
+    vms_with(groups, deployment, &HashMap::new())
+}
+
+/// [`vms`] with the vitals set per VM (cells without an entry get their defaults).
+pub fn vms_with(
+    groups: &[InstanceGroup],
+    deployment: &str,
+    set: &HashMap<(String, String, u32), Vitals>,
+) -> Vec<Value> {
     let net = hash(&[deployment]) % 250 + 1;
     let mut out = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
@@ -735,6 +811,22 @@ pub fn vms(groups: &[InstanceGroup], deployment: &str) -> Vec<Value> {
                 },
                 "resurrection_paused": false,
             }));
+            if is_cell_group(&g.name) {
+                let v = set
+                    .get(&(deployment.to_string(), g.name.clone(), i))
+                    .copied()
+                    .unwrap_or_else(|| Vitals::cell_default(h));
+                let used_kb = v.mem_total_kb * v.mem_percent / 100;
+                if let Some(last) = out.last_mut() {
+                    last["vitals"]["mem"] =
+                        json!({"kb": used_kb.to_string(), "percent": v.mem_percent.to_string()});
+                    last["vitals"]["cpu"] = json!({"sys": format!("{:.1}", v.cpu_sys), "user": format!("{:.1}", v.cpu_user), "wait": "0.1"});
+                    last["vitals"]["disk"]["ephemeral"]["percent"] =
+                        json!(v.disk_ephemeral_percent.to_string());
+                    last["vitals"]["disk"]["persistent"]["percent"] =
+                        json!(v.disk_persistent_percent.to_string());
+                }
+            }
         }
     }
     out
