@@ -14,6 +14,7 @@ pub mod auth;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
+pub mod worker;
 
 use crate::ops::CancellationToken;
 use api::{AppState, Shared};
@@ -201,6 +202,23 @@ fn start_workers(settings: &Settings, app: &Shared) -> Vec<tokio::task::JoinHand
     if settings.workers == 0 {
         return Vec::new();
     }
-    let _ = app;
-    Vec::new()
+    // Unique across servers sharing a database: host and pid.
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let ws = worker::Settings {
+        id_prefix: format!("{host}-{}", std::process::id()),
+        state_url: settings.database.clone(),
+        data_dir: settings.data_dir.clone(),
+        lease: settings.lease,
+        heartbeat: settings.lease / 3,
+        bootstrap_hook: settings.bootstrap_hook.clone(),
+        parallelism: settings.parallelism,
+    };
+    let observer: Arc<dyn worker::Observer> = app.metrics.clone();
+    worker::spawn(
+        app.queue.clone(),
+        ws,
+        settings.workers,
+        observer,
+        app.stopping.clone(),
+    )
 }

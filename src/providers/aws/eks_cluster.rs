@@ -73,6 +73,10 @@ impl AwsResource for EksCluster {
                 ("arn", "The cluster ARN."),
                 ("endpoint", "The API server endpoint."),
                 ("status", "The cluster status (`ACTIVE`)."),
+                (
+                    "certificate_authority",
+                    "The cluster's CA certificate, base64-encoded PEM (a kubeconfig's `certificate-authority-data`).",
+                ),
             ],
         )
     }
@@ -218,6 +222,12 @@ fn outputs(k: &aws_sdk_eks::types::Cluster) -> std::collections::BTreeMap<String
         (
             "status",
             k.status().map_or(Value::Null, |s| Value::from(s.as_str())),
+        ),
+        (
+            "certificate_authority",
+            k.certificate_authority()
+                .and_then(|c| c.data())
+                .map_or(Value::Null, Value::from),
         ),
     ])
 }
