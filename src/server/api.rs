@@ -229,7 +229,9 @@ impl ApiError {
             ApiError::BadRequest { field, .. } => {
                 (StatusCode::BAD_REQUEST, body("bad_request", Some(field)))
             }
-            ApiError::Document(EnvironmentDocError::Malformed { location, message, .. }) => {
+            ApiError::Document(EnvironmentDocError::Malformed {
+                location, message, ..
+            }) => {
                 let mut b = body("malformed_document", Some("body"));
                 b.errors.push(FieldError {
                     path: String::new(),
@@ -266,8 +268,12 @@ impl ApiError {
                 body("method_not_allowed", None),
             ),
             ApiError::Queue(q) => match q {
-                QueueError::NotFound { .. } => (StatusCode::NOT_FOUND, body("not_found", Some("id"))),
-                QueueError::Conflict { .. } => (StatusCode::CONFLICT, body("conflict", Some("status"))),
+                QueueError::NotFound { .. } => {
+                    (StatusCode::NOT_FOUND, body("not_found", Some("id")))
+                }
+                QueueError::Conflict { .. } => {
+                    (StatusCode::CONFLICT, body("conflict", Some("status")))
+                }
                 QueueError::NameTaken { .. } => (
                     StatusCode::CONFLICT,
                     body("conflict", Some("metadata.name")),
@@ -493,12 +499,18 @@ pub async fn list(
         match k.as_str() {
             "status" => {
                 query.status = Some(Status::parse(&v).ok_or_else(|| {
-                    ApiError::bad("status", format!("{v:?} is not a status; one of {}", status_list()))
+                    ApiError::bad(
+                        "status",
+                        format!("{v:?} is not a status; one of {}", status_list()),
+                    )
                 })?);
             }
             "limit" => {
                 let n: u64 = v.parse().map_err(|_| {
-                    ApiError::bad("limit", format!("{v:?} is not a whole number; give 1 to {MAX_LIMIT}"))
+                    ApiError::bad(
+                        "limit",
+                        format!("{v:?} is not a whole number; give 1 to {MAX_LIMIT}"),
+                    )
                 })?;
                 query.limit = usize::try_from(n).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
             }
@@ -532,7 +544,7 @@ pub async fn list(
     get,
     path = "/api/v1/environments/{id}",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 200, description = "The environment", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -555,7 +567,7 @@ pub async fn show(
     delete,
     path = "/api/v1/environments/{id}",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 202, description = "The destroy job is queued", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -581,7 +593,7 @@ pub async fn destroy(
     post,
     path = "/api/v1/environments/{id}/refresh",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 202, description = "A provision job is queued", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -609,7 +621,7 @@ pub async fn refresh(
     path = "/api/v1/environments/{id}/events",
     tag = "environments",
     params(
-        ("id" = String, Path, description = "The environment's id (a UUID)"),
+        ("id" = Uuid, Path, description = "The environment's id (a UUID)"),
         ("after" = Option<u64>, Query, description = "Only events after this `seq` (default 0: all)"),
     ),
     responses(
@@ -633,7 +645,10 @@ pub async fn events(
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "after" {
             after = v.parse().map_err(|_| {
-                ApiError::bad("after", format!("{v:?} is not an event seq (a whole number)"))
+                ApiError::bad(
+                    "after",
+                    format!("{v:?} is not an event seq (a whole number)"),
+                )
             })?;
         }
     }
@@ -838,10 +853,7 @@ pub async fn correlate(req: Request, next: Next) -> Response {
         environment_id = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let mut resp = next
-        .run(req)
-        .instrument(span.clone())
-        .await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::info!(
             status = resp.status().as_u16(),

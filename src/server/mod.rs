@@ -135,7 +135,10 @@ pub fn router(app: Shared, tokens: Arc<Tokens>) -> Router {
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .layer(axum::middleware::from_fn(api::correlate))
         .with_state(app)
 }
@@ -199,6 +202,23 @@ fn start_workers(settings: &Settings, app: &Shared) -> Vec<tokio::task::JoinHand
     if settings.workers == 0 {
         return Vec::new();
     }
-    let _ = app;
-    Vec::new()
+    // Unique across servers sharing a database: host and pid.
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let ws = worker::Settings {
+        id_prefix: format!("{host}-{}", std::process::id()),
+        state_url: settings.database.clone(),
+        data_dir: settings.data_dir.clone(),
+        lease: settings.lease,
+        heartbeat: settings.lease / 3,
+        bootstrap_hook: settings.bootstrap_hook.clone(),
+        parallelism: settings.parallelism,
+    };
+    let observer: Arc<dyn worker::Observer> = app.metrics.clone();
+    worker::spawn(
+        app.queue.clone(),
+        ws,
+        settings.workers,
+        observer,
+        app.stopping.clone(),
+    )
 }
