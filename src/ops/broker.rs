@@ -778,6 +778,28 @@ pub async fn redeploy(
     Ok(task)
 }
 
+/// One reconciler run (`anvil reconcile` once, with the Foundation's settings from the
+/// environment) under the state lock, so it never runs beside an apply or a broker
+/// batch of the same workspace.
+///
+/// # Errors
+/// The spec, the lock (waited for up to `lock_timeout`), the reconciler's settings, or
+/// the Director or Vault being unreachable.
+pub async fn reconcile_locked(
+    inputs: &Inputs,
+    lock_timeout: Duration,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<super::reconcile::ReconcileOutcome, OpsError> {
+    let ws = load_workspace(inputs, Registry::builtin())?;
+    let _lock = super::commands::take_lock(&ws, "broker reconcile", lock_timeout, sink).await?;
+    let request = super::reconcile::ReconcileRequest {
+        foundation: inputs.paths.first().cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    super::reconcile::reconcile(&request, sink, cancel).await
+}
+
 /// One status change of an index entry.
 #[derive(Debug, Clone)]
 pub struct StatusChange {
