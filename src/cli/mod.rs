@@ -6,6 +6,7 @@
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod broker;
+mod capacity;
 mod output;
 mod reconcile;
 mod serve;
@@ -99,6 +100,9 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// Serve the environments REST API and run its workers (docs/serve.md).
     Serve(serve::ServeArgs),
+    /// Diego cells' capacity (from the Director's vitals), apps and isolation segments
+    /// (from the CF API), as text or JSON (docs/capacity.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -882,6 +886,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
         Command::Serve(a) => serve::run(a).await,
+        Command::Capacity(a) => capacity::run(a).await,
     }
 }
 
