@@ -332,6 +332,8 @@ fn full_lifecycle_catalog_provision_fetch_update_deprovision() {
     assert_eq!(redis["plan_updateable"], true);
     assert_eq!(redis["bindable"], true);
     assert_eq!(redis["tags"], json!(["redis"]));
+    assert_eq!(redis["instances_retrievable"], true);
+    assert_eq!(redis["bindings_retrievable"], true);
     assert_eq!(redis["plans"][0]["metadata"]["displayName"], "Redis small");
     assert_eq!(
         redis["plans"][0]["schemas"]["service_instance"]["create"]["parameters"]["type"],
@@ -734,6 +736,29 @@ fn gitops_apply_after_broker_provisions_deletes_no_broker_instance() {
     }
     let text = stdout(&w.anvil(&["plan", "fnd"]));
     assert!(text.contains("0 to destroy"), "{text}");
+    // The plan marks which resources are the broker's: in JSON every one of them, in
+    // the text each one that changes (a deployment deleted behind anvil's back).
+    for c in changes {
+        let addr = c["address"].as_str().unwrap();
+        let broker = ids.iter().any(|id| addr.contains(id.as_str()));
+        let expected = if broker { json!("broker") } else { Value::Null };
+        assert_eq!(c["origin"], expected, "{c}");
+    }
+    let gone = format!("redis-small-{}", ids[0]);
+    w.bosh.delete(&gone);
+    let text = stdout(&w.anvil(&["plan", "fnd"]));
+    assert!(
+        text.contains(&format!(
+            "# bosh_deployment.{gone} (broker instance) will be created"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "# bosh_deployment.limited-one-{SPEC_ID} will be created"
+        )),
+        "{text}"
+    );
 
     let apply = w.anvil(&["apply", "--auto-approve", "fnd"]);
     assert_code(&apply, 0);
@@ -742,6 +767,8 @@ fn gitops_apply_after_broker_provisions_deletes_no_broker_instance() {
         assert!(names.contains(&format!("redis-small-{id}")), "{names:?}");
         assert!(w.index().contains_key(id.as_str()));
     }
+    // The deleted broker deployment was deployed again: one more deploy task.
+    assert_eq!(deploys_per_deployment(&w.tasks())[&gone], 2);
     // The spec's own instance was deployed by the GitOps apply.
     assert!(
         names.contains(&format!("limited-one-{SPEC_ID}")),

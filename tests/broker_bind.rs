@@ -246,6 +246,16 @@ fn bind_unbind_and_blacksmith_endpoints() {
     let (status, conflict) = osb(&b, "PUT", &binding_path(REDIS, "b1"), Some(&other));
     assert_eq!(status, 409, "{conflict}");
     assert!(description(&conflict).contains("b1"), "{conflict}");
+    // The existing binding id with another plan is a conflict too (the existing binding
+    // is compared before the ids are checked against the instance's); a new binding id
+    // with that plan is a bad request.
+    let other_plan = bind_body("redis", "redis-cluster", "app-1");
+    let (status, conflict) = osb(&b, "PUT", &binding_path(REDIS, "b1"), Some(&other_plan));
+    assert_eq!(status, 409, "{conflict}");
+    assert!(description(&conflict).contains("b1"), "{conflict}");
+    let (status, bad) = osb(&b, "PUT", &binding_path(REDIS, "b9"), Some(&other_plan));
+    assert_eq!(status, 400, "{bad}");
+    assert!(description(&bad).contains("redis-small"), "{bad}");
 
     // A second binding gets the same instance password.
     let (status, second) = osb(&b, "PUT", &binding_path(REDIS, "b2"), Some(&other));

@@ -111,6 +111,7 @@ fn res(name: &str, attrs: serde_json::Value, deps: &[&str], lifecycle: Lifecycle
         attributes,
         dependencies,
         lifecycle,
+        origin: None,
     }
 }
 

@@ -194,6 +194,13 @@ async fn bind(
         }
     };
     if service_id != target.service_id || plan_id != target.plan_id {
+        // An existing binding asked for again with other ids is a conflict (409), the
+        // answer the spec gives for a binding id reused with other attributes; only a
+        // new binding with ids that are not the instance's is a bad request.
+        let c = clients.get(&state).await?;
+        if c.binding(&id, &bid).await.map_err(api_error)?.is_some() {
+            return Err(conflict(&id, &bid));
+        }
         return Err(ApiError::bad_request(format!(
             "instance {id} is of service `{}` plan `{}`, not service `{service_id}` plan `{plan_id}`: send the instance's own ids",
             target.service_id, target.plan_id
@@ -219,15 +226,18 @@ async fn bind(
         BindOutcome::Existing(creds) => {
             (StatusCode::OK, Json(json!({ "credentials": creds }))).into_response()
         }
-        BindOutcome::Conflict => ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "binding {bid} of instance {id} already exists with different attributes: use a new binding id, or unbind it first"
-            ),
-        )
-        .into_response(),
+        BindOutcome::Conflict => conflict(&id, &bid).into_response(),
     })
+}
+
+fn conflict(id: &str, bid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "binding {bid} of instance {id} already exists with different attributes: use a new binding id, or unbind it first"
+        ),
+    )
 }
 
 #[derive(serde::Deserialize)]

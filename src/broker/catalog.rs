@@ -42,6 +42,9 @@ fn service(s: &CatalogService) -> Value {
     m.insert("bindable".into(), json!(s.bindable));
     m.insert("tags".into(), json!(s.tags));
     m.insert("plan_updateable".into(), json!(s.plan_updateable));
+    // `GET /v2/service_instances/:id` and `GET …/service_bindings/:bid` both work.
+    m.insert("instances_retrievable".into(), json!(true));
+    m.insert("bindings_retrievable".into(), json!(true));
     m.insert("instances_retrievable".into(), json!(true));
     m.insert("bindings_retrievable".into(), json!(true));
     if let Some(md) = &s.metadata {

@@ -17,7 +17,9 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use super::bind::{api_error, LazyClients};
+use super::worker::Redeploy;
 use super::{ApiError, Shared};
+use crate::ops::broker::OpState;
 use crate::ops::broker_bind::BindError;
 
 /// The `/b/...` routes.
@@ -198,13 +200,27 @@ async fn task_log(
     }
 }
 
-/// Deploys the instance's kept manifest again (Blacksmith's redeploy): `202` with the
-/// BOSH task id; the deployment's attributes do not change, so state stays true.
+/// Deploys the instance's kept manifest again (Blacksmith's redeploy) through the
+/// worker's queue, so it runs under the state lock after the batch in progress and is
+/// recorded like any operation: `202` with the BOSH task id once the Director handed it
+/// out; `422` while the instance's own operation is in progress.
 async fn redeploy(
     State(state): State<Shared>,
     Extension(clients): Extension<LazyClients>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(inst) = state.store.get(&id) {
+        if inst.operation.state == OpState::InProgress {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ConcurrencyError",
+                format!(
+                    "instance {id}: its {:?} is in progress ({}); redeploy once `last_operation` says succeeded",
+                    inst.operation.kind, inst.operation.description
+                ),
+            ));
+        }
+    }
     let c = clients.get(&state).await?;
     let entry = c.entry(&id).await.map_err(api_error)?;
     let Some(entry) = entry else {
@@ -229,19 +245,25 @@ async fn redeploy(
             "instance {id} has no manifest to redeploy"
         )));
     };
-    let task = c
-        .director
-        .deploy(&deployment, &manifest, |_| false, false)
-        .await
-        .map_err(|source| {
-            api_error(BindError::Provider {
-                context: format!("instance {id}: redeploying {deployment}"),
-                source,
-            })
-        })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"instance_id": id, "deployment": deployment, "task_id": task})),
-    )
-        .into_response())
+    let (started, answer) = tokio::sync::oneshot::channel();
+    state.worker.redeploy(Redeploy {
+        id: id.clone(),
+        deployment: deployment.clone(),
+        manifest,
+        clients: clients.clone(),
+        started,
+    });
+    match answer.await {
+        Ok(Ok(task)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"instance_id": id, "deployment": deployment, "task_id": task})),
+        )
+            .into_response()),
+        Ok(Err(why)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "BadGateway", why)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("the broker is stopping: redeploy of instance {id} was not started; send it again once the broker is back"),
+        )),
+    }
 }

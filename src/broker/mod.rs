@@ -108,8 +108,10 @@ pub async fn prepare(settings: Settings) -> Result<Shared, BrokerError> {
         return Err(BrokerError::NoCredentials);
     }
     let foundation = BrokerFoundation::load(&settings.inputs).await?;
-    let store = StoreHandle::open(&settings.inputs).await?;
+    // Vault first: a broker that cannot start writes nothing (opening the store writes
+    // an empty one the first time).
     let index = IndexStatus::connect(&foundation).await?;
+    let store = StoreHandle::open(&settings.inputs).await?;
     let catalog = catalog::document(foundation.foundation());
     let stopping = CancellationToken::new();
     let (worker, queue) = worker::channel();

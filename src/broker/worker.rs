@@ -8,25 +8,45 @@
 //! them; the engine's journal and the BOSH provider's check for the deployment's
 //! running task keep an instance from being deployed twice.
 
+use super::bind::LazyClients;
 use super::Shared;
 use crate::ops::broker::{
-    apply_batch, index_seed, now_rfc3339, BatchItem, BrokerFoundation, ItemOutcome, OpKind,
-    OpState, StatusChange, StoredInstance, PROVISIONED,
+    apply_batch, index_seed, now_rfc3339, redeploy, BatchItem, BrokerFoundation, ItemOutcome,
+    OpKind, OpState, StatusChange, StoredInstance, PROVISIONED,
 };
 use crate::ops::{discard, CancellationToken};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-/// Where handlers queue instance ids.
+/// What the worker is asked to do.
+pub enum Job {
+    /// Apply the instance's operation in progress (from the store).
+    Apply(String),
+    /// Deploy an instance's kept manifest again (`POST /b/{id}/redeploy`).
+    Redeploy(Redeploy),
+}
+
+/// A redeploy: which instance, its deployment and manifest, the clients to reach the
+/// Director, and who waits for the task id (or the reason there is none).
+pub struct Redeploy {
+    pub id: String,
+    pub deployment: String,
+    pub manifest: String,
+    pub clients: LazyClients,
+    pub started: oneshot::Sender<Result<Option<u64>, String>>,
+}
+
+/// Where handlers queue work.
 pub struct WorkerHandle {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Job>,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<Mutex<bool>>,
 }
 
 /// The receiving end, handed to [`start`].
-pub struct Queue(mpsc::UnboundedReceiver<String>);
+pub struct Queue(mpsc::UnboundedReceiver<Job>);
 
 /// A new queue.
 pub fn channel() -> (WorkerHandle, Queue) {
@@ -44,7 +64,13 @@ pub fn channel() -> (WorkerHandle, Queue) {
 impl WorkerHandle {
     /// Queues an instance whose operation is in progress.
     pub fn enqueue(&self, id: &str) {
-        let _ = self.tx.send(id.to_string());
+        let _ = self.tx.send(Job::Apply(id.to_string()));
+    }
+
+    /// Queues a redeploy; it runs after the batch in progress, under the state lock.
+    /// When the worker has stopped, `started` is dropped unanswered.
+    pub fn redeploy(&self, job: Redeploy) {
+        let _ = self.tx.send(Job::Redeploy(job));
     }
 }
 
@@ -83,11 +109,22 @@ pub fn start(state: Shared, queue: Queue) {
                 let Some(first) = first else {
                     break;
                 };
-                let mut ids = BTreeSet::from([first]);
-                while let Ok(more) = rx.try_recv() {
-                    ids.insert(more);
+                let mut ids = BTreeSet::new();
+                let mut redeploys = Vec::new();
+                for job in gather(first, &mut rx).await {
+                    match job {
+                        Job::Apply(id) => {
+                            ids.insert(id);
+                        }
+                        Job::Redeploy(r) => redeploys.push(r),
+                    }
                 }
-                run_batch(&state, ids).await;
+                if !ids.is_empty() {
+                    run_batch(&state, ids).await;
+                }
+                for r in redeploys {
+                    run_redeploy(&state, r).await;
+                }
                 if state.stopping.is_cancelled() {
                     break;
                 }
@@ -98,6 +135,33 @@ pub fn start(state: Shared, queue: Queue) {
             state.worker.done.notify_waiters();
         })
     });
+}
+
+/// A batch gathers requests until none came for this long...
+const GATHER_QUIET: Duration = Duration::from_millis(20);
+/// ...or this long after its first one.
+const GATHER_MAX: Duration = Duration::from_millis(250);
+
+/// The jobs of the next batch: `first` and whatever follows it closely. A burst of
+/// requests (a platform provisioning many instances at once) reaches the queue spread
+/// over a few store writes; without waiting for its tail, the first batch would hold
+/// one instance and keep the Director's other task slots idle for a whole deploy while
+/// the rest waited for the state lock. Each batch waits at most [`GATHER_MAX`], next to
+/// a deploy's minutes.
+async fn gather<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut jobs = vec![first];
+    let until = tokio::time::Instant::now() + GATHER_MAX;
+    loop {
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        let quiet = (tokio::time::Instant::now() + GATHER_QUIET).min(until);
+        match tokio::time::timeout_at(quiet, rx.recv()).await {
+            Ok(Some(more)) => jobs.push(more),
+            // Quiet for GATHER_QUIET, past GATHER_MAX, or the queue closed.
+            Ok(None) | Err(_) => return jobs,
+        }
+    }
 }
 
 /// Waits for the worker loop to end (the caller cancelled `stopping`).
@@ -199,6 +263,74 @@ async fn run_batch(state: &Shared, ids: BTreeSet<String>) {
     finish(state, &batch, &outcomes).await;
 }
 
+/// Deploys an instance's kept manifest again under the state lock, answers the task id
+/// to the waiting request as soon as the Director hands it out, and records the task in
+/// the store (a broker instance's operation names it) once it ended.
+async fn run_redeploy(state: &Shared, job: Redeploy) {
+    let Redeploy {
+        id,
+        deployment,
+        manifest,
+        clients,
+        started,
+    } = job;
+    let clients = match clients.get(state).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = started.send(Err(e.description));
+            return;
+        }
+    };
+    let mut started = Some(started);
+    let result = redeploy(
+        &state.settings.inputs,
+        state.settings.lock_timeout,
+        clients,
+        &deployment,
+        &manifest,
+        |task| {
+            if let Some(s) = started.take() {
+                let _ = s.send(Ok(task));
+            }
+        },
+        &discard(),
+        &state.stopping,
+    )
+    .await;
+    let description = match &result {
+        Ok(Some(t)) => {
+            format!("redeploy succeeded: deployment {deployment} deployed by BOSH task {t}")
+        }
+        Ok(None) => format!("redeploy succeeded: deployment {deployment} was up to date"),
+        Err(e) => e.to_string(),
+    };
+    if let Some(s) = started.take() {
+        let _ = s.send(Err(description.clone()));
+    }
+    match &result {
+        Ok(_) => tracing::info!(instance = %id, %description, "redeployed"),
+        Err(_) => tracing::warn!(instance = %id, %description, "redeploy failed"),
+    }
+    let task = result.ok().flatten();
+    let recorded = state
+        .store
+        .update(|store| match store.instances.get_mut(&id) {
+            Some(cur) if cur.operation.state != OpState::InProgress => {
+                cur.operation.description = description;
+                cur.operation.finished_at = Some(now_rfc3339());
+                if task.is_some() {
+                    cur.operation.task_id = task;
+                }
+                ((), true)
+            }
+            _ => ((), false),
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "could not record the redeploy in the broker store");
+    }
+}
+
 /// Records each operation's end in the store and the index.
 async fn finish(
     state: &Shared,
@@ -288,5 +420,47 @@ async fn finish(
         .await;
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "could not record the batch's outcome in the broker store; it is applied again on restart");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gathers_a_burst_until_quiet_or_its_limit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A burst every 10 ms (closer than GATHER_QUIET) for 40 ms, then a pause.
+        let feeder = tokio::spawn(async move {
+            for i in 1..=4 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.send(i).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(99).unwrap();
+            tx
+        });
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(gather(0, &mut rx).await, vec![0, 1, 2, 3, 4]);
+        // It stopped GATHER_QUIET after the last one of the burst.
+        assert_eq!(t0.elapsed(), Duration::from_millis(40) + GATHER_QUIET);
+        assert_eq!(rx.recv().await, Some(99));
+        let tx = feeder.await.unwrap();
+
+        // A steady stream stops at GATHER_MAX.
+        let stream = tokio::spawn(async move {
+            for i in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tx.send(i).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        let got = gather(-1, &mut rx).await;
+        assert_eq!(t0.elapsed(), GATHER_MAX);
+        assert!(got.len() > 40 && got.len() <= 51, "{}", got.len());
+        drop(rx);
+        stream.await.unwrap();
     }
 }

@@ -27,6 +27,7 @@ fn res(ty: &str, name: &str, provider: &str, attrs: Value, ignore: &[&str]) -> R
             ignore_changes: ignore.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
+        origin: None,
     }
 }
 

@@ -443,6 +443,7 @@ impl Builder<'_> {
             depends_on: depends_on.to_vec(),
             lifecycle: Lifecycle::default(),
             provider: Some(self.provider.clone()),
+            origin: None,
         });
     }
 

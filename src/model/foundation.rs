@@ -55,6 +55,10 @@ pub struct Normalised {
 /// (Blacksmith's last provisioning status); spec instances say `succeeded`.
 pub const BROKER_DONE: &str = "provisioning_completed";
 
+/// The origin mark of resources generated for a broker instance (`anvil broker`'s
+/// store), shown by plans as `(broker instance)`.
+pub const ORIGIN_BROKER: &str = "broker";
+
 /// Checks one instance that is not (yet) in the document against its Foundation's
 /// catalog as [`normalise`] would: a UUID id, a known service and plan, parameters the
 /// plan uses, a template that renders. Limits are the caller's (it knows what else
@@ -401,6 +405,7 @@ fn instance_resources(
 ) -> impl Iterator<Item = ResourceSpec> {
     let deployment = deployment_name(&plan.id, &inst.id);
     let id = &inst.id;
+    let origin = inst.from_broker.then(|| ORIGIN_BROKER.to_string());
     let bosh = ResourceSpec {
         ty: "bosh_deployment".into(),
         name: deployment.clone(),
@@ -411,6 +416,7 @@ fn instance_resources(
         depends_on: Vec::new(),
         lifecycle: Lifecycle::default(),
         provider: None,
+        origin: origin.clone(),
     };
     let index = ResourceSpec {
         ty: "vault_index_entry".into(),
@@ -445,6 +451,7 @@ fn instance_resources(
             ..Lifecycle::default()
         },
         provider: None,
+        origin: origin.clone(),
     };
     // Kept in Vault when the instance goes. `{id}/manifest` is written at creation and
     // from then on kept in step with the Director by `anvil reconcile` (as Blacksmith's
@@ -468,6 +475,7 @@ fn instance_resources(
         depends_on: vec![format!("bosh_deployment.{deployment}")],
         lifecycle: kept_synced,
         provider: None,
+        origin: origin.clone(),
     };
     let metadata_secret = ResourceSpec {
         ty: "vault_secret".into(),
@@ -492,6 +500,7 @@ fn instance_resources(
         depends_on: Vec::new(),
         lifecycle: kept,
         provider: None,
+        origin: origin.clone(),
     };
     [bosh, index, manifest_secret, metadata_secret].into_iter()
 }

@@ -76,6 +76,8 @@ pub struct Resource {
     /// Every address this resource depends on (explicit and through references), sorted.
     pub dependencies: Vec<Address>,
     pub lifecycle: Lifecycle,
+    /// Where the resource comes from when not a spec file (`broker`); plans mark it.
+    pub origin: Option<String>,
 }
 
 /// A provider instance the spec configures: a `providers:` entry, or a Foundation's
@@ -728,6 +730,7 @@ pub fn build(spec: &Spec, schemas: &Schemas) -> Result<Model, SpecErrors> {
                 attributes,
                 dependencies: deps.into_iter().collect(),
                 lifecycle: rs.lifecycle.clone(),
+                origin: rs.origin.clone(),
             });
             model.index.insert(address, node);
             sites.push(site);

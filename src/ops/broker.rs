@@ -238,7 +238,21 @@ impl StoreHandle {
     /// The spec does not load, or the store cannot be read.
     pub async fn open(inputs: &Inputs) -> Result<StoreHandle, OpsError> {
         let ws = load_workspace(inputs, Registry::builtin())?;
-        let store = read_store(ws.backend.as_ref()).await?;
+        let doc = ws.backend.load_broker_store().await?;
+        let fresh = doc.is_none();
+        let mut store = decode_store(doc, &ws.backend.describe())?;
+        if fresh {
+            // Written once at start, so the first request's write does not also pay for
+            // creating the file (and its directory), and a backend that cannot keep a
+            // store is reported before the broker listens.
+            store.format = STORE_FORMAT.to_string();
+            store.version = STORE_VERSION;
+            let doc = serde_json::to_value(&store).map_err(|source| StateError::Serialize {
+                location: ws.backend.describe(),
+                source,
+            })?;
+            ws.backend.write_broker_store(&doc).await?;
+        }
         Ok(StoreHandle {
             backend: ws.backend,
             doc: Mutex::new(store),
@@ -289,11 +303,14 @@ impl StoreHandle {
             }
             (r, self.generation.fetch_add(1, Ordering::SeqCst) + 1)
         };
+        let waited = std::time::Instant::now();
         let mut written = self.written.lock().await;
         if *written >= mine {
             // A writer that came after this change already made it durable.
+            tracing::debug!(waited = ?waited.elapsed(), "broker store: change made durable by another write");
             return Ok(result);
         }
+        let wait = waited.elapsed();
         let (snapshot, generation) = {
             let mut doc = self.lock();
             doc.format = STORE_FORMAT.to_string();
@@ -304,7 +321,9 @@ impl StoreHandle {
             })?;
             (snapshot, self.generation.load(Ordering::SeqCst))
         };
+        let t = std::time::Instant::now();
         self.backend.write_broker_store(&snapshot).await?;
+        tracing::debug!(waited = ?wait, write = ?t.elapsed(), changes = generation - *written, "broker store written");
         *written = generation;
         Ok(result)
     }
@@ -715,6 +734,48 @@ pub async fn apply_batch(
         outcome.insert(item.id.clone(), result);
     }
     Ok(outcome)
+}
+
+/// Deploys an instance's kept `manifest` again as `deployment` (Blacksmith's redeploy),
+/// under the state lock `anvil apply` and the broker's batches take, so it never runs
+/// beside another change of the same Foundation. `started` gets the BOSH task id (or
+/// `None` when the Director already had this manifest and started nothing) as soon as
+/// the Director hands it out; the call returns once the task ended. The deployment's
+/// recorded attributes do not change (the same manifest), so the state stays true.
+///
+/// # Errors
+/// The spec, the lock (waited for up to `lock_timeout`), or the Director refusing the
+/// manifest or failing the task ([`OpsError::Redeploy`] naming the task).
+pub async fn redeploy(
+    inputs: &Inputs,
+    lock_timeout: Duration,
+    clients: &super::broker_bind::Clients,
+    deployment: &str,
+    manifest: &str,
+    started: impl FnOnce(Option<u64>),
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>, OpsError> {
+    let ws = load_workspace(inputs, Registry::builtin())?;
+    let _lock = super::commands::take_lock(&ws, "broker redeploy", lock_timeout, sink).await?;
+    let failed = |e: crate::providers::ProviderError| OpsError::Redeploy {
+        deployment: deployment.to_string(),
+        message: e.to_string(),
+    };
+    let task = clients
+        .director
+        .deploy(deployment, manifest, |_| false, false)
+        .await
+        .map_err(failed)?;
+    started(task);
+    if let Some(id) = task {
+        clients
+            .director
+            .follow_task(id, deployment, &|_| {}, cancel)
+            .await
+            .map_err(failed)?;
+    }
+    Ok(task)
 }
 
 /// One status change of an index entry.

@@ -137,6 +137,7 @@ pub fn plan_from_document(doc: &PlanDocument) -> Plan {
                 sensitive,
                 forces_replacement: c.forces_replacement.iter().cloned().collect(),
                 provider_diff: c.provider_diff.clone(),
+                origin: c.origin.clone(),
             }
         })
         .collect();

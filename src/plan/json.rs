@@ -86,6 +86,10 @@ pub struct JsonChange {
     /// The provider's own diff of an update (the BOSH Director's), when it gave one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub provider_diff: Option<crate::model::ProviderDiff>,
+    /// Where the resource comes from when not a spec file: `broker` for the resources
+    /// of an instance `anvil broker` created (its store), absent for spec resources.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub origin: Option<String>,
 }
 
 impl JsonChange {
@@ -131,6 +135,7 @@ impl JsonChange {
             sensitive_attributes: c.sensitive.iter().cloned().collect(),
             forces_replacement: c.forces_replacement.iter().cloned().collect(),
             provider_diff: c.provider_diff.clone(),
+            origin: c.origin.clone(),
         }
     }
 }

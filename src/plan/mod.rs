@@ -61,6 +61,9 @@ pub struct ResourceChange {
     pub forces_replacement: BTreeSet<String>,
     /// The provider's own diff of an update (added by `ops::preview`, never by `plan`).
     pub provider_diff: Option<crate::model::ProviderDiff>,
+    /// Where the declared resource comes from when not a spec file (`broker`: a
+    /// broker instance's resource), so a reader tells them apart.
+    pub origin: Option<String>,
 }
 
 /// A whole plan: one change per resource in scope, sorted by address.
@@ -307,6 +310,7 @@ pub fn plan(
                         .map(|(k, _)| k.clone())
                         .collect(),
                     forces_replacement: forces,
+                    origin: r.origin.clone(),
                 },
             );
         }
@@ -367,6 +371,7 @@ pub fn plan(
                     .unwrap_or_default(),
                 sensitive: rec.sensitive.keys().cloned().collect(),
                 forces_replacement: BTreeSet::new(),
+                origin: None,
             },
         );
     }

@@ -82,7 +82,19 @@ fn render_change(out: &mut String, c: &ResourceChange, style: Style) {
         (Action::Forget, _) => ("will be removed from state; the real object is kept", "  ."),
         (Action::NoOp, _) => ("has no changes", "   "),
     };
-    let _ = writeln!(out, "  # {} {}", style.paint(BOLD, &c.address), headline);
+    // A broker instance's resources say so: a GitOps reader sees they come from
+    // `anvil broker`'s store, not from the spec files.
+    let origin = match c.origin.as_deref() {
+        Some("broker") => " (broker instance)".to_string(),
+        Some(o) => format!(" (from {o})"),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  # {}{origin} {}",
+        style.paint(BOLD, &c.address),
+        headline
+    );
     for r in &c.reasons {
         let _ = writeln!(out, "  #   ({r})");
     }

@@ -36,6 +36,7 @@ fn res_lc(name: &str, attrs: Value, deps: &[&str], lifecycle: Lifecycle) -> Reso
         attributes,
         dependencies,
         lifecycle,
+        origin: None,
     }
 }
 
@@ -561,6 +562,21 @@ mod render_snapshots {
     fn create() {
         let p = run(chain(), &State::new(), &PlanOptions::default());
         insta::assert_snapshot!("create", text(&p));
+    }
+
+    #[test]
+    fn broker_instance_marked() {
+        let mut r = res("d", json!({"inputs": {"size": 1}}), &[]);
+        r.origin = Some("broker".into());
+        let p = run(
+            vec![r, res("spec", json!({"inputs": {}}), &[])],
+            &State::new(),
+            &PlanOptions::default(),
+        );
+        let t = text(&p);
+        assert!(t.contains(".d (broker instance) will be created"), "{t}");
+        assert!(!t.contains(".spec (broker"), "{t}");
+        insta::assert_snapshot!("broker_instance", t);
     }
 
     #[test]

@@ -134,6 +134,11 @@ pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[a-z][a-z0-9_]*(\.[a-z0-9][a-z0-9_-]*)?$"))]
     pub provider: Option<String>,
+    /// Where a generated resource comes from when it is not a spec file (`broker`: an
+    /// instance of `anvil broker`'s store); plans mark it. Never read from YAML.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub origin: Option<String>,
 }
 
 /// How changes to a resource are applied.
