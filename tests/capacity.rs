@@ -399,3 +399,83 @@ fn bad_input_is_refused_with_what_to_do() {
         200
     );
 }
+
+/// Acceptance 3: `anvil plan` of the example Foundation (22 GiB of memory: one small
+/// and three medium Redis VMs, two medium PostgreSQL VMs) against a Director whose two
+/// cells have 8 GiB free warns with both numbers; `--capacity-check=error` exits 1; with
+/// enough room nothing is said.
+#[test]
+fn a_foundation_plan_is_checked_against_the_cells_free_capacity() {
+    let s = Scratch::new();
+    s.copy_example("foundation", "foundation");
+    let bosh = BoshSim::start(&[], None);
+    let cloud = "
+vm_types:
+- {name: small, cloud_properties: {ram: 2048}}
+- {name: medium, cloud_properties: {ram: 4096}}
+- {name: cell, cloud_properties: {ram: 16384, ephemeral_disk: 102400}}
+";
+    bosh.post_json(
+        "/configs",
+        &json!({"type": "cloud", "name": "default", "content": cloud}),
+    );
+    bosh.deploy(
+        "name: cf\ninstance_groups:\n- {name: diego_cell, instances: 2, vm_type: cell, networks: [{name: default}], jobs: [{name: rep}]}\n",
+    );
+    let set = |total_kb: u64, percent: u64| {
+        for i in 0..2 {
+            let v = json!({"mem_total_kb": total_kb, "mem_percent": percent, "cpu_user": 1.0,
+                "cpu_sys": 1.0, "disk_ephemeral_percent": 40, "disk_persistent_percent": 0});
+            assert_eq!(
+                put_json(&format!("{}/_sim/vitals/cf/diego_cell/{i}", bosh.url), &v),
+                200
+            );
+        }
+    };
+    let vault = s.path().to_path_buf();
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "foundation"];
+        args.extend_from_slice(extra);
+        s.cmd(&args)
+            .env("BOSH_ENVIRONMENT", &bosh.url)
+            .env("BOSH_CLIENT", "admin")
+            .env("BOSH_CLIENT_SECRET", "admin")
+            .env_remove("BOSH_CA_CERT")
+            // Planning a Foundation with an empty state reads nothing from Vault.
+            .env("VAULT_ADDR", "http://127.0.0.1:9")
+            .env("VAULT_TOKEN", "unused")
+            .current_dir(&vault)
+            .output()
+            .unwrap()
+    };
+    // 16 GiB cells at 75 %: 4 GiB free each.
+    set(16 * 1024 * 1024, 75);
+    let o = plan(&[]);
+    assert_code(&o, 0);
+    let e = stderr(&o);
+    assert!(
+        e.contains("this plan needs 22 GiB of memory; cells have 8 GiB free"),
+        "{e}"
+    );
+    assert!(!e.contains("of disk"), "enough disk: {e}");
+    assert!(stdout(&o).contains("Plan:"), "{}", stdout(&o));
+
+    let o = plan(&["--capacity-check=error"]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("this plan needs 22 GiB of memory; cells have 8 GiB free"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = plan(&["--capacity-check=off"]);
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("this plan needs"), "{}", stderr(&o));
+
+    // 64 GiB cells at 10 %: 115.2 GiB free; nothing said, even with error.
+    set(64 * 1024 * 1024, 10);
+    let o = plan(&["--capacity-check=error"]);
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("capacity"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("this plan needs"), "{}", stderr(&o));
+}

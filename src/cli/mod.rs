@@ -199,6 +199,17 @@ struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
+    /// Compare the memory and disk planned BOSH deployments add with what the
+    /// Director's Diego cells have free: warn, error (exit 1), or off.
+    #[arg(long, value_enum, default_value = "warn")]
+    capacity_check: CapacityCheck,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum CapacityCheck {
+    Warn,
+    Error,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -687,6 +698,11 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 parallelism: a.run.parallelism,
                 document: a.json,
                 out: a.out.clone(),
+                capacity_check: match a.capacity_check {
+                    CapacityCheck::Warn => ops::capacity::CheckMode::Warn,
+                    CapacityCheck::Error => ops::capacity::CheckMode::Error,
+                    CapacityCheck::Off => ops::capacity::CheckMode::Off,
+                },
             };
             let planned = ops::plan(&req, sink, cancel).await?;
             match (&planned.document, a.json) {

@@ -441,6 +441,134 @@ pub async fn report(settings: Settings, cache: Option<&Path>) -> Result<Dashboar
     Ok(d)
 }
 
+/// What `anvil plan` does with its capacity check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckMode {
+    /// No check (no Director call).
+    Off,
+    /// Warn when the plan needs more than the cells have free.
+    #[default]
+    Warn,
+    /// Fail the plan (exit 1) instead.
+    Error,
+}
+
+/// The plan-time capacity check: for each Director (provider instance) whose
+/// `bosh_deployment`s the plan creates, updates or replaces, what they add (their
+/// manifests × the Director's cloud config, growth only for updates) against what the
+/// Director's cells have free. Says nothing with enough room or without cells.
+///
+/// # Errors
+/// With [`CheckMode::Error`]: [`OpsError::Usage`] saying both numbers, or that the
+/// Director could not be asked. With `Warn` the same texts are warnings.
+pub(crate) async fn plan_check(
+    model: &crate::model::Model,
+    plan: &crate::plan::Plan,
+    mode: CheckMode,
+    sink: &super::EventSink,
+) -> Result<(), super::OpsError> {
+    use crate::plan::Action;
+    if mode == CheckMode::Off {
+        return Ok(());
+    }
+    let mut by_director: std::collections::BTreeMap<&str, Vec<(Option<String>, Option<String>)>> =
+        std::collections::BTreeMap::new();
+    for c in &plan.changes {
+        if c.ty != "bosh_deployment"
+            || !matches!(c.action, Action::Create | Action::Update | Action::Replace)
+        {
+            continue;
+        }
+        let after = c
+            .after
+            .as_ref()
+            .and_then(|a| a.get("manifest"))
+            .and_then(|v| v.known())
+            .and_then(|v| v.as_str().map(str::to_string));
+        let before = match c.action {
+            Action::Update => c
+                .before
+                .as_ref()
+                .and_then(|b| b.get("manifest"))
+                .and_then(|v| v.as_str().map(str::to_string)),
+            _ => None,
+        };
+        by_director
+            .entry(c.provider.as_str())
+            .or_default()
+            .push((after, before));
+    }
+    for (provider, changes) in by_director {
+        let outcome = check_director(model, provider, &changes).await;
+        let problems = match outcome {
+            Ok(p) => p,
+            Err(e) => vec![format!(
+                "capacity check skipped for {provider}: {e}; use --capacity-check=off to skip it"
+            )],
+        };
+        if problems.is_empty() {
+            continue;
+        }
+        if mode == CheckMode::Error {
+            return Err(super::OpsError::Usage(format!(
+                "{}; free capacity or use --capacity-check=warn",
+                problems.join("; ")
+            )));
+        }
+        for p in problems {
+            let _ = sink.send(super::OpsEvent::Warning(p));
+        }
+    }
+    Ok(())
+}
+
+/// The sentences for one Director: empty when the plan fits.
+async fn check_director(
+    model: &crate::model::Model,
+    provider: &str,
+    changes: &[(Option<String>, Option<String>)],
+) -> Result<Vec<String>, ProviderError> {
+    use crate::providers::bosh::client::Settings as BoshSettings;
+    let settings = model
+        .providers
+        .iter()
+        .find(|p| p.name() == provider)
+        .map(|p| p.settings.clone())
+        .unwrap_or_default();
+    let settings: BoshSettings = serde_json::from_value(Value::Object(settings))
+        .map_err(|e| ProviderError::invalid(format!("the {provider} settings do not fit: {e}")))?;
+    let config = BoshConfig::resolve(&settings, crate::providers::env_var)?;
+    let (vms, types) = match tokio::time::timeout(ATTEMPT_TIMEOUT, director_cells(&config)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ProviderError::retryable(format!(
+                "the Director {} did not answer within {} s",
+                config.url,
+                ATTEMPT_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let cells = capacity::cells(&vms, &types, &[]);
+    let free = capacity::Free::of(&cells);
+    let mut need = capacity::Requirement::default();
+    for (after, before) in changes {
+        let Some(after) = after else { continue };
+        let new = capacity::manifest_requirement(after, &types).unwrap_or_default();
+        let old = before
+            .as_deref()
+            .and_then(|b| capacity::manifest_requirement(b, &types).ok())
+            .unwrap_or_default();
+        need = need.plus(new.beyond(&old));
+    }
+    Ok(match capacity::Check::of(&need, &free) {
+        capacity::Check::Fits => Vec::new(),
+        capacity::Check::Short(lines) => lines
+            .into_iter()
+            .map(|l| format!("{l} (cells of the Director {})", config.url))
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! The service's clock logic on tokio's paused clock against in-process simulators:
