@@ -62,14 +62,20 @@ async fn refused(resp: Response, want: StatusCode, field: &str) -> Value {
         .to_string();
     let text = resp.text().await.unwrap();
     assert_eq!(status, want, "{text}");
-    assert!(ct.starts_with("application/json"), "content-type {ct}: {text}");
+    assert!(
+        ct.starts_with("application/json"),
+        "content-type {ct}: {text}"
+    );
     let body: Value = serde_json::from_str(&text).unwrap();
     if field.is_empty() {
         assert!(body["field"].is_null(), "{text}");
     } else {
         assert_eq!(body["field"], field, "{text}");
     }
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
     body
 }
 
@@ -87,7 +93,12 @@ async fn malformed_bodies_are_400_naming_line_and_column() {
     assert_eq!(b["errors"][0]["line"], 2, "{b}");
     assert_eq!(b["errors"][0]["file"], "environments/request.json", "{b}");
     let b = refused(
-        post(&s, "application/yaml", "kind: [Environment\nmetadata: {name: x").await,
+        post(
+            &s,
+            "application/yaml",
+            "kind: [Environment\nmetadata: {name: x",
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         "body",
     )
@@ -131,7 +142,9 @@ async fn schema_and_model_violations_are_422_naming_each_field_path() {
     assert_eq!(az["line"], 12, "{b}");
     assert!(az["column"].as_u64().is_some(), "{b}");
     assert!(
-        errors.iter().any(|e| e["message"].as_str().unwrap().contains("colour")),
+        errors
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("colour")),
         "{b}"
     );
     // The model's checks, as for a spec file.
@@ -171,7 +184,10 @@ async fn schema_and_model_violations_are_422_naming_each_field_path() {
         "kind",
     )
     .await;
-    assert!(b["message"].as_str().unwrap().contains("Environment"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("Environment"),
+        "{b}"
+    );
     let leak = good.replace(
         "size: small",
         "size: small\ntags:\n  t: ${env:ANVIL_SERVE_TOKEN}",
@@ -299,8 +315,16 @@ async fn tokens_are_required_except_on_health_and_metrics() {
     let url = format!("{}/api/v1/environments", s.url);
     for (name, req) in [
         ("none", client().get(&url)),
-        ("wrong", client().get(&url).bearer_auth("serve-test-token-0123456789abcdeX")),
-        ("basic", client().get(&url).basic_auth("default", Some(TOKEN))),
+        (
+            "wrong",
+            client()
+                .get(&url)
+                .bearer_auth("serve-test-token-0123456789abcdeX"),
+        ),
+        (
+            "basic",
+            client().get(&url).basic_auth("default", Some(TOKEN)),
+        ),
         (
             "post",
             client()
@@ -311,20 +335,30 @@ async fn tokens_are_required_except_on_health_and_metrics() {
     ] {
         let resp = req.send().await.unwrap();
         assert_eq!(
-            resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap()),
+            resp.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
             Some("Bearer"),
             "{name}"
         );
         let b = refused(resp, StatusCode::UNAUTHORIZED, "Authorization").await;
         assert_eq!(b["error"], "unauthorized", "{name}: {b}");
     }
-    let health = client().get(format!("{}/health", s.url)).send().await.unwrap();
+    let health = client()
+        .get(format!("{}/health", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let h: Value = health.json().await.unwrap();
     assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["queue_depth"], 0, "{h}");
     assert_eq!(h["local_workers"], 0, "{h}");
-    let metrics = client().get(format!("{}/metrics", s.url)).send().await.unwrap();
+    let metrics = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     let text = metrics.text().await.unwrap();
     assert!(
@@ -393,7 +427,11 @@ async fn a_good_post_is_201_then_idempotent_listed_and_a_taken_name_is_409() {
         post(&s, "application/json", json).await.status(),
         StatusCode::CREATED
     );
-    let page: Value = get(&s, "/api/v1/environments?limit=1").await.json().await.unwrap();
+    let page: Value = get(&s, "/api/v1/environments?limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(page["items"][0]["name"], "alpha", "{page}");
     let next = page["next"].as_str().unwrap().to_string();
@@ -405,10 +443,18 @@ async fn a_good_post_is_201_then_idempotent_listed_and_a_taken_name_is_409() {
         .await
         .unwrap();
     assert_eq!(queued["items"].as_array().unwrap().len(), 2, "{queued}");
-    let ready: Value = get(&s, "/api/v1/environments?status=ready").await.json().await.unwrap();
+    let ready: Value = get(&s, "/api/v1/environments?status=ready")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["items"].as_array().unwrap().len(), 0, "{ready}");
     // Events as JSON.
-    let evs: Value = get(&s, &format!("{location}/events")).await.json().await.unwrap();
+    let evs: Value = get(&s, &format!("{location}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(evs["environment_id"], id.as_str());
     assert_eq!(evs["status"], "queued");
     // The request span's fields are in the JSON log lines.
@@ -476,7 +522,12 @@ async fn deleting_a_destroyed_environment_is_409_and_its_events_stream_ends() {
     let id = destroyed_environment(&dir.path().join("data")).await;
     let s = start(dir.path(), &[]);
     let url = format!("{}/api/v1/environments/{id}", s.url);
-    let resp = client().delete(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let resp = client()
+        .delete(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     let b = refused(resp, StatusCode::CONFLICT, "status").await;
     assert!(b["message"].as_str().unwrap().contains("destroyed"), "{b}");
     let resp = client()
@@ -488,7 +539,9 @@ async fn deleting_a_destroyed_environment_is_409_and_its_events_stream_ends() {
     refused(resp, StatusCode::CONFLICT, "status").await;
     // Its name is free again.
     assert_eq!(
-        post(&s, "application/yaml", environment_yaml("gone")).await.status(),
+        post(&s, "application/yaml", environment_yaml("gone"))
+            .await
+            .status(),
         StatusCode::CREATED
     );
     // SSE: every event, then the stream ends (the environment is settled).
@@ -512,7 +565,10 @@ async fn deleting_a_destroyed_environment_is_409_and_its_events_stream_ends() {
         .filter_map(|l| l.strip_prefix("id: "))
         .map(|v| v.parse().unwrap())
         .collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]) && !ids.is_empty(), "{text}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]) && !ids.is_empty(),
+        "{text}"
+    );
     // Resuming after the last id sends nothing more.
     let last = ids.last().unwrap().to_string();
     let resp = client()
@@ -543,10 +599,20 @@ fn startup_refuses_no_token_and_bad_token_files() {
         .output()
         .unwrap();
     common::assert_code(&out, 1);
-    assert!(common::stderr(&out).contains("ANVIL_SERVE_TOKEN"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("ANVIL_SERVE_TOKEN"),
+        "{}",
+        common::stderr(&out)
+    );
     let file = scratch.write("tokens", "alice:aaaaaaaaaaaaaaaaaaaa\nbob\n");
     let out = scratch
-        .cmd(&["serve", "--listen", "127.0.0.1:0", "--no-workers", "--token-file"])
+        .cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-workers",
+            "--token-file",
+        ])
         .arg(&file)
         .env_remove("ANVIL_SERVE_TOKEN")
         .output()
@@ -559,7 +625,11 @@ fn startup_refuses_no_token_and_bad_token_files() {
         .output()
         .unwrap();
     common::assert_code(&out, 1);
-    assert!(common::stderr(&out).contains("--no-api"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("--no-api"),
+        "{}",
+        common::stderr(&out)
+    );
 }
 
 #[test]

@@ -655,8 +655,11 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         (APPLY_INTERRUPT_MESSAGES, true)
     };
     // The simulators and the broker stop on their own signals (gracefully, exit 0).
-    let signals = (!matches!(&cli.command, Command::Sim(_) | Command::Broker(_) | Command::Serve(_)))
-        .then(|| session.on_interrupt(messages, abort_on_second));
+    let signals = (!matches!(
+        &cli.command,
+        Command::Sim(_) | Command::Broker(_) | Command::Serve(_)
+    ))
+    .then(|| session.on_interrupt(messages, abort_on_second));
     let result = command(cli.command, style, &session).await;
     if let Some(signals) = signals {
         signals.abort();

@@ -79,8 +79,7 @@ pub fn check(
                 column: 1,
             },
             format: format_name(format),
-            message: "the body is empty; send an Environment document (docs/environment.md)"
-                .into(),
+            message: "the body is empty; send an Environment document (docs/environment.md)".into(),
         });
     }
     let text = match format {
@@ -243,14 +242,10 @@ kubernetes:
     #[test]
     fn json_with_tabs_is_loaded_and_errors_still_name_the_field() {
         let text = "{\n\t\"apiVersion\": \"anvil/v1\",\n\t\"kind\": \"Environment\",\n\t\"metadata\": {\"name\": \"Bad_Name\"}\n}";
-        let Err(EnvironmentDocError::Invalid(errs)) = check(&file(), text, BodyFormat::Json)
-        else {
+        let Err(EnvironmentDocError::Invalid(errs)) = check(&file(), text, BodyFormat::Json) else {
             panic!("expected schema errors");
         };
-        assert!(
-            errs.0.iter().any(|e| e.path == "metadata.name"),
-            "{errs}"
-        );
+        assert!(errs.0.iter().any(|e| e.path == "metadata.name"), "{errs}");
     }
 
     #[test]
@@ -260,7 +255,10 @@ kubernetes:
             panic!("{err}");
         };
         assert_eq!((location.line, location.column), (2, 11), "{err}");
-        assert!(err.to_string().starts_with("environments/new.yaml:2:11"), "{err}");
+        assert!(
+            err.to_string().starts_with("environments/new.yaml:2:11"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -285,7 +283,11 @@ kubernetes:
         else {
             panic!("expected schema errors");
         };
-        let e = errs.0.iter().find(|e| e.path == "network.az_count").unwrap();
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.path == "network.az_count")
+            .unwrap();
         assert_eq!(e.location.as_ref().unwrap().line, 11, "{errs}");
     }
 
@@ -301,7 +303,8 @@ kubernetes:
 
     #[test]
     fn other_kinds_and_several_documents_are_refused() {
-        let text = "apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: demo\nresources: []\n";
+        let text =
+            "apiVersion: anvil/v1\nkind: Resources\nmetadata:\n  name: demo\nresources: []\n";
         let err = check(&file(), text, BodyFormat::Yaml).unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");
         let two = format!("{GOOD}---\n{GOOD}");

@@ -229,7 +229,9 @@ impl ApiError {
             ApiError::BadRequest { field, .. } => {
                 (StatusCode::BAD_REQUEST, body("bad_request", Some(field)))
             }
-            ApiError::Document(EnvironmentDocError::Malformed { location, message, .. }) => {
+            ApiError::Document(EnvironmentDocError::Malformed {
+                location, message, ..
+            }) => {
                 let mut b = body("malformed_document", Some("body"));
                 b.errors.push(FieldError {
                     path: String::new(),
@@ -266,8 +268,12 @@ impl ApiError {
                 body("method_not_allowed", None),
             ),
             ApiError::Queue(q) => match q {
-                QueueError::NotFound { .. } => (StatusCode::NOT_FOUND, body("not_found", Some("id"))),
-                QueueError::Conflict { .. } => (StatusCode::CONFLICT, body("conflict", Some("status"))),
+                QueueError::NotFound { .. } => {
+                    (StatusCode::NOT_FOUND, body("not_found", Some("id")))
+                }
+                QueueError::Conflict { .. } => {
+                    (StatusCode::CONFLICT, body("conflict", Some("status")))
+                }
                 QueueError::NameTaken { .. } => (
                     StatusCode::CONFLICT,
                     body("conflict", Some("metadata.name")),
@@ -493,12 +499,18 @@ pub async fn list(
         match k.as_str() {
             "status" => {
                 query.status = Some(Status::parse(&v).ok_or_else(|| {
-                    ApiError::bad("status", format!("{v:?} is not a status; one of {}", status_list()))
+                    ApiError::bad(
+                        "status",
+                        format!("{v:?} is not a status; one of {}", status_list()),
+                    )
                 })?);
             }
             "limit" => {
                 let n: u64 = v.parse().map_err(|_| {
-                    ApiError::bad("limit", format!("{v:?} is not a whole number; give 1 to {MAX_LIMIT}"))
+                    ApiError::bad(
+                        "limit",
+                        format!("{v:?} is not a whole number; give 1 to {MAX_LIMIT}"),
+                    )
                 })?;
                 query.limit = usize::try_from(n).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
             }
@@ -633,7 +645,10 @@ pub async fn events(
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "after" {
             after = v.parse().map_err(|_| {
-                ApiError::bad("after", format!("{v:?} is not an event seq (a whole number)"))
+                ApiError::bad(
+                    "after",
+                    format!("{v:?} is not an event seq (a whole number)"),
+                )
             })?;
         }
     }
@@ -838,10 +853,7 @@ pub async fn correlate(req: Request, next: Next) -> Response {
         environment_id = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let mut resp = next
-        .run(req)
-        .instrument(span.clone())
-        .await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::info!(
             status = resp.status().as_u16(),

@@ -60,7 +60,9 @@ impl Tokens {
             if t.len() < MIN_TOKEN_LEN {
                 return Err(AuthError::ShortEnvToken { len: t.len() });
             }
-            tokens.entries.push(("default".into(), t.as_bytes().to_vec()));
+            tokens
+                .entries
+                .push(("default".into(), t.as_bytes().to_vec()));
         }
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
@@ -167,8 +169,7 @@ pub async fn require(State(tokens): State<Arc<Tokens>>, mut req: Request, next: 
             next.run(req).await
         }
         None => {
-            let mut resp =
-                super::api::ApiError::Unauthorized(message.to_string()).into_response();
+            let mut resp = super::api::ApiError::Unauthorized(message.to_string()).into_response();
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             resp
@@ -183,7 +184,10 @@ mod tests {
     #[test]
     fn no_token_at_all_is_refused() {
         assert!(matches!(Tokens::load(None, None), Err(AuthError::NoToken)));
-        assert!(matches!(Tokens::load(Some(""), None), Err(AuthError::NoToken)));
+        assert!(matches!(
+            Tokens::load(Some(""), None),
+            Err(AuthError::NoToken)
+        ));
     }
 
     #[test]
@@ -199,7 +203,11 @@ mod tests {
     #[test]
     fn file_lines_name_users_and_bad_lines_name_file_and_line() {
         let p = Path::new("tokens.txt");
-        let ok = parse_file(p, "# ops\nalice: aaaaaaaaaaaaaaaa\n\nbob:bbbbbbbbbbbbbbbb\n").unwrap();
+        let ok = parse_file(
+            p,
+            "# ops\nalice: aaaaaaaaaaaaaaaa\n\nbob:bbbbbbbbbbbbbbbb\n",
+        )
+        .unwrap();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[0].0, "alice");
         let e = parse_file(p, "alice:aaaaaaaaaaaaaaaa\nnocolon\n").unwrap_err();

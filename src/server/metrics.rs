@@ -177,7 +177,12 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let resp = next.run(req).await;
-    metrics.request(&method, &endpoint, resp.status().as_u16(), started.elapsed());
+    metrics.request(
+        &method,
+        &endpoint,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 
@@ -197,7 +202,12 @@ mod tests {
             },
             Duration::from_secs(3),
         );
-        m.request("POST", "/api/v1/environments", 201, Duration::from_millis(4));
+        m.request(
+            "POST",
+            "/api/v1/environments",
+            201,
+            Duration::from_millis(4),
+        );
         let text = m.render(Some(QueueStats {
             queued: 2,
             running: 1,

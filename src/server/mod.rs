@@ -135,7 +135,10 @@ pub fn router(app: Shared, tokens: Arc<Tokens>) -> Router {
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .layer(axum::middleware::from_fn(api::correlate))
         .with_state(app)
 }
