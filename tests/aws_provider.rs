@@ -3,9 +3,12 @@
 //! route table association deleted, bucket versioning suspended, an ingress rule added)
 //! with `anvil drift` exit 2, is restored by `apply`, and leaves no object with its
 //! lineage tag after `destroy` (checked with describe calls per type, through boto3).
-//! Objects created but not recorded are adopted by tag, never created twice (records
-//! dropped from state, and SIGKILL during apply); bad credentials and an unreachable
-//! endpoint fail with exit 1 naming the endpoint and the AWS error code.
+//! The example environment does the same (apply, empty plan, outputs, the three drifts
+//! restored, destroy). Objects created but not recorded are adopted by tag, never created
+//! twice (records dropped from state; SIGKILL at 10 random points of the example's apply,
+//! some followed by a killed destroy, after which one apply converges with every object
+//! once by tag and an empty plan); bad credentials and an unreachable endpoint fail with
+//! exit 1 naming the endpoint and the AWS error code.
 
 mod common;
 mod moto_support;
@@ -590,7 +593,9 @@ result = {{
             assert_eq!(
                 owned_in(&moto, &lineage, "eu-central-1"),
                 want,
-                "trial {trial} ({what}, seed {seed}): AWS objects by tag differ from the state"
+                "trial {trial} ({what}, seed {seed}): AWS objects by tag differ from the state; \
+                 the converging apply said:\n{}",
+                stdout(&o)
             );
             let mut cmd = s.cmd(&["plan", "--detailed-exitcode", "env"]);
             moto.apply_env(&mut cmd);
@@ -696,7 +701,7 @@ result = {{
     }
 
     #[test]
-    fn the_example_environment_applies_plans_empty_outputs_and_destroys_on_moto() {
+    fn the_example_environment_applies_plans_empty_outputs_drifts_restores_and_destroys_on_moto() {
         let moto = Moto::start();
         let s = Scratch::new();
         s.copy_example("environment", "env");
@@ -746,6 +751,71 @@ result = {{
             }
             assert!(!v.is_empty(), "no {k} made: {before:?}");
         }
+
+        // Drift on the example (acceptance 2): behind anvil's back drop a private subnet's
+        // route table association, suspend the bucket's versioning, open SSH on the
+        // database's security group.
+        let id_of = |a: &str| {
+            st["resources"][a]["outputs"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no id for {a}"))
+                .to_string()
+        };
+        let rtb = id_of("aws_route_table.demo-private-a");
+        let sg = id_of("aws_security_group.demo-db");
+        let bucket = id_of("aws_s3_bucket.demo");
+        moto.python(&format!(
+            r#"
+def eu(name):
+    return boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', aws_access_key_id='testing', aws_secret_access_key='testing')
+ec2 = eu('ec2')
+t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
+for a in t['Associations']:
+    if a.get('SubnetId'):
+        ec2.disassociate_route_table(AssociationId=a['RouteTableAssociationId'])
+eu('s3').put_bucket_versioning(Bucket={bucket:?}, VersioningConfiguration={{'Status': 'Suspended'}})
+ec2.authorize_security_group_ingress(GroupId={sg:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{{'CidrIp': '0.0.0.0/0'}}]}}])
+"#
+        ));
+        let o = run(&["drift", "env"]);
+        assert_code(&o, 2);
+        let report = stdout(&o);
+        for a in [
+            "aws_route_table_association.demo-private-a",
+            "aws_s3_bucket_versioning.demo",
+            "aws_security_group.demo-db",
+        ] {
+            assert!(report.contains(a), "drift does not name {a}:\n{report}");
+        }
+        for quiet in [
+            "aws_vpc.demo",
+            "aws_route_table_association.demo-private-b",
+            "aws_security_group.demo-cluster",
+        ] {
+            assert!(!report.contains(quiet), "drift names {quiet}:\n{report}");
+        }
+        ok(&run(&["apply", "--auto-approve", "env"]));
+        assert_code(&run(&["drift", "env"]), 0);
+        let real = moto.python(&format!(
+            r#"
+def eu(name):
+    return boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', aws_access_key_id='testing', aws_secret_access_key='testing')
+ec2 = eu('ec2')
+g = ec2.describe_security_groups(GroupIds=[{sg:?}])['SecurityGroups'][0]
+t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
+result = {{
+  'ssh': [p for p in g['IpPermissions'] if p.get('FromPort') == 22],
+  'versioning': eu('s3').get_bucket_versioning(Bucket={bucket:?}).get('Status'),
+  'assoc': len([a for a in t['Associations'] if a.get('SubnetId')]),
+}}
+"#
+        ));
+        assert_eq!(
+            real,
+            json!({"ssh": [], "versioning": "Enabled", "assoc": 1})
+        );
+        assert_eq!(owned_in(&moto, &lineage, "eu-central-1"), before);
+
         ok(&run(&["destroy", "--auto-approve", "env"]));
         let left = owned_in(&moto, &lineage, "eu-central-1");
         assert!(

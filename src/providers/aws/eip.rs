@@ -88,6 +88,7 @@ impl AwsResource for Eip {
         let ids = found
             .addresses()
             .iter()
+            .filter(|x| sdk::ec2_owned_by(x.tags(), req.address, req.lineage))
             .filter_map(|x| x.allocation_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;

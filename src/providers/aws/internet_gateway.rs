@@ -88,7 +88,11 @@ impl AwsResource for InternetGateway {
         };
         let mut adopt = None;
         let mut stale = Vec::new();
-        for g in found.internet_gateways() {
+        for g in found
+            .internet_gateways()
+            .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
+        {
             let Some(id) = g.internet_gateway_id() else {
                 continue;
             };

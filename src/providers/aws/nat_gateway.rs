@@ -104,6 +104,7 @@ impl AwsResource for NatGateway {
         let ids = found
             .nat_gateways()
             .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
             .filter_map(|g| g.nat_gateway_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;

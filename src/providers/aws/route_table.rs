@@ -77,6 +77,7 @@ impl AwsResource for RouteTable {
         let ids = found
             .route_tables()
             .iter()
+            .filter(|t| sdk::ec2_owned_by(t.tags(), req.address, req.lineage))
             .filter_map(|t| t.route_table_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;

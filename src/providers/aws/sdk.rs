@@ -253,6 +253,18 @@ pub fn ec2_owner_filters(address: &str, lineage: &str) -> Vec<aws_sdk_ec2::types
         .collect()
 }
 
+/// Whether an EC2 object's tags name `address` in `lineage`. Adopt-first checks this on
+/// what the tag filters return: moto ignores some filters (NAT gateways'), and an object
+/// of another address must never be adopted or removed as stale.
+#[must_use]
+pub fn ec2_owned_by(tags: &[aws_sdk_ec2::types::Tag], address: &str, lineage: &str) -> bool {
+    let has = |k: &str, v: &str| {
+        tags.iter()
+            .any(|t| t.key() == Some(k) && t.value() == Some(v))
+    };
+    has(TAG_ADDRESS, address) && has(TAG_LINEAGE, lineage)
+}
+
 /// One EC2 filter.
 #[must_use]
 pub fn ec2_filter(name: &str, value: &str) -> aws_sdk_ec2::types::Filter {

@@ -95,6 +95,7 @@ impl AwsResource for SecurityGroup {
         let ids = found
             .security_groups()
             .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;

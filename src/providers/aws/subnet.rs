@@ -112,6 +112,7 @@ impl AwsResource for Subnet {
         let ids = found
             .subnets()
             .iter()
+            .filter(|x| sdk::ec2_owned_by(x.tags(), req.address, req.lineage))
             .filter_map(|s| s.subnet_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;

@@ -98,6 +98,7 @@ impl AwsResource for Vpc {
         let ids = found
             .vpcs()
             .iter()
+            .filter(|v| sdk::ec2_owned_by(v.tags(), req.address, req.lineage))
             .filter_map(|v| v.vpc_id().map(str::to_string))
             .collect();
         let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
