@@ -80,7 +80,7 @@ pub(super) async fn run(a: BrokerArgs) -> Result<i32> {
 }
 
 /// A future that completes on SIGINT or SIGTERM, with the handlers installed now.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+pub(super) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;

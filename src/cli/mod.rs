@@ -6,8 +6,10 @@
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod broker;
+mod capacity;
 mod output;
 mod reconcile;
+mod serve;
 mod sim_bosh;
 mod sim_cf;
 
@@ -35,8 +37,19 @@ pub struct Cli {
     /// Never colour the output (also: the NO_COLOR environment variable).
     #[arg(long, global = true)]
     no_color: bool,
+    /// Diagnostics on stderr as `text` or `json` lines (one object per event, with the
+    /// span fields such as `correlation_id` and `environment_id`). Level: ANVIL_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How diagnostics are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +98,11 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Serve the Open Service Broker API over a Foundation (docs/broker.md).
     Broker(broker::BrokerArgs),
+    /// Serve the environments REST API and run its workers (docs/serve.md).
+    Serve(serve::ServeArgs),
+    /// Diego cells' capacity (from the Director's vitals), apps and isolation segments
+    /// (from the CF API), as text or JSON (docs/capacity.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -181,6 +199,17 @@ struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
+    /// Compare the memory and disk planned BOSH deployments add with what the
+    /// Director's Diego cells have free: warn, error (exit 1), or off.
+    #[arg(long, value_enum, default_value = "warn")]
+    capacity_check: CapacityCheck,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum CapacityCheck {
+    Warn,
+    Error,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -427,14 +456,28 @@ pub fn run() -> Result<i32> {
     };
     // Diagnostics (phase timings, provider calls) go to stderr with ANVIL_LOG=debug;
     // colour codes only when stderr is a terminal, so a CI log stays readable.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ANVIL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    // A server reports its requests and jobs at `info`; other commands only warnings.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ANVIL_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let _ = match cli.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
     let color =
         !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -623,8 +666,11 @@ async fn dispatch(cli: Cli, color: bool) -> Result<i32> {
         (APPLY_INTERRUPT_MESSAGES, true)
     };
     // The simulators and the broker stop on their own signals (gracefully, exit 0).
-    let signals = (!matches!(&cli.command, Command::Sim(_) | Command::Broker(_)))
-        .then(|| session.on_interrupt(messages, abort_on_second));
+    let signals = (!matches!(
+        &cli.command,
+        Command::Sim(_) | Command::Broker(_) | Command::Serve(_)
+    ))
+    .then(|| session.on_interrupt(messages, abort_on_second));
     let result = command(cli.command, style, &session).await;
     if let Some(signals) = signals {
         signals.abort();
@@ -652,6 +698,11 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 parallelism: a.run.parallelism,
                 document: a.json,
                 out: a.out.clone(),
+                capacity_check: match a.capacity_check {
+                    CapacityCheck::Warn => ops::capacity::CheckMode::Warn,
+                    CapacityCheck::Error => ops::capacity::CheckMode::Error,
+                    CapacityCheck::Off => ops::capacity::CheckMode::Off,
+                },
             };
             let planned = ops::plan(&req, sink, cancel).await?;
             match (&planned.document, a.json) {
@@ -850,6 +901,8 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Sim(SimCmd::Cf(a)) => sim_cf::run(a).await,
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
+        Command::Serve(a) => serve::run(a).await,
+        Command::Capacity(a) => capacity::run(a).await,
     }
 }
 

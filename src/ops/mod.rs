@@ -7,8 +7,11 @@
 pub mod broker;
 pub mod broker_bind;
 pub mod broker_internal;
+pub mod capacity;
 mod commands;
 mod drift;
+pub mod environment_doc;
+pub mod environments;
 mod events;
 pub mod instances;
 mod outputs;
@@ -91,6 +94,17 @@ pub enum OpsError {
     Cancelled,
     #[error(transparent)]
     Reconcile(#[from] crate::reconcile::ReconcileError),
+    /// An environment's apply ran but some change failed or was skipped; what the
+    /// state records is kept, so a refresh continues from there.
+    #[error("the apply of workspace `{workspace}` ({state}) did not finish: {details}")]
+    EnvironmentApply {
+        workspace: String,
+        state: String,
+        details: String,
+    },
+    /// The charts hook of an environment failed.
+    #[error("the bootstrap hook `{hook}` {message}")]
+    Bootstrap { hook: String, message: String },
     /// `--metrics-listen ADDR` could not be bound.
     #[error("--metrics-listen {addr}: cannot listen there ({source}); pick a free address such as 127.0.0.1:9190")]
     MetricsListen {
@@ -164,7 +178,7 @@ fn load_blocking(
 
 fn load(
     inputs: &Inputs,
-    mut registry: Registry,
+    registry: Registry,
     preload_state: bool,
 ) -> Result<(Workspace, Preloaded), OpsError> {
     let mut vars = BTreeMap::new();
@@ -196,10 +210,29 @@ fn load(
         env: utf8_env(),
     };
     let t = std::time::Instant::now();
-    let mut spec = spec::load(&paths, &opts)?;
+    let spec = spec::load(&paths, &opts)?;
     tracing::debug!(elapsed = ?t.elapsed(), documents = spec.documents.len(), "spec loaded");
+    from_spec(
+        spec,
+        &vars,
+        inputs.state_url.as_deref(),
+        registry,
+        preload_state,
+    )
+}
+
+/// The workspace of a loaded spec: the broker's instances merged in, the model built,
+/// providers configured, the state opened (and read alongside when `preload_state`).
+fn from_spec(
+    mut spec: spec::Spec,
+    vars: &BTreeMap<String, serde_json::Value>,
+    state_url: Option<&str>,
+    mut registry: Registry,
+    preload_state: bool,
+) -> Result<(Workspace, Preloaded), OpsError> {
+    let inputs_state_url = state_url.map(str::to_string);
     let name = spec.workspace().unwrap_or("default").to_string();
-    let backend = state::open(inputs.state_url.as_deref(), &name);
+    let backend = state::open(state_url, &name);
     let runtime = tokio::runtime::Handle::try_current().ok();
     // The instances `anvil broker` created are part of the desired state of every
     // command: a GitOps apply must not delete them.
@@ -264,7 +297,7 @@ fn load(
     let backend = backend?;
     let mut h = sha2::Sha256::new();
     h.update(spec.digest.as_bytes());
-    h.update(serde_json::to_string(&vars).unwrap_or_default().as_bytes());
+    h.update(serde_json::to_string(vars).unwrap_or_default().as_bytes());
     let digest = format!("sha256:{}", hex::encode(h.finalize()));
     let files = spec.files.clone();
     let skipped = spec.skipped.clone();
@@ -280,7 +313,7 @@ fn load(
             model,
             registry,
             backend,
-            state_url: inputs.state_url.clone(),
+            state_url: inputs_state_url,
             digest,
         },
         preloaded,

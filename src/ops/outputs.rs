@@ -62,11 +62,26 @@ pub async fn outputs(
             )));
         }
     }
-    let outputs = declared
+    let outputs = resolve(&ws.model, &state, name);
+    Ok(Outputs {
+        workspace: ws.name,
+        location,
+        outputs,
+    })
+}
+
+/// The model's outputs (only `name` when given) resolved against `state`.
+pub(crate) fn resolve(
+    model: &crate::model::Model,
+    state: &crate::state::State,
+    name: Option<&str>,
+) -> Vec<OutputValue> {
+    model
+        .outputs
         .iter()
         .filter(|o| name.is_none_or(|n| n == o.name))
         .map(|o| {
-            let lookup = |r: &crate::model::Reference| lookup_recorded(&state, r);
+            let lookup = |r: &crate::model::Reference| lookup_recorded(state, r);
             let (value, missing) = match o.value.resolve(&lookup) {
                 Ok(PValue::Known(v)) => (Some(v), None),
                 Ok(_) => (None, Some("not known yet".to_string())),
@@ -79,10 +94,5 @@ pub async fn outputs(
                 missing,
             }
         })
-        .collect();
-    Ok(Outputs {
-        workspace: ws.name,
-        location,
-        outputs,
-    })
+        .collect()
 }

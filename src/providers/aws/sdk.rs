@@ -454,6 +454,42 @@ where
     }
 }
 
+/// The ID of the object a create replaces while it still exists (create-before-destroy:
+/// `ChangeRequest::prior`); adopt-first must neither adopt nor remove it.
+#[must_use]
+pub fn replaced_id<'a>(req: &crate::providers::ChangeRequest<'a>) -> Option<&'a str> {
+    req.prior
+        .and_then(|p| p.outputs.get("id"))
+        .and_then(Value::as_str)
+}
+
+/// Removes the stale objects adopt-first found (see `super::adopt_first`), one attempt
+/// each, saying so as progress. A failure is reported, not raised: the create goes on, and
+/// if the stale object is in its way (a taken name or CIDR) AWS says so.
+pub async fn remove_stale<F, Fut>(
+    req: &crate::providers::ChangeRequest<'_>,
+    what: &str,
+    stale: &[String],
+    remove: F,
+) where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProviderError>>,
+{
+    for id in stale {
+        let msg = match remove(id.clone()).await {
+            Ok(()) => format!(
+                "removed {what} {id}: an interrupted run left it, and it no longer fits the spec"
+            ),
+            Err(e) => format!(
+                "could not remove {what} {id}, left by an interrupted run and no longer fitting \
+                 the spec: {}; delete it by hand",
+                e.message
+            ),
+        };
+        (req.progress)(&msg);
+    }
+}
+
 /// A `Conflict` for an object with the name anvil wants that belongs to someone else.
 #[must_use]
 pub fn not_ours(what: &str, name: &str) -> ProviderError {

@@ -9,6 +9,9 @@
 //! destroyed; `failed` from any step, with the step and the error recorded. A refresh
 //! (`POST /{id}/refresh`) queues a provision job again for a ready or failed environment.
 
+pub mod file;
+pub(crate) mod rules;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,7 +20,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Where an environment is in its lifecycle (the seeds' names, exactly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -76,7 +79,7 @@ pub enum JobKind {
 }
 
 /// Counts of the last plan a job applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanSummary {
     pub add: usize,
     pub change: usize,
@@ -156,7 +159,7 @@ pub struct Job {
 }
 
 /// One progress event of an environment's jobs (`GET /{id}/events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     /// Increasing per environment, from 1.
     pub seq: u64,
@@ -295,4 +298,50 @@ pub trait JobQueue: Send + Sync {
     /// # Errors
     /// [`QueueError::Conflict`] when the job is no longer this worker's; storage.
     async fn finish(&self, job: &Job, outcome: JobOutcome) -> Result<(), QueueError>;
+
+    /// Stores a sensitive output of the job's environment (the kubeconfig): kept by the
+    /// queue for the environment, never in [`Environment::outputs`], events or logs.
+    ///
+    /// # Errors
+    /// [`QueueError::Conflict`] when the job is no longer this worker's; storage.
+    async fn set_sensitive_output(
+        &self,
+        job: &Job,
+        name: &str,
+        value: &str,
+    ) -> Result<(), QueueError>;
+
+    /// A sensitive output stored by [`JobQueue::set_sensitive_output`].
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`], storage.
+    async fn sensitive_output(&self, id: Uuid, name: &str) -> Result<Option<String>, QueueError>;
+
+    /// Waits until a job may be waiting (one was submitted in this process) or `timeout`
+    /// passed, whichever is first: an idle worker calls it between [`JobQueue::take`]s.
+    /// Jobs submitted by other processes are seen on the next `take` after `timeout`.
+    async fn wait_for_work(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+}
+
+/// The queue for `anvil serve`: PostgreSQL at `database` (several servers share it),
+/// else the file queue under `data_dir/queue` (embedded mode, one process).
+///
+/// # Errors
+/// A database URL that cannot be used, or a data directory that cannot be created or is
+/// in use by another `anvil serve`.
+pub async fn open(
+    database: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn JobQueue>, QueueError> {
+    Ok(match database {
+        Some(url) => {
+            return Err(QueueError::Storage {
+                location: crate::ops::redact_url(url),
+                message: "the PostgreSQL job queue is not built yet; run without --database".into(),
+            })
+        }
+        None => std::sync::Arc::new(file::FileQueue::open(&data_dir.join("queue")).await?),
+    })
 }
