@@ -293,7 +293,6 @@ async fn run_redeploy(state: &Shared, job: Redeploy) {
                 let _ = s.send(Ok(task));
             }
         },
-        &discard(),
         &state.stopping,
     )
     .await;

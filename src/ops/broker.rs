@@ -753,11 +753,11 @@ pub async fn redeploy(
     deployment: &str,
     manifest: &str,
     started: impl FnOnce(Option<u64>),
-    sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Option<u64>, OpsError> {
     let ws = load_workspace(inputs, Registry::builtin())?;
-    let _lock = super::commands::take_lock(&ws, "broker redeploy", lock_timeout, sink).await?;
+    let _lock =
+        super::commands::take_lock(&ws, "broker redeploy", lock_timeout, &super::discard()).await?;
     let failed = |e: crate::providers::ProviderError| OpsError::Redeploy {
         deployment: deployment.to_string(),
         message: e.to_string(),
