@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capacity;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
