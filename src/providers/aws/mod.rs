@@ -134,6 +134,9 @@ impl Context for AwsContext {
         if let Some(arn) = &settings.role_arn {
             check_role_arn(arn)?;
         }
+        // Without the `aws` feature the context holds only its settings, so the update
+        // is empty there; with it, the SDK clients start unset.
+        #[allow(clippy::needless_update)]
         Ok(AwsContext {
             settings,
             ..AwsContext::default()
