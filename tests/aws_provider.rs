@@ -3,9 +3,12 @@
 //! route table association deleted, bucket versioning suspended, an ingress rule added)
 //! with `anvil drift` exit 2, is restored by `apply`, and leaves no object with its
 //! lineage tag after `destroy` (checked with describe calls per type, through boto3).
-//! Objects created but not recorded are adopted by tag, never created twice (records
-//! dropped from state, and SIGKILL during apply); bad credentials and an unreachable
-//! endpoint fail with exit 1 naming the endpoint and the AWS error code.
+//! The example environment does the same (apply, empty plan, outputs, the three drifts
+//! restored, destroy). Objects created but not recorded are adopted by tag, never created
+//! twice (records dropped from state; SIGKILL at 10 random points of the example's apply,
+//! some followed by a killed destroy, after which one apply converges with every object
+//! once by tag and an empty plan); bad credentials and an unreachable endpoint fail with
+//! exit 1 naming the endpoint and the AWS error code.
 
 mod common;
 mod moto_support;
@@ -447,57 +450,167 @@ result = {{
         assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
     }
 
-    #[test]
-    #[ignore = "flaky on moto: some kill points leave an object the next apply adopts and the plan after it replaces (NAT gateway case fixed; another remains); issue 10 stays open for it. Run: cargo test --test aws_provider -- --ignored"]
-    fn sigkill_during_apply_then_apply_converges_with_each_object_once() {
-        let w = World::new();
-        let journal = w.s.path().join("state/awstest.json.journal");
-        let lines = || {
-            std::fs::read_to_string(&journal)
-                .map(|t| t.lines().count())
-                .unwrap_or(0)
-        };
-        // Kill once the journal holds a growing number of records (intents and results), so
-        // kills land at different points of the graph, creates and deletes alike.
-        let mut mid_run = 0;
-        for (trial, records) in [1usize, 5, 11, 17, 25, 3].into_iter().enumerate() {
-            let verb = if trial == 4 { "destroy" } else { "apply" };
-            let mut cmd =
-                w.s.cmd(&[verb, "--auto-approve", "--lock-timeout", "30s", "aws.yaml"]);
-            w.moto.apply_env(&mut cmd);
-            let mut child = cmd
-                .env("ANVIL_LOCK_LEASE", "1s")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let start = std::time::Instant::now();
-            while lines() < records
-                && child.try_wait().unwrap().is_none()
-                && start.elapsed() < Duration::from_secs(120)
-            {
-                std::thread::sleep(Duration::from_millis(2));
+    /// The `anvil:address`es the state records, by the type families [`owned_in`]
+    /// reports (route table associations as the address of their table).
+    fn recorded_families(st: &Value) -> BTreeMap<String, Vec<String>> {
+        let res = st["resources"].as_object().expect("resources");
+        let table_of: BTreeMap<&str, &str> = res
+            .iter()
+            .filter(|(a, _)| a.starts_with("aws_route_table."))
+            .filter_map(|(a, r)| Some((r["outputs"]["id"].as_str()?, a.as_str())))
+            .collect();
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (addr, r) in res {
+            let ty = addr.split('.').next().unwrap_or_default();
+            let (family, name) = match ty {
+                "aws_vpc" => ("vpc", addr.as_str()),
+                "aws_subnet" => ("subnet", addr.as_str()),
+                "aws_internet_gateway" => ("igw", addr.as_str()),
+                "aws_eip" => ("eip", addr.as_str()),
+                "aws_nat_gateway" => ("nat", addr.as_str()),
+                "aws_route_table" => ("rtb", addr.as_str()),
+                "aws_route_table_association" => (
+                    "assoc",
+                    r["attributes"]["route_table_id"]
+                        .as_str()
+                        .and_then(|t| table_of.get(t).copied())
+                        .expect("association of a recorded table"),
+                ),
+                "aws_security_group" => ("sg", addr.as_str()),
+                "aws_s3_bucket" => ("bucket", addr.as_str()),
+                "aws_db_subnet_group" => ("db_subnet_group", addr.as_str()),
+                "aws_db_instance" => ("db", addr.as_str()),
+                "aws_eks_cluster" => ("eks", addr.as_str()),
+                "aws_eks_node_group" => ("nodegroup", addr.as_str()),
+                _ => continue,
+            };
+            out.entry(family.to_string())
+                .or_default()
+                .push(name.to_string());
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// Runs `anvil ARGS` and SIGKILLs it once it has printed `lines` lines of events
+    /// (each started or finished operation is one), or lets it end. Returns whether it
+    /// was killed.
+    fn kill_after(s: &Scratch, moto: &Moto, args: &[&str], lines: usize) -> bool {
+        use std::io::BufRead;
+        let mut cmd = s.cmd(args);
+        moto.apply_env(&mut cmd);
+        let mut child = cmd
+            // A killed run's lock expires quickly, so the next one need not wait long.
+            .env("ANVIL_LOCK_LEASE", "1s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn anvil");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut seen = 0;
+        for line in out.lines() {
+            if line.is_err() {
+                break;
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            let o = w.run(&["state", "list"]);
-            assert_code(&o, 0);
-            let n = stdout(&o).lines().count();
-            if n > 0 && n < 20 {
-                mid_run += 1;
+            seen += 1;
+            if seen >= lines {
+                let _ = child.kill();
+                break;
             }
         }
-        assert!(mid_run > 0, "no kill landed mid-run");
-        let o = w.run(&[
-            "apply",
-            "--auto-approve",
-            "--lock-timeout",
-            "30s",
-            "aws.yaml",
-        ]);
-        assert_code(&o, 0);
-        assert_eq!(owned(&w.moto, &w.lineage()), expected());
-        assert_code(&w.run(&["plan", "--detailed-exitcode", "aws.yaml"]), 0);
+        let status = child.wait().expect("wait for anvil");
+        // Killed by our SIGKILL: no exit code.
+        status.code().is_none()
+    }
+
+    #[test]
+    fn sigkill_during_apply_of_the_example_then_apply_converges_with_each_object_once() {
+        use rand::{RngExt, SeedableRng};
+        let moto = Moto::start();
+        // The seed is printed, and taken from ANVIL_CRASH_SEED, so a failure replays.
+        let seed = std::env::var("ANVIL_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs())
+            });
+        eprintln!("ANVIL_CRASH_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let args = ["apply", "--auto-approve", "--lock-timeout", "30s", "env"];
+        // How many event lines a whole apply prints: the range kill points are drawn from.
+        let full = {
+            let s = Scratch::new();
+            s.copy_example("environment", "env");
+            let mut cmd = s.cmd(&args);
+            moto.apply_env(&mut cmd);
+            let o = cmd.output().expect("run anvil");
+            assert_code(&o, 0);
+            stdout(&o).lines().count()
+        };
+        assert!(full > 40, "a whole apply printed only {full} lines");
+        let mut killed = 0;
+        for trial in 0..10 {
+            moto.reset();
+            let s = Scratch::new();
+            s.copy_example("environment", "env");
+            let at = rng.random_range(1..full);
+            killed += usize::from(kill_after(&s, &moto, &args, at));
+            // Every other trial also kills the destroy that follows, at a random point:
+            // what it leaves (objects whose parent is gone) must be cleaned up or adopted.
+            let mut what = format!("apply killed after {at} lines");
+            if trial % 2 == 1 {
+                let at = rng.random_range(1..full / 2);
+                kill_after(
+                    &s,
+                    &moto,
+                    &["destroy", "--auto-approve", "--lock-timeout", "30s", "env"],
+                    at,
+                );
+                what.push_str(&format!(", then destroy killed after {at} lines"));
+            }
+            let mut cmd = s.cmd(&args);
+            moto.apply_env(&mut cmd);
+            let o = cmd.output().expect("run anvil");
+            assert!(
+                o.status.success(),
+                "trial {trial} ({what}, seed {seed}): the next apply failed:\n{}{}",
+                stdout(&o),
+                stderr(&o)
+            );
+            let ws = std::fs::read_dir(s.path().join("state"))
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .find_map(|n| n.strip_suffix(".json").map(str::to_string))
+                .expect("a state file");
+            let st = s.state_json(&ws);
+            let lineage = st["lineage"].as_str().unwrap().to_string();
+            let want = recorded_families(&st);
+            assert_eq!(want["subnet"].len(), 6, "{want:?}");
+            assert_eq!(
+                owned_in(&moto, &lineage, "eu-central-1"),
+                want,
+                "trial {trial} ({what}, seed {seed}): AWS objects by tag differ from the state; \
+                 the converging apply said:\n{}",
+                stdout(&o)
+            );
+            let mut cmd = s.cmd(&["plan", "--detailed-exitcode", "env"]);
+            moto.apply_env(&mut cmd);
+            let o = cmd.output().expect("run anvil");
+            assert!(
+                o.status.code() == Some(0),
+                "trial {trial} ({what}, seed {seed}): the plan after is not empty:\n{}{}",
+                stdout(&o),
+                stderr(&o)
+            );
+        }
+        assert!(
+            killed >= 3,
+            "only {killed} of 10 applies were killed mid-run"
+        );
     }
 
     /// A moto server that checks credentials (moto's IAM auth from the first request on).
@@ -588,7 +701,7 @@ result = {{
     }
 
     #[test]
-    fn the_example_environment_applies_plans_empty_outputs_and_destroys_on_moto() {
+    fn the_example_environment_applies_plans_empty_outputs_drifts_restores_and_destroys_on_moto() {
         let moto = Moto::start();
         let s = Scratch::new();
         s.copy_example("environment", "env");
@@ -638,6 +751,71 @@ result = {{
             }
             assert!(!v.is_empty(), "no {k} made: {before:?}");
         }
+
+        // Drift on the example (acceptance 2): behind anvil's back drop a private subnet's
+        // route table association, suspend the bucket's versioning, open SSH on the
+        // database's security group.
+        let id_of = |a: &str| {
+            st["resources"][a]["outputs"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no id for {a}"))
+                .to_string()
+        };
+        let rtb = id_of("aws_route_table.demo-private-a");
+        let sg = id_of("aws_security_group.demo-db");
+        let bucket = id_of("aws_s3_bucket.demo");
+        moto.python(&format!(
+            r#"
+def eu(name):
+    return boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', aws_access_key_id='testing', aws_secret_access_key='testing')
+ec2 = eu('ec2')
+t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
+for a in t['Associations']:
+    if a.get('SubnetId'):
+        ec2.disassociate_route_table(AssociationId=a['RouteTableAssociationId'])
+eu('s3').put_bucket_versioning(Bucket={bucket:?}, VersioningConfiguration={{'Status': 'Suspended'}})
+ec2.authorize_security_group_ingress(GroupId={sg:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{{'CidrIp': '0.0.0.0/0'}}]}}])
+"#
+        ));
+        let o = run(&["drift", "env"]);
+        assert_code(&o, 2);
+        let report = stdout(&o);
+        for a in [
+            "aws_route_table_association.demo-private-a",
+            "aws_s3_bucket_versioning.demo",
+            "aws_security_group.demo-db",
+        ] {
+            assert!(report.contains(a), "drift does not name {a}:\n{report}");
+        }
+        for quiet in [
+            "aws_vpc.demo",
+            "aws_route_table_association.demo-private-b",
+            "aws_security_group.demo-cluster",
+        ] {
+            assert!(!report.contains(quiet), "drift names {quiet}:\n{report}");
+        }
+        ok(&run(&["apply", "--auto-approve", "env"]));
+        assert_code(&run(&["drift", "env"]), 0);
+        let real = moto.python(&format!(
+            r#"
+def eu(name):
+    return boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', aws_access_key_id='testing', aws_secret_access_key='testing')
+ec2 = eu('ec2')
+g = ec2.describe_security_groups(GroupIds=[{sg:?}])['SecurityGroups'][0]
+t = ec2.describe_route_tables(RouteTableIds=[{rtb:?}])['RouteTables'][0]
+result = {{
+  'ssh': [p for p in g['IpPermissions'] if p.get('FromPort') == 22],
+  'versioning': eu('s3').get_bucket_versioning(Bucket={bucket:?}).get('Status'),
+  'assoc': len([a for a in t['Associations'] if a.get('SubnetId')]),
+}}
+"#
+        ));
+        assert_eq!(
+            real,
+            json!({"ssh": [], "versioning": "Enabled", "assoc": 1})
+        );
+        assert_eq!(owned_in(&moto, &lineage, "eu-central-1"), before);
+
         ok(&run(&["destroy", "--auto-approve", "env"]));
         let left = owned_in(&moto, &lineage, "eu-central-1");
         assert!(

@@ -336,13 +336,38 @@ fn round_trip(b: Backend) {
 
 /// Two applies at once: the second fails at once naming the holder; with
 /// `--lock-timeout` it waits and proceeds.
+///
+/// The first apply holds the lock for a window (a slow resource). On a loaded machine the
+/// second can start only after the window closed; that attempt shows nothing, so it is
+/// made again with a window twice as long (3, 6, 12, 24 s), never judged.
 fn concurrent_applies(b: Backend) {
+    let mut window = 3000;
+    loop {
+        if concurrent_applies_within(b, window) {
+            return;
+        }
+        assert!(
+            window < 24_000,
+            "the second apply never started within a {window} ms window of the first"
+        );
+        window *= 2;
+    }
+}
+
+/// One attempt of [`concurrent_applies`]: `false` when the second apply got the lock
+/// because the first had already ended, so the attempt is inconclusive.
+fn concurrent_applies_within(b: Backend, window: u64) -> bool {
     let f = Fixture::new(b);
-    f.s.write("spec.yaml", &slow_spec("locked", 3000));
-    let first = f.spawn_until(&["apply", "--auto-approve"], &[], "ing...");
+    f.s.write("spec.yaml", &slow_spec("locked", window));
+    let mut first = f.spawn_until(&["apply", "--auto-approve"], &[], "ing...");
     let first_pid = first.pid();
 
     let o = f.run(&["apply", "--auto-approve"]);
+    if o.status.code() != Some(1) && first.child.try_wait().expect("wait").is_some() {
+        // The first ended before the second asked for the lock: no overlap, no verdict.
+        let _ = first.finish();
+        return false;
+    }
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(err.contains("is held by"), "{err}");
@@ -362,6 +387,7 @@ fn concurrent_applies(b: Backend) {
     assert_eq!(f.listed("locked").len(), 2);
     // Released at the end: a plain apply runs at once.
     assert_code(&f.run(&["apply", "--auto-approve"]), 0);
+    true
 }
 
 /// A SIGKILLed holder leaves its lock; it expires after its lease (2 s) and the next

@@ -166,10 +166,16 @@ impl World {
 
     /// A broker on the state (and store) at `state`, else the default file state.
     fn broker_at(&self, state: Option<&str>) -> Broker {
+        self.broker_with(state, &[])
+    }
+
+    /// A broker with `extra` flags.
+    fn broker_with(&self, state: Option<&str>, extra: &[&str]) -> Broker {
         let mut args = vec!["broker", "--foundation", "fnd", "--listen", "127.0.0.1:0"];
         if let Some(url) = state {
             args.extend(["--state", url]);
         }
+        args.extend(extra);
         let mut cmd = self.s.cmd(&args);
         at_simulators(&mut cmd, &self.bosh.url, &self.vault.url(), TOKEN)
             .env("ANVIL_BROKER_USERNAME", USER)
@@ -1006,5 +1012,119 @@ fn store_on_vault_resumes_after_a_sigkill() {
     assert_eq!(
         store["instances"][uuid(300).as_str()]["operation"]["kind"],
         "deprovision"
+    );
+}
+
+#[test]
+fn reconciler_endpoints_report_and_trigger_runs_only_with_an_interval() {
+    let w = World::start(&[]);
+    let admin = Some((USER, PASSWORD));
+    // Without --reconcile-interval: 404 saying how to turn it on.
+    let b = w.broker();
+    for (method, path) in [
+        ("GET", "/b/reconciler/status"),
+        ("POST", "/b/reconciler/run"),
+    ] {
+        let a = w.request(&b, method, path, None, &[], admin);
+        assert_eq!(a.status, 404, "{method} {path}: {a:?}");
+        assert_eq!(a.body["error"], "NotFound");
+        let d = a.body["description"].as_str().unwrap();
+        assert!(d.contains("--reconcile-interval"), "{d}");
+    }
+    assert_eq!(b.stop(), Some(0));
+
+    // A provisioned instance for the reconciler to find.
+    let b = w.broker_with(None, &["--reconcile-interval", "1h"]);
+    let id = uuid(400);
+    let a = w.provision(&b, &id, "redis-small", json!({}));
+    assert_eq!(a.status, 202, "{a:?}");
+    let op = a.body["operation"].as_str().unwrap().to_string();
+    assert_eq!(w.wait(&b, &id, &op).body["state"], "succeeded");
+
+    // Behind the same auth.
+    for (method, path) in [
+        ("GET", "/b/reconciler/status"),
+        ("POST", "/b/reconciler/run"),
+    ] {
+        let a = w.request(&b, method, path, None, &[], Some((USER, "wrong")));
+        assert_eq!(a.status, 401, "{method} {path}: {a:?}");
+    }
+    let status = |w: &World| w.request(&b, "GET", "/b/reconciler/status", None, &[], admin);
+    // The first run starts with the broker; wait for it (a hang guard, not timing).
+    let mut st = status(&w);
+    for _ in 0..3000 {
+        if st.body["runs"].as_u64().unwrap_or(0) >= 1 && st.body["running"] == false {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        st = status(&w);
+    }
+    assert_eq!(st.status, 200, "{st:?}");
+    assert_eq!(st.body["runs"], 1, "{st:?}");
+    assert_eq!(st.body["interval_seconds"], 3600.0);
+    assert!(st.body["next_run_at"].is_string(), "{st:?}");
+    let last = &st.body["last_run"];
+    assert!(
+        last["started_at"].is_string() && last["duration_seconds"].is_number(),
+        "{last}"
+    );
+    assert_eq!(last["result"]["ok"], true, "{last}");
+
+    // A trigger runs it again now (202), not in an hour.
+    let t = w.request(&b, "POST", "/b/reconciler/run", None, &[], admin);
+    assert_eq!(t.status, 202, "{t:?}");
+    let mut st = status(&w);
+    for _ in 0..3000 {
+        if st.body["runs"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        // While it runs, another trigger is refused with 409.
+        let again = w.request(&b, "POST", "/b/reconciler/run", None, &[], admin);
+        if st.body["running"] == true {
+            assert!(again.status == 409 || again.status == 202, "{again:?}");
+            if again.status == 409 {
+                assert!(again.body["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already running"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        st = status(&w);
+    }
+    assert!(st.body["runs"].as_u64().unwrap() >= 2, "{st:?}");
+    // The triggered run found the broker's deployment.
+    let mut st = status(&w);
+    for _ in 0..3000 {
+        if st.body["running"] == false {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        st = status(&w);
+    }
+    let last = &st.body["last_run"];
+    assert_eq!(last["result"]["deployments_scanned"], 1, "{last}");
+    assert_eq!(last["result"]["matched"], 1, "{last}");
+    assert_eq!(b.stop(), Some(0));
+
+    // A zero interval is refused at start.
+    let o = w.anvil(&[
+        "broker",
+        "--foundation",
+        "fnd",
+        "--listen",
+        "127.0.0.1:0",
+        "--reconcile-interval",
+        "0s",
+        "--username",
+        "u",
+        "--password",
+        "p",
+    ]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("--reconcile-interval"),
+        "{}",
+        stderr(&o)
     );
 }

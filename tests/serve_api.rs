@@ -644,3 +644,101 @@ fn print_openapi_prints_the_checked_in_document() {
     .unwrap();
     assert_eq!(common::stdout(&out), want);
 }
+
+/// The workers are wired: with a worker and an AWS endpoint nobody listens on, a posted
+/// environment ends `failed` in `provisioning` with the error, and the metrics count it.
+#[tokio::test]
+async fn a_failed_job_is_reported_by_status_events_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start_with(
+        common::BIN,
+        &dir.path().join("data"),
+        &["--workers", "1", "--lease", "5s"],
+        &dir.path().join("serve.log"),
+        |c| {
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("AWS_") {
+                    c.env_remove(k);
+                }
+            }
+            c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+        },
+    );
+    let resp = post(&s, "application/yaml", environment_yaml("doomed")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A hang guard, not a timing assertion: the AWS calls fail on a closed port.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let env = loop {
+        let env: Value = get(&s, &format!("/api/v1/environments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if env["status"] == "failed" {
+            break env;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {env} after 300s; log:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(env["failed_step"], "provisioning", "{env}");
+    assert!(
+        env["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{env}"
+    );
+    let evs: Value = get(&s, &format!("/api/v1/environments/{id}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        evs["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("provisioning")),
+        "{evs}"
+    );
+    let text = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("provisioning_errors_total 1"), "{text}");
+    assert!(
+        text.contains("provisioning_environments_total{status=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisioning_duration_seconds_count{kind=\"provision\"} 1"),
+        "{text}"
+    );
+    let h: Value = client()
+        .get(format!("{}/health", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["local_workers"], 1, "{h}");
+    assert_eq!(s.stop(), Some(0));
+}

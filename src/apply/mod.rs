@@ -577,12 +577,16 @@ pub async fn apply(
             let abort = abort.clone();
             let resumed = cfg.resumed.contains(&key);
             let lineage = state.lineage.to_string();
+            // A create-before-destroy create sees the object it replaces, so a provider
+            // that looks for its own objects by tag before creating (`aws`) neither adopts
+            // nor removes it.
+            let replaced = if node.cbd_create { prior.clone() } else { None };
             running.spawn(async move {
                 if let Err(e) = commit.wait().await {
                     return (i, Err(ProviderError::new(format!("the state journal could not be written, so {address} was not touched: {e}"))));
                 }
                 let out = match op {
-                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: None, progress, lineage: &lineage, cancel: abort, resumed }).await.map(Some),
+                    Op::Create => provider.create(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: replaced.as_ref(), progress, lineage: &lineage, cancel: abort, resumed }).await.map(Some),
                     Op::Update => provider.update(ChangeRequest { address: &address, ty: &ty, attributes: &attrs, prior: prior.as_ref(), progress, lineage: &lineage, cancel: abort, resumed }).await.map(Some),
                     Op::Delete => match &prior {
                         Some(p) => provider.delete(&address, p).await.map(|_| None),

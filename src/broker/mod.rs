@@ -16,6 +16,7 @@ pub mod error;
 mod instances;
 pub mod internal;
 mod middleware;
+pub mod reconciler;
 mod worker;
 
 use crate::ops::broker::{BrokerFoundation, IndexStatus, StoreHandle};
@@ -45,6 +46,8 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many provider operations a batch runs at once.
     pub parallelism: usize,
+    /// Run the reconciler every this long (`--reconcile-interval`); `None`: not at all.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Settings {
             .field("password", &"***")
             .field("lock_timeout", &self.lock_timeout)
             .field("parallelism", &self.parallelism)
+            .field("reconcile_interval", &self.reconcile_interval)
             .finish()
     }
 }
@@ -92,6 +96,8 @@ pub struct AppState {
     pub worker: worker::WorkerHandle,
     /// Fired when the broker stops: the worker finishes its batch and ends.
     pub stopping: CancellationToken,
+    /// The reconciler, when the broker runs it (`--reconcile-interval`).
+    pub reconciler: Option<reconciler::ReconcilerHandle>,
 }
 
 /// The shared state handlers get.
@@ -108,11 +114,16 @@ pub async fn prepare(settings: Settings) -> Result<Shared, BrokerError> {
         return Err(BrokerError::NoCredentials);
     }
     let foundation = BrokerFoundation::load(&settings.inputs).await?;
-    let store = StoreHandle::open(&settings.inputs).await?;
+    // Vault first: a broker that cannot start writes nothing (opening the store writes
+    // an empty one the first time).
     let index = IndexStatus::connect(&foundation).await?;
+    let store = StoreHandle::open(&settings.inputs).await?;
     let catalog = catalog::document(foundation.foundation());
     let stopping = CancellationToken::new();
     let (worker, queue) = worker::channel();
+    let reconciler = settings
+        .reconcile_interval
+        .map(reconciler::ReconcilerHandle::new);
     let state = Arc::new(AppState {
         settings,
         foundation,
@@ -121,9 +132,11 @@ pub async fn prepare(settings: Settings) -> Result<Shared, BrokerError> {
         index,
         worker,
         stopping,
+        reconciler,
     });
     worker::start(state.clone(), queue);
     worker::resume(&state);
+    reconciler::start(&state);
     Ok(state)
 }
 
@@ -137,6 +150,8 @@ pub fn router(state: Shared) -> Router {
         .merge(bind::routes())
         // Blacksmith's internal API (`/b/...`).
         .merge(internal::routes())
+        // The reconciler's status and trigger (`/b/reconciler/...`).
+        .merge(reconciler::routes())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -17,6 +17,7 @@ use crate::ops::broker::{
 use crate::ops::{discard, CancellationToken};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the worker is asked to do.
@@ -110,15 +111,13 @@ pub fn start(state: Shared, queue: Queue) {
                 };
                 let mut ids = BTreeSet::new();
                 let mut redeploys = Vec::new();
-                let mut next = Some(first);
-                while let Some(job) = next {
+                for job in gather(first, &mut rx).await {
                     match job {
                         Job::Apply(id) => {
                             ids.insert(id);
                         }
                         Job::Redeploy(r) => redeploys.push(r),
                     }
-                    next = rx.try_recv().ok();
                 }
                 if !ids.is_empty() {
                     run_batch(&state, ids).await;
@@ -136,6 +135,33 @@ pub fn start(state: Shared, queue: Queue) {
             state.worker.done.notify_waiters();
         })
     });
+}
+
+/// A batch gathers requests until none came for this long...
+const GATHER_QUIET: Duration = Duration::from_millis(20);
+/// ...or this long after its first one.
+const GATHER_MAX: Duration = Duration::from_millis(250);
+
+/// The jobs of the next batch: `first` and whatever follows it closely. A burst of
+/// requests (a platform provisioning many instances at once) reaches the queue spread
+/// over a few store writes; without waiting for its tail, the first batch would hold
+/// one instance and keep the Director's other task slots idle for a whole deploy while
+/// the rest waited for the state lock. Each batch waits at most [`GATHER_MAX`], next to
+/// a deploy's minutes.
+async fn gather<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut jobs = vec![first];
+    let until = tokio::time::Instant::now() + GATHER_MAX;
+    loop {
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        let quiet = (tokio::time::Instant::now() + GATHER_QUIET).min(until);
+        match tokio::time::timeout_at(quiet, rx.recv()).await {
+            Ok(Some(more)) => jobs.push(more),
+            // Quiet for GATHER_QUIET, past GATHER_MAX, or the queue closed.
+            Ok(None) | Err(_) => return jobs,
+        }
+    }
 }
 
 /// Waits for the worker loop to end (the caller cancelled `stopping`).
@@ -267,7 +293,6 @@ async fn run_redeploy(state: &Shared, job: Redeploy) {
                 let _ = s.send(Ok(task));
             }
         },
-        &discard(),
         &state.stopping,
     )
     .await;
@@ -394,5 +419,47 @@ async fn finish(
         .await;
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "could not record the batch's outcome in the broker store; it is applied again on restart");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gathers_a_burst_until_quiet_or_its_limit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A burst every 10 ms (closer than GATHER_QUIET) for 40 ms, then a pause.
+        let feeder = tokio::spawn(async move {
+            for i in 1..=4 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.send(i).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(99).unwrap();
+            tx
+        });
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(gather(0, &mut rx).await, vec![0, 1, 2, 3, 4]);
+        // It stopped GATHER_QUIET after the last one of the burst.
+        assert_eq!(t0.elapsed(), Duration::from_millis(40) + GATHER_QUIET);
+        assert_eq!(rx.recv().await, Some(99));
+        let tx = feeder.await.unwrap();
+
+        // A steady stream stops at GATHER_MAX.
+        let stream = tokio::spawn(async move {
+            for i in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tx.send(i).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        let got = gather(-1, &mut rx).await;
+        assert_eq!(t0.elapsed(), GATHER_MAX);
+        assert!(got.len() > 40 && got.len() <= 51, "{}", got.len());
+        drop(rx);
+        stream.await.unwrap();
     }
 }

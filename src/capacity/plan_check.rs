@@ -207,7 +207,7 @@ pub enum Check {
 /// MiB as GiB for people: whole numbers without decimals, else one decimal.
 #[must_use]
 pub fn gib(mb: u64) -> String {
-    if mb % 1024 == 0 {
+    if mb.is_multiple_of(1024) {
         format!("{} GiB", mb / 1024)
     } else {
         format!("{:.1} GiB", mb as f64 / 1024.0)

@@ -40,10 +40,20 @@ pub(super) struct BrokerArgs {
     /// their own limits too).
     #[arg(long, default_value_t = 10)]
     parallelism: usize,
+    /// Run the reconciler (`anvil reconcile`) in the broker: at start and then every
+    /// DURATION (e.g. 5m), each run under the state lock; `GET /b/reconciler/status`
+    /// and `POST /b/reconciler/run` report and trigger it.
+    #[arg(long, value_parser = super::parse_duration)]
+    reconcile_interval: Option<Duration>,
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then lets the batch in flight finish.
 pub(super) async fn run(a: BrokerArgs) -> Result<i32> {
+    if a.reconcile_interval.is_some_and(|d| d.is_zero()) {
+        anyhow::bail!(
+            "--reconcile-interval 0: the reconciler needs a pause between runs; give a duration such as 5m, or leave the flag out to not run it"
+        );
+    }
     let settings = Settings {
         inputs: Inputs {
             paths: vec![a.foundation],
@@ -55,6 +65,7 @@ pub(super) async fn run(a: BrokerArgs) -> Result<i32> {
         password: a.password.unwrap_or_default(),
         lock_timeout: a.lock_timeout,
         parallelism: a.parallelism.max(1),
+        reconcile_interval: a.reconcile_interval,
     };
     let tls = a.tls_cert.zip(a.tls_key);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -6,6 +6,7 @@
 //! 2 changes present (with `--detailed-exitcode`, or drift found by `anvil drift`).
 
 mod broker;
+mod capacity;
 mod output;
 mod reconcile;
 mod serve;
@@ -99,6 +100,9 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// Serve the environments REST API and run its workers (docs/serve.md).
     Serve(serve::ServeArgs),
+    /// Diego cells' capacity (from the Director's vitals), apps and isolation segments
+    /// (from the CF API), as text or JSON (docs/capacity.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -195,6 +199,17 @@ struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
+    /// Compare the memory and disk planned BOSH deployments add with what the
+    /// Director's Diego cells have free: warn, error (exit 1), or off.
+    #[arg(long, value_enum, default_value = "warn")]
+    capacity_check: CapacityCheck,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum CapacityCheck {
+    Warn,
+    Error,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -683,6 +698,11 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
                 parallelism: a.run.parallelism,
                 document: a.json,
                 out: a.out.clone(),
+                capacity_check: match a.capacity_check {
+                    CapacityCheck::Warn => ops::capacity::CheckMode::Warn,
+                    CapacityCheck::Error => ops::capacity::CheckMode::Error,
+                    CapacityCheck::Off => ops::capacity::CheckMode::Off,
+                },
             };
             let planned = ops::plan(&req, sink, cancel).await?;
             match (&planned.document, a.json) {
@@ -882,6 +902,7 @@ async fn command(command: Command, style: render::Style, session: &Session) -> R
         Command::Reconcile(a) => reconcile::run(a, sink, cancel).await,
         Command::Broker(a) => broker::run(a).await,
         Command::Serve(a) => serve::run(a).await,
+        Command::Capacity(a) => capacity::run(a).await,
     }
 }
 

@@ -238,7 +238,21 @@ impl StoreHandle {
     /// The spec does not load, or the store cannot be read.
     pub async fn open(inputs: &Inputs) -> Result<StoreHandle, OpsError> {
         let ws = load_workspace(inputs, Registry::builtin())?;
-        let store = read_store(ws.backend.as_ref()).await?;
+        let doc = ws.backend.load_broker_store().await?;
+        let fresh = doc.is_none();
+        let mut store = decode_store(doc, &ws.backend.describe())?;
+        if fresh {
+            // Written once at start, so the first request's write does not also pay for
+            // creating the file (and its directory), and a backend that cannot keep a
+            // store is reported before the broker listens.
+            store.format = STORE_FORMAT.to_string();
+            store.version = STORE_VERSION;
+            let doc = serde_json::to_value(&store).map_err(|source| StateError::Serialize {
+                location: ws.backend.describe(),
+                source,
+            })?;
+            ws.backend.write_broker_store(&doc).await?;
+        }
         Ok(StoreHandle {
             backend: ws.backend,
             doc: Mutex::new(store),
@@ -289,11 +303,14 @@ impl StoreHandle {
             }
             (r, self.generation.fetch_add(1, Ordering::SeqCst) + 1)
         };
+        let waited = std::time::Instant::now();
         let mut written = self.written.lock().await;
         if *written >= mine {
             // A writer that came after this change already made it durable.
+            tracing::debug!(waited = ?waited.elapsed(), "broker store: change made durable by another write");
             return Ok(result);
         }
+        let wait = waited.elapsed();
         let (snapshot, generation) = {
             let mut doc = self.lock();
             doc.format = STORE_FORMAT.to_string();
@@ -304,7 +321,9 @@ impl StoreHandle {
             })?;
             (snapshot, self.generation.load(Ordering::SeqCst))
         };
+        let t = std::time::Instant::now();
         self.backend.write_broker_store(&snapshot).await?;
+        tracing::debug!(waited = ?wait, write = ?t.elapsed(), changes = generation - *written, "broker store written");
         *written = generation;
         Ok(result)
     }
@@ -734,11 +753,11 @@ pub async fn redeploy(
     deployment: &str,
     manifest: &str,
     started: impl FnOnce(Option<u64>),
-    sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Option<u64>, OpsError> {
     let ws = load_workspace(inputs, Registry::builtin())?;
-    let _lock = super::commands::take_lock(&ws, "broker redeploy", lock_timeout, sink).await?;
+    let _lock =
+        super::commands::take_lock(&ws, "broker redeploy", lock_timeout, &super::discard()).await?;
     let failed = |e: crate::providers::ProviderError| OpsError::Redeploy {
         deployment: deployment.to_string(),
         message: e.to_string(),
@@ -757,6 +776,28 @@ pub async fn redeploy(
             .map_err(failed)?;
     }
     Ok(task)
+}
+
+/// One reconciler run (`anvil reconcile` once, with the Foundation's settings from the
+/// environment) under the state lock, so it never runs beside an apply or a broker
+/// batch of the same workspace.
+///
+/// # Errors
+/// The spec, the lock (waited for up to `lock_timeout`), the reconciler's settings, or
+/// the Director or Vault being unreachable.
+pub async fn reconcile_locked(
+    inputs: &Inputs,
+    lock_timeout: Duration,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<super::reconcile::ReconcileOutcome, OpsError> {
+    let ws = load_workspace(inputs, Registry::builtin())?;
+    let _lock = super::commands::take_lock(&ws, "broker reconcile", lock_timeout, sink).await?;
+    let request = super::reconcile::ReconcileRequest {
+        foundation: inputs.paths.first().cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    super::reconcile::reconcile(&request, sink, cancel).await
 }
 
 /// One status change of an index entry.

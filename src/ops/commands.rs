@@ -154,6 +154,8 @@ pub struct PlanRequest {
     pub document: bool,
     /// Save the plan here for `anvil apply FILE`.
     pub out: Option<PathBuf>,
+    /// Compare what planned BOSH deployments need with the Director's Diego cells.
+    pub capacity_check: super::capacity::CheckMode,
 }
 
 /// A plan made by [`plan`].
@@ -210,6 +212,11 @@ pub async fn plan(
         req.refresh,
         req.parallelism,
         cancel,
+    )
+    .await?;
+    or_cancelled(
+        cancel,
+        super::capacity::plan_check(&ws.model, &plan, req.capacity_check, sink),
     )
     .await?;
     // The JSON document costs time on big plans: build it only when asked for.

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod broker_bind;
 pub mod broker_internal;
+pub mod capacity;
 mod commands;
 mod drift;
 pub mod environment_doc;

@@ -10,6 +10,7 @@
 
 pub mod aws;
 pub mod bosh;
+pub mod cf;
 pub mod error;
 pub mod null;
 pub mod resource;
@@ -81,7 +82,8 @@ pub struct ChangeRequest<'a> {
     pub address: &'a str,
     pub ty: &'a str,
     pub attributes: &'a Attributes,
-    /// The recorded object, for updates.
+    /// The recorded object, for updates; for the create of a create-before-destroy
+    /// replace, the recorded object it replaces (still there until its delete runs).
     pub prior: Option<&'a ResourceState>,
     /// The state's lineage: providers that tag what they create (`aws`) record it, so
     /// an object created but not journalled (the run killed in between) is found again

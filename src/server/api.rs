@@ -544,7 +544,7 @@ pub async fn list(
     get,
     path = "/api/v1/environments/{id}",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 200, description = "The environment", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -567,7 +567,7 @@ pub async fn show(
     delete,
     path = "/api/v1/environments/{id}",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 202, description = "The destroy job is queued", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -593,7 +593,7 @@ pub async fn destroy(
     post,
     path = "/api/v1/environments/{id}/refresh",
     tag = "environments",
-    params(("id" = String, Path, description = "The environment's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The environment's id (a UUID)")),
     responses(
         (status = 202, description = "A provision job is queued", body = EnvironmentView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -621,7 +621,7 @@ pub async fn refresh(
     path = "/api/v1/environments/{id}/events",
     tag = "environments",
     params(
-        ("id" = String, Path, description = "The environment's id (a UUID)"),
+        ("id" = Uuid, Path, description = "The environment's id (a UUID)"),
         ("after" = Option<u64>, Query, description = "Only events after this `seq` (default 0: all)"),
     ),
     responses(

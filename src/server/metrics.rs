@@ -163,6 +163,12 @@ impl Metrics {
     }
 }
 
+impl super::worker::Observer for Metrics {
+    fn job_finished(&self, kind: JobKind, outcome: &JobOutcome, took: Duration) {
+        Metrics::job_finished(self, kind, outcome, took);
+    }
+}
+
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capacity;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
@@ -202,27 +203,23 @@ fn start_workers(settings: &Settings, app: &Shared) -> Vec<tokio::task::JoinHand
     if settings.workers == 0 {
         return Vec::new();
     }
+    // Unique across servers sharing a database: host and pid.
     let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let ws = worker::Settings {
+        id_prefix: format!("{host}-{}", std::process::id()),
+        state_url: settings.database.clone(),
+        data_dir: settings.data_dir.clone(),
+        lease: settings.lease,
+        heartbeat: settings.lease / 3,
+        bootstrap_hook: settings.bootstrap_hook.clone(),
+        parallelism: settings.parallelism,
+    };
+    let observer: Arc<dyn worker::Observer> = app.metrics.clone();
     worker::spawn(
         app.queue.clone(),
-        worker::Settings {
-            // Unique across the servers sharing a database.
-            id_prefix: format!("{host}-{}", std::process::id()),
-            state_url: settings.database.clone(),
-            data_dir: settings.data_dir.clone(),
-            lease: settings.lease,
-            heartbeat: settings.lease / 3,
-            bootstrap_hook: settings.bootstrap_hook.clone(),
-            parallelism: settings.parallelism,
-        },
+        ws,
         settings.workers,
-        app.metrics.clone(),
+        observer,
         app.stopping.clone(),
     )
-}
-
-impl worker::Observer for Metrics {
-    fn job_finished(&self, kind: queue::JobKind, outcome: &queue::JobOutcome, took: Duration) {
-        Metrics::job_finished(self, kind, outcome, took);
-    }
 }

@@ -615,31 +615,21 @@ type Q = Query<HashMap<String, String>>;
 /// One page of `items` as CF v3 paginates: `page` from 1, `per_page` 1..=5000 (default
 /// 50); a bad value answers 400 as the Cloud Controller does.
 fn paginate(sim: &CfSim, path: &str, q: &HashMap<String, String>, items: Vec<Value>) -> Response {
-    let parse = |key: &str, default: usize| -> Result<usize, Response> {
+    let parse = |key: &str, default: usize| -> Result<usize, &'static str> {
         match q.get(key) {
             None => Ok(default),
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if n >= 1 && (key != "per_page" || n <= 5000) => Ok(n),
-                _ => Err(cf_error(
-                    StatusCode::BAD_REQUEST,
-                    10008,
-                    "CF-UnprocessableEntity",
-                    if key == "per_page" {
-                        "Per page must be between 1 and 5000".to_string()
-                    } else {
-                        "Page must be greater than 0".to_string()
-                    },
-                )),
+                _ if key == "per_page" => Err("Per page must be between 1 and 5000"),
+                _ => Err("Page must be greater than 0"),
             },
         }
     };
-    let page = match parse("page", 1) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let per_page = match parse("per_page", 50) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let (page, per_page) = match (parse("page", 1), parse("per_page", 50)) {
+        (Ok(p), Ok(pp)) => (p, pp),
+        (Err(e), _) | (_, Err(e)) => {
+            return cf_error(StatusCode::BAD_REQUEST, 10008, "CF-UnprocessableEntity", e)
+        }
     };
     let total = items.len();
     let pages = total.div_ceil(per_page).max(1);

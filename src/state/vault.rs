@@ -620,7 +620,7 @@ impl StateBackend for VaultBackend {
                     .version
             }
         };
-        let previous = std::mem::replace(&mut self.broker_seen().attempted, Some(doc.clone()));
+        let previous = self.broker_seen().attempted.replace(doc.clone());
         // Check-and-set against the version this process last saw: a second broker
         // writing the same workspace's store is refused instead of losing its changes.
         let written = match client.write(&key, doc, cas).await {

@@ -141,7 +141,7 @@ impl AwsResource for DbInstance {
                 "set exactly one of `password` and `manage_master_user_password: true`",
             ));
         }
-        match describe(c, ident).await? {
+        let adopt = match describe(c, ident).await? {
             Some(db) => {
                 let tags = db
                     .tag_list()
@@ -150,31 +150,52 @@ impl AwsResource for DbInstance {
                 if !sdk::has_lineage(tags, req.lineage) {
                     return Err(sdk::not_ours("DB instance", ident));
                 }
+                if db.db_instance_status() == Some("deleting") {
+                    // Going away: wait, then create anew under the same identifier.
+                    wait_gone(c, ident).await?;
+                    false
+                } else if super::fits(self, c, req, ident).await? {
+                    true
+                } else {
+                    // A database is never deleted on anvil's own initiative, not even
+                    // one an interrupted run of this state made.
+                    return Err(ProviderError::of(
+                        ErrorKind::Conflict,
+                        format!(
+                            "DB instance `{ident}` was made by an interrupted run of this state, \
+                             but its engine, username or subnet group is not what the spec \
+                             asks, and anvil does not delete databases on its own: delete it \
+                             (aws rds delete-db-instance --db-instance-identifier {ident}) or \
+                             change `identifier`, and apply again"
+                        ),
+                    ));
+                }
             }
-            None => {
-                c.rds
-                    .create_db_instance()
-                    .db_instance_identifier(ident)
-                    .engine(sdk::str_attr(a, "engine")?)
-                    .set_engine_version(sdk::opt_str(a, "engine_version").map(str::to_string))
-                    .db_instance_class(sdk::str_attr(a, "instance_class")?)
-                    .set_allocated_storage(int(a, "allocated_storage"))
-                    .set_multi_az(sdk::opt_bool(a, "multi_az"))
-                    .set_backup_retention_period(int(a, "backup_retention_period"))
-                    .master_username(sdk::str_attr(a, "username")?)
-                    .set_master_user_password(password.map(str::to_string))
-                    .set_manage_master_user_password(managed.then_some(true))
-                    .db_subnet_group_name(sdk::str_attr(a, "db_subnet_group_name")?)
-                    .set_vpc_security_group_ids(Some(sdk::str_list(a, "vpc_security_group_ids")))
-                    .set_tags(Some(rds_tag_list(&sdk::all_tags(
-                        req.address,
-                        req.lineage,
-                        a,
-                    ))))
-                    .send()
-                    .await
-                    .map_err(c.err("rds", "CreateDBInstance"))?;
-            }
+            None => false,
+        };
+        if !adopt {
+            c.rds
+                .create_db_instance()
+                .db_instance_identifier(ident)
+                .engine(sdk::str_attr(a, "engine")?)
+                .set_engine_version(sdk::opt_str(a, "engine_version").map(str::to_string))
+                .db_instance_class(sdk::str_attr(a, "instance_class")?)
+                .set_allocated_storage(int(a, "allocated_storage"))
+                .set_multi_az(sdk::opt_bool(a, "multi_az"))
+                .set_backup_retention_period(int(a, "backup_retention_period"))
+                .master_username(sdk::str_attr(a, "username")?)
+                .set_master_user_password(password.map(str::to_string))
+                .set_manage_master_user_password(managed.then_some(true))
+                .db_subnet_group_name(sdk::str_attr(a, "db_subnet_group_name")?)
+                .set_vpc_security_group_ids(Some(sdk::str_list(a, "vpc_security_group_ids")))
+                .set_tags(Some(rds_tag_list(&sdk::all_tags(
+                    req.address,
+                    req.lineage,
+                    a,
+                ))))
+                .send()
+                .await
+                .map_err(c.err("rds", "CreateDBInstance"))?;
         }
         let db = wait_available(c, ident, &req.progress, &req.cancel).await?;
         Ok(sdk::applied(req, outputs(&db)))
@@ -245,21 +266,27 @@ impl AwsResource for DbInstance {
                 .map_err(c.err("rds", "DeleteDBInstance"))
         })
         .await?;
-        let wait = Wait::gone(
-            format!("DB instance {ident}"),
-            &[],
-            Duration::from_secs(30),
-            RDS_TIMEOUT,
-        );
-        let quiet: ProgressFn = std::sync::Arc::new(|_| {});
-        waiter::until(
-            &Status { c, ident },
-            &wait,
-            &quiet,
-            &CancellationToken::new(),
-        )
-        .await
+        wait_gone(c, ident).await
     }
+}
+
+/// Waits until a DB instance being deleted is gone.
+#[cfg(feature = "aws")]
+async fn wait_gone(c: &Clients, ident: &str) -> Result<(), ProviderError> {
+    let wait = Wait::gone(
+        format!("DB instance {ident}"),
+        &[],
+        Duration::from_secs(30),
+        RDS_TIMEOUT,
+    );
+    let quiet: ProgressFn = std::sync::Arc::new(|_| {});
+    waiter::until(
+        &Status { c, ident },
+        &wait,
+        &quiet,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 /// An integer attribute as RDS takes it.

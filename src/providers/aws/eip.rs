@@ -78,14 +78,27 @@ impl AwsResource for Eip {
                 "domain `{d}` is not supported; write `vpc` (EC2-Classic is gone)"
             )));
         }
-        let existing = c
+        let found = c
             .ec2
             .describe_addresses()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeAddresses"))?;
-        if let Some(addr) = existing.addresses().first() {
+        let ids = found
+            .addresses()
+            .iter()
+            .filter(|x| sdk::ec2_owned_by(x.tags(), req.address, req.lineage))
+            .filter_map(|x| x.allocation_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        sdk::remove_stale(req, "Elastic IP", &stale, |id| remove(c, id)).await;
+        if let Some(addr) = adopt.and_then(|id| {
+            found
+                .addresses()
+                .iter()
+                .find(|x| x.allocation_id() == Some(&id))
+        }) {
             return Ok(sdk::applied(req, outputs(addr)));
         }
         let tags = sdk::all_tags(req.address, req.lineage, a);
@@ -131,17 +144,20 @@ impl AwsResource for Eip {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .release_address()
-                .allocation_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "ReleaseAddress"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `ReleaseAddress` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .release_address()
+        .allocation_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "ReleaseAddress"))
 }
 
 #[cfg(feature = "aws")]

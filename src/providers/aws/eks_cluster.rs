@@ -131,29 +131,31 @@ impl AwsResource for EksCluster {
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
         let name = sdk::str_attr(a, "name")?;
-        match describe(c, name).await? {
+        let adopt = match describe(c, name).await? {
             Some(k) => {
                 if !owned(k.tags(), req.lineage) {
                     return Err(sdk::not_ours("EKS cluster", name));
                 }
+                super::adopt_named(self, c, req, "EKS cluster", name, || remove(c, name)).await?
             }
-            None => {
-                c.eks
-                    .create_cluster()
-                    .name(name)
-                    .role_arn(sdk::str_attr(a, "role_arn")?)
-                    .resources_vpc_config(
-                        VpcConfigRequest::builder()
-                            .set_subnet_ids(Some(sdk::str_list(a, "subnet_ids")))
-                            .set_security_group_ids(Some(sdk::str_list(a, "security_group_ids")))
-                            .build(),
-                    )
-                    .set_version(sdk::opt_str(a, "version").map(str::to_string))
-                    .set_tags(Some(tag_map(&sdk::all_tags(req.address, req.lineage, a))))
-                    .send()
-                    .await
-                    .map_err(c.err("eks", "CreateCluster"))?;
-            }
+            None => false,
+        };
+        if !adopt {
+            c.eks
+                .create_cluster()
+                .name(name)
+                .role_arn(sdk::str_attr(a, "role_arn")?)
+                .resources_vpc_config(
+                    VpcConfigRequest::builder()
+                        .set_subnet_ids(Some(sdk::str_list(a, "subnet_ids")))
+                        .set_security_group_ids(Some(sdk::str_list(a, "security_group_ids")))
+                        .build(),
+                )
+                .set_version(sdk::opt_str(a, "version").map(str::to_string))
+                .set_tags(Some(tag_map(&sdk::all_tags(req.address, req.lineage, a))))
+                .send()
+                .await
+                .map_err(c.err("eks", "CreateCluster"))?;
         }
         let k = wait_active(c, name, &req.progress, &req.cancel).await?;
         Ok(sdk::applied(req, outputs(&k)))
@@ -185,32 +187,37 @@ impl AwsResource for EksCluster {
 
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
-        let name = sdk::str_attr(&recorded.attributes, "name")?;
-        sdk::delete_retrying(|| async {
-            c.eks
-                .delete_cluster()
-                .name(name)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("eks", "DeleteCluster"))
-        })
-        .await?;
-        let wait = Wait::gone(
-            format!("EKS cluster {name}"),
-            &[],
-            Duration::from_secs(30),
-            EKS_TIMEOUT,
-        );
-        let quiet: ProgressFn = std::sync::Arc::new(|_| {});
-        waiter::until(
-            &Status { c, name },
-            &wait,
-            &quiet,
-            &CancellationToken::new(),
-        )
-        .await
+        remove(c, sdk::str_attr(&recorded.attributes, "name")?).await
     }
+}
+
+/// Deletes a cluster (retried while node groups still hold it) and waits until it is gone.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, name: &str) -> Result<(), ProviderError> {
+    sdk::delete_retrying(|| async {
+        c.eks
+            .delete_cluster()
+            .name(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(c.err("eks", "DeleteCluster"))
+    })
+    .await?;
+    let wait = Wait::gone(
+        format!("EKS cluster {name}"),
+        &[],
+        Duration::from_secs(30),
+        EKS_TIMEOUT,
+    );
+    let quiet: ProgressFn = std::sync::Arc::new(|_| {});
+    waiter::until(
+        &Status { c, name },
+        &wait,
+        &quiet,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 #[cfg(feature = "aws")]

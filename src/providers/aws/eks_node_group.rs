@@ -130,29 +130,35 @@ impl AwsResource for EksNodeGroup {
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
         let (cluster, name) = names(a)?;
-        match describe(c, cluster, name).await? {
+        let id = format!("{cluster}:{name}");
+        let adopt = match describe(c, cluster, name).await? {
             Some(g) => {
                 if !owned(g.tags(), req.lineage) {
                     return Err(sdk::not_ours("EKS node group", name));
                 }
+                super::adopt_named(self, c, req, "EKS node group", &id, || {
+                    remove(c, cluster, name)
+                })
+                .await?
             }
-            None => {
-                c.eks
-                    .create_nodegroup()
-                    .cluster_name(cluster)
-                    .nodegroup_name(name)
-                    .node_role(sdk::str_attr(a, "node_role_arn")?)
-                    .set_subnets(Some(sdk::str_list(a, "subnet_ids")))
-                    .set_instance_types(
-                        Some(sdk::str_list(a, "instance_types")).filter(|v| !v.is_empty()),
-                    )
-                    .set_disk_size(sdk::opt_i64(a, "disk_size").and_then(|d| i32::try_from(d).ok()))
-                    .scaling_config(scaling(a)?)
-                    .set_tags(Some(tag_map(&sdk::all_tags(req.address, req.lineage, a))))
-                    .send()
-                    .await
-                    .map_err(c.err("eks", "CreateNodegroup"))?;
-            }
+            None => false,
+        };
+        if !adopt {
+            c.eks
+                .create_nodegroup()
+                .cluster_name(cluster)
+                .nodegroup_name(name)
+                .node_role(sdk::str_attr(a, "node_role_arn")?)
+                .set_subnets(Some(sdk::str_list(a, "subnet_ids")))
+                .set_instance_types(
+                    Some(sdk::str_list(a, "instance_types")).filter(|v| !v.is_empty()),
+                )
+                .set_disk_size(sdk::opt_i64(a, "disk_size").and_then(|d| i32::try_from(d).ok()))
+                .scaling_config(scaling(a)?)
+                .set_tags(Some(tag_map(&sdk::all_tags(req.address, req.lineage, a))))
+                .send()
+                .await
+                .map_err(c.err("eks", "CreateNodegroup"))?;
         }
         let g = wait_active(c, cluster, name, &req.progress, &req.cancel).await?;
         Ok(sdk::applied(req, outputs(&g)))
@@ -187,32 +193,38 @@ impl AwsResource for EksNodeGroup {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let (cluster, name) = names(&recorded.attributes)?;
-        sdk::delete_retrying(|| async {
-            c.eks
-                .delete_nodegroup()
-                .cluster_name(cluster)
-                .nodegroup_name(name)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("eks", "DeleteNodegroup"))
-        })
-        .await?;
-        let wait = Wait::gone(
-            format!("EKS node group {cluster}:{name}"),
-            &[],
-            Duration::from_secs(30),
-            EKS_TIMEOUT,
-        );
-        let quiet: ProgressFn = std::sync::Arc::new(|_| {});
-        waiter::until(
-            &Status { c, cluster, name },
-            &wait,
-            &quiet,
-            &CancellationToken::new(),
-        )
-        .await
+        remove(c, cluster, name).await
     }
+}
+
+/// Deletes a node group and waits until it is gone.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, cluster: &str, name: &str) -> Result<(), ProviderError> {
+    sdk::delete_retrying(|| async {
+        c.eks
+            .delete_nodegroup()
+            .cluster_name(cluster)
+            .nodegroup_name(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(c.err("eks", "DeleteNodegroup"))
+    })
+    .await?;
+    let wait = Wait::gone(
+        format!("EKS node group {cluster}:{name}"),
+        &[],
+        Duration::from_secs(30),
+        EKS_TIMEOUT,
+    );
+    let quiet: ProgressFn = std::sync::Arc::new(|_| {});
+    waiter::until(
+        &Status { c, cluster, name },
+        &wait,
+        &quiet,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 #[cfg(feature = "aws")]

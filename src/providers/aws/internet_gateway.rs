@@ -70,18 +70,58 @@ impl AwsResource for InternetGateway {
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
         let vpc = sdk::str_attr(a, "vpc_id")?;
-        let existing = c
+        let found = c
             .ec2
             .describe_internet_gateways()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeInternetGateways"))?;
-        let (id, attached) = match existing.internet_gateways().first() {
-            Some(g) => (
-                g.internet_gateway_id().unwrap_or_default().to_string(),
-                !g.attachments().is_empty(),
-            ),
+        // Adopt-first: a gateway attached to the wanted VPC, or to none (a run killed
+        // between create and attach). One attached to another VPC (a VPC since replaced)
+        // is stale and removed.
+        let attached_to = |g: &aws_sdk_ec2::types::InternetGateway| {
+            g.attachments()
+                .first()
+                .and_then(|x| x.vpc_id())
+                .map(str::to_string)
+        };
+        let mut adopt = None;
+        let mut stale = Vec::new();
+        for g in found
+            .internet_gateways()
+            .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
+        {
+            let Some(id) = g.internet_gateway_id() else {
+                continue;
+            };
+            if Some(id) == sdk::replaced_id(req) {
+                continue;
+            }
+            let at = attached_to(g);
+            if adopt.is_none() && at.as_deref().is_none_or(|v| v == vpc) {
+                adopt = Some((id.to_string(), at.is_some()));
+            } else {
+                stale.push(id.to_string());
+            }
+        }
+        sdk::remove_stale(req, "internet gateway", &stale, |id| {
+            let at = found
+                .internet_gateways()
+                .iter()
+                .find(|g| g.internet_gateway_id() == Some(&id))
+                .and_then(attached_to);
+            async move {
+                if let Some(v) = at {
+                    detach(c, &id, &v).await?;
+                }
+                remove(c, id).await
+            }
+        })
+        .await;
+        let (id, attached) = match adopt {
+            Some(x) => x,
             None => {
                 let tags = sdk::all_tags(req.address, req.lineage, a);
                 let out = c
@@ -127,38 +167,43 @@ impl AwsResource for InternetGateway {
         if let Some(vpc) = sdk::opt_str(&recorded.attributes, "vpc_id") {
             // Detaching fails while the VPC still has public addresses mapped (a NAT
             // gateway being deleted): retried.
-            sdk::delete_retrying(|| async {
-                match c
-                    .ec2
-                    .detach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        let e = c.error("ec2", "DetachInternetGateway", &e);
-                        // Not attached (any more) is what we want.
-                        if e.message.contains("Gateway.NotAttached") {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    }
-                }
-            })
-            .await?;
+            sdk::delete_retrying(|| detach(c, id, vpc)).await?;
         }
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_internet_gateway()
-                .internet_gateway_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteInternetGateway"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `DetachInternetGateway` attempt; not attached (any more) is success.
+#[cfg(feature = "aws")]
+async fn detach(c: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {
+    match c
+        .ec2
+        .detach_internet_gateway()
+        .internet_gateway_id(id)
+        .vpc_id(vpc)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = c.error("ec2", "DetachInternetGateway", &e);
+            if e.message.contains("Gateway.NotAttached") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One `DeleteInternetGateway` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_internet_gateway()
+        .internet_gateway_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteInternetGateway"))
 }

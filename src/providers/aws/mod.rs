@@ -134,6 +134,9 @@ impl Context for AwsContext {
         if let Some(arn) = &settings.role_arn {
             check_role_arn(arn)?;
         }
+        // Without the `aws` feature the context holds only its settings, so the update
+        // is empty there; with it, the SDK clients start unset.
+        #[allow(clippy::needless_update)]
         Ok(AwsContext {
             settings,
             ..AwsContext::default()
@@ -405,6 +408,116 @@ impl<T: AwsResource> ResourceType<AwsContext> for T {
             Err(without_feature())
         }
     }
+}
+
+/// Adopt-first, the test (docs/aws.md, "Tags and adoption"): whether the object `id`,
+/// found by this address's tags or by its name, may be adopted. It must be live (`read`
+/// sees it: not deleting, deleted or failed) and every attribute that forces replacement
+/// must read as the spec wants it, exactly as the plan compares them — else the next plan
+/// would replace what this create adopted.
+///
+/// # Errors
+/// AWS could not be asked.
+#[cfg(feature = "aws")]
+pub(crate) async fn fits<T: AwsResource + ?Sized>(
+    ty: &T,
+    c: &sdk::Clients,
+    req: &ChangeRequest<'_>,
+    id: &str,
+) -> Result<bool, ProviderError> {
+    let probe = crate::providers::imported_record(
+        req.ty,
+        "aws",
+        req.attributes.clone(),
+        BTreeMap::from([("id".to_string(), Value::from(id))]),
+    );
+    let Some(real) = ty.read(c, &probe).await? else {
+        return Ok(false);
+    };
+    let schema = ty.schema();
+    Ok(req
+        .attributes
+        .iter()
+        .filter(|(k, _)| schema.forces_new(k))
+        .all(|(k, want)| {
+            let have = real.attributes.get(k).unwrap_or(&Value::Null);
+            have == want
+        }))
+}
+
+/// Adopt-first, the choice among the IDs a lookup by this address's tags found (oldest
+/// first, as AWS lists them): the first that [`fits`] is adopted; the others are stale —
+/// left by an interrupted run before a parent they name was replaced or the spec changed —
+/// and returned for removal. The object a create-before-destroy replace is replacing
+/// (`req.prior`) carries the same tags but is neither: it is recorded, and its own delete
+/// comes once the new one exists.
+///
+/// # Errors
+/// AWS could not be asked.
+#[cfg(feature = "aws")]
+pub(crate) async fn adopt_first<T: AwsResource + ?Sized>(
+    ty: &T,
+    c: &sdk::Clients,
+    req: &ChangeRequest<'_>,
+    found: Vec<String>,
+) -> Result<(Option<String>, Vec<String>), ProviderError> {
+    let replaced = sdk::replaced_id(req);
+    let mut adopt = None;
+    let mut stale = Vec::new();
+    for id in found {
+        if id.is_empty() || Some(id.as_str()) == replaced {
+            continue;
+        }
+        if adopt.is_none() && fits(ty, c, req, &id).await? {
+            adopt = Some(id);
+        } else {
+            stale.push(id);
+        }
+    }
+    Ok((adopt, stale))
+}
+
+/// Adopt-first for a named object (EKS clusters and node groups) found with this state's
+/// lineage tag: `true` when it [`fits`]. When it does not — an interrupted run made it
+/// before a parent it names was replaced or the spec changed, or it is being deleted — it
+/// is removed with `remove`, which waits until it is gone (the name is needed), and the
+/// answer is `false`: create anew. The object a create-before-destroy replace is
+/// replacing holds the name the new one needs: refused.
+///
+/// # Errors
+/// AWS could not be asked, the removal failed, or the name is held by the object being
+/// replaced.
+#[cfg(feature = "aws")]
+pub(crate) async fn adopt_named<T, F, Fut>(
+    ty: &T,
+    c: &sdk::Clients,
+    req: &ChangeRequest<'_>,
+    what: &str,
+    id: &str,
+    remove: F,
+) -> Result<bool, ProviderError>
+where
+    T: AwsResource + ?Sized,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProviderError>>,
+{
+    if sdk::replaced_id(req) == Some(id) {
+        return Err(ProviderError::of(
+            ErrorKind::Conflict,
+            format!(
+                "{what} `{id}` cannot be replaced create-before-destroy: the new one needs the \
+                 name the old one holds; drop `create_before_destroy` from its lifecycle"
+            ),
+        ));
+    }
+    if fits(ty, c, req, id).await? {
+        return Ok(true);
+    }
+    (req.progress)(&format!(
+        "removing {what} {id}: an interrupted run left it, and it no longer fits the spec"
+    ));
+    remove().await?;
+    Ok(false)
 }
 
 /// How an attribute behaves, for the compact schema tables of the type files.

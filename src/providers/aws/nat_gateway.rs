@@ -90,28 +90,27 @@ impl AwsResource for NatGateway {
                 .values("available")
                 .build(),
         );
-        let existing = c
+        let found = c
             .ec2
             .describe_nat_gateways()
             .set_filter(Some(filters))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeNatGateways"))?;
-        // Adopt only a gateway in the wanted subnet with the wanted address, still live:
-        // one left by a killed run whose subnet or address has since been replaced (moto
-        // even lets the subnet go first) is not this resource, and adopting it would
-        // record an object the next plan must replace.
-        let want_alloc = sdk::str_attr(a, "allocation_id")?;
-        let want_subnet = sdk::str_attr(a, "subnet_id")?;
-        let adoptable = existing.nat_gateways().iter().find(|g| {
-            matches!(g.state().map(|s| s.as_str()), Some("pending" | "available"))
-                && g.subnet_id() == Some(want_subnet)
-                && g.nat_gateway_addresses()
-                    .iter()
-                    .any(|x| x.allocation_id() == Some(want_alloc))
-        });
-        let id = match adoptable {
-            Some(g) => g.nat_gateway_id().unwrap_or_default().to_string(),
+        // Adopt only a live gateway in the wanted subnet with the wanted address: one left
+        // by a killed run whose subnet or address has since been replaced (moto even lets
+        // the subnet go first) is not this resource, and adopting it would record an
+        // object the next plan must replace. Such a gateway is deleted (not awaited).
+        let ids = found
+            .nat_gateways()
+            .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
+            .filter_map(|g| g.nat_gateway_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        sdk::remove_stale(req, "NAT gateway", &stale, |id| remove(c, id)).await;
+        let id = match adopt {
+            Some(id) => id,
             None => {
                 let tags = sdk::all_tags(req.address, req.lineage, a);
                 let out = c
@@ -153,16 +152,7 @@ impl AwsResource for NatGateway {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_nat_gateway()
-                .nat_gateway_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteNatGateway"))
-        })
-        .await?;
+        sdk::delete_retrying(|| remove(c, id.to_string())).await?;
         let wait = Wait::gone(
             format!("NAT gateway {id}"),
             &["deleted"],
@@ -172,6 +162,18 @@ impl AwsResource for NatGateway {
         let quiet: ProgressFn = std::sync::Arc::new(|_| {});
         waiter::until(&State { c, id }, &wait, &quiet, &CancellationToken::new()).await
     }
+}
+
+/// One `DeleteNatGateway` attempt (the deletion itself goes on in the background).
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_nat_gateway()
+        .nat_gateway_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteNatGateway"))
 }
 
 #[cfg(feature = "aws")]

@@ -67,14 +67,41 @@ impl AwsResource for RouteTable {
     #[cfg(feature = "aws")]
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
-        let existing = c
+        let found = c
             .ec2
             .describe_route_tables()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeRouteTables"))?;
-        let (id, have) = match existing.route_tables().first() {
+        let ids = found
+            .route_tables()
+            .iter()
+            .filter(|t| sdk::ec2_owned_by(t.tags(), req.address, req.lineage))
+            .filter_map(|t| t.route_table_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        sdk::remove_stale(req, "route table", &stale, |id| async move {
+            // A table cannot go while subnets are associated with it.
+            if let Some(t) = describe(c, &id).await? {
+                for x in t.associations().iter().filter(|x| x.main() != Some(true)) {
+                    c.ec2
+                        .disassociate_route_table()
+                        .set_association_id(x.route_table_association_id().map(str::to_string))
+                        .send()
+                        .await
+                        .map_err(c.err("ec2", "DisassociateRouteTable"))?;
+                }
+            }
+            remove(c, id).await
+        })
+        .await;
+        let (id, have) = match adopt.and_then(|id| {
+            found
+                .route_tables()
+                .iter()
+                .find(|t| t.route_table_id() == Some(&id))
+        }) {
             Some(t) => (
                 t.route_table_id().unwrap_or_default().to_string(),
                 real_routes(t),
@@ -121,17 +148,20 @@ impl AwsResource for RouteTable {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_route_table()
-                .route_table_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteRouteTable"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `DeleteRouteTable` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_route_table()
+        .route_table_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteRouteTable"))
 }
 
 /// The route table, `None` when it is gone.

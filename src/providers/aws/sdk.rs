@@ -253,6 +253,18 @@ pub fn ec2_owner_filters(address: &str, lineage: &str) -> Vec<aws_sdk_ec2::types
         .collect()
 }
 
+/// Whether an EC2 object's tags name `address` in `lineage`. Adopt-first checks this on
+/// what the tag filters return: moto ignores some filters (NAT gateways'), and an object
+/// of another address must never be adopted or removed as stale.
+#[must_use]
+pub fn ec2_owned_by(tags: &[aws_sdk_ec2::types::Tag], address: &str, lineage: &str) -> bool {
+    let has = |k: &str, v: &str| {
+        tags.iter()
+            .any(|t| t.key() == Some(k) && t.value() == Some(v))
+    };
+    has(TAG_ADDRESS, address) && has(TAG_LINEAGE, lineage)
+}
+
 /// One EC2 filter.
 #[must_use]
 pub fn ec2_filter(name: &str, value: &str) -> aws_sdk_ec2::types::Filter {
@@ -451,6 +463,42 @@ where
             ..e
         }),
         Err((e, _)) => Err(e),
+    }
+}
+
+/// The ID of the object a create replaces while it still exists (create-before-destroy:
+/// `ChangeRequest::prior`); adopt-first must neither adopt nor remove it.
+#[must_use]
+pub fn replaced_id<'a>(req: &crate::providers::ChangeRequest<'a>) -> Option<&'a str> {
+    req.prior
+        .and_then(|p| p.outputs.get("id"))
+        .and_then(Value::as_str)
+}
+
+/// Removes the stale objects adopt-first found (see `super::adopt_first`), one attempt
+/// each, saying so as progress. A failure is reported, not raised: the create goes on, and
+/// if the stale object is in its way (a taken name or CIDR) AWS says so.
+pub async fn remove_stale<F, Fut>(
+    req: &crate::providers::ChangeRequest<'_>,
+    what: &str,
+    stale: &[String],
+    remove: F,
+) where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProviderError>>,
+{
+    for id in stale {
+        let msg = match remove(id.clone()).await {
+            Ok(()) => format!(
+                "removed {what} {id}: an interrupted run left it, and it no longer fits the spec"
+            ),
+            Err(e) => format!(
+                "could not remove {what} {id}, left by an interrupted run and no longer fitting \
+                 the spec: {}; delete it by hand",
+                e.message
+            ),
+        };
+        (req.progress)(&msg);
     }
 }
 

@@ -85,15 +85,25 @@ impl AwsResource for SecurityGroup {
     #[cfg(feature = "aws")]
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
-        let existing = c
+        let found = c
             .ec2
             .describe_security_groups()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeSecurityGroups"))?;
-        let id = match existing.security_groups().first() {
-            Some(g) => g.group_id().unwrap_or_default().to_string(),
+        let ids = found
+            .security_groups()
+            .iter()
+            .filter(|g| sdk::ec2_owned_by(g.tags(), req.address, req.lineage))
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        // Before creating: a stale group of the same name in the same VPC would be in the
+        // way.
+        sdk::remove_stale(req, "security group", &stale, |id| remove(c, id)).await;
+        let id = match adopt {
+            Some(id) => id,
             None => {
                 let tags = sdk::all_tags(req.address, req.lineage, a);
                 let out = c
@@ -127,17 +137,20 @@ impl AwsResource for SecurityGroup {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_security_group()
-                .group_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteSecurityGroup"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `DeleteSecurityGroup` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_security_group()
+        .group_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteSecurityGroup"))
 }
 
 #[cfg(feature = "aws")]

@@ -102,14 +102,24 @@ impl AwsResource for Subnet {
     #[cfg(feature = "aws")]
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
-        let existing = c
+        let found = c
             .ec2
             .describe_subnets()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeSubnets"))?;
-        let subnet = match existing.subnets().first() {
+        let ids = found
+            .subnets()
+            .iter()
+            .filter(|x| sdk::ec2_owned_by(x.tags(), req.address, req.lineage))
+            .filter_map(|s| s.subnet_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        sdk::remove_stale(req, "subnet", &stale, |id| remove(c, id)).await;
+        let subnet = match adopt
+            .and_then(|id| found.subnets().iter().find(|s| s.subnet_id() == Some(&id)))
+        {
             Some(s) => s.clone(),
             None => {
                 let tags = sdk::all_tags(req.address, req.lineage, a);
@@ -149,17 +159,20 @@ impl AwsResource for Subnet {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_subnet()
-                .subnet_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteSubnet"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `DeleteSubnet` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_subnet()
+        .subnet_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteSubnet"))
 }
 
 #[cfg(feature = "aws")]

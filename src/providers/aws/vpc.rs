@@ -88,14 +88,22 @@ impl AwsResource for Vpc {
     #[cfg(feature = "aws")]
     async fn create(&self, c: &Clients, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
         let a = req.attributes;
-        let existing = c
+        let found = c
             .ec2
             .describe_vpcs()
             .set_filters(Some(sdk::ec2_owner_filters(req.address, req.lineage)))
             .send()
             .await
             .map_err(c.err("ec2", "DescribeVpcs"))?;
-        let vpc = match existing.vpcs().first() {
+        let ids = found
+            .vpcs()
+            .iter()
+            .filter(|v| sdk::ec2_owned_by(v.tags(), req.address, req.lineage))
+            .filter_map(|v| v.vpc_id().map(str::to_string))
+            .collect();
+        let (adopt, stale) = super::adopt_first(self, c, req, ids).await?;
+        sdk::remove_stale(req, "VPC", &stale, |id| remove(c, id)).await;
+        let vpc = match adopt.and_then(|id| found.vpcs().iter().find(|v| v.vpc_id() == Some(&id))) {
             // Created by a run that was killed before it could journal the ID: adopt it.
             Some(v) => v.clone(),
             None => {
@@ -135,17 +143,20 @@ impl AwsResource for Vpc {
     #[cfg(feature = "aws")]
     async fn delete(&self, c: &Clients, recorded: &ResourceState) -> Result<(), ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        sdk::delete_retrying(|| async {
-            c.ec2
-                .delete_vpc()
-                .vpc_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(c.err("ec2", "DeleteVpc"))
-        })
-        .await
+        sdk::delete_retrying(|| remove(c, id.to_string())).await
     }
+}
+
+/// One `DeleteVpc` attempt.
+#[cfg(feature = "aws")]
+async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
+    c.ec2
+        .delete_vpc()
+        .vpc_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(c.err("ec2", "DeleteVpc"))
 }
 
 #[cfg(feature = "aws")]

@@ -28,10 +28,19 @@ use tokio::sync::Mutex;
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often a running task is polled: the first polls come quickly (short tasks end
-/// within milliseconds), then every [`POLL_INTERVAL`].
+/// How often a running task is polled: after a tenth of the time it has run so far
+/// ([`POLL_FRACTION`]), at least [`FIRST_POLL`] and at most [`POLL_INTERVAL`]. A task is
+/// seen done at most about 10 % after it ended (a fixed doubling schedule overshot a
+/// 200 ms task by a quarter), with a handful of polls for short tasks and one every
+/// [`POLL_INTERVAL`] for long ones.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const FIRST_POLL: Duration = Duration::from_millis(5);
+const POLL_FRACTION: u32 = 10;
+
+/// The wait before the next poll of a task that has run for `elapsed`.
+fn next_poll(elapsed: Duration) -> Duration {
+    (elapsed / POLL_FRACTION).clamp(FIRST_POLL, POLL_INTERVAL)
+}
 
 /// A failed Director call or bad client configuration: a [`ProviderError`] whose kind
 /// comes from the HTTP status and whose endpoint is the request's method and URL.
@@ -798,7 +807,7 @@ impl Client {
         let mut offset = 0u64;
         let mut pending = String::new();
         let mut lines = Progress::default();
-        let mut wait = FIRST_POLL;
+        let started = tokio::time::Instant::now();
         loop {
             let task = self.task(id).await?;
             let new = self.events_from(id, offset).await?;
@@ -821,8 +830,7 @@ impl Client {
                     .at(format!("GET {}/tasks/{id}", self.config.url)))
                 }
                 _ => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(POLL_INTERVAL);
+                    tokio::time::sleep(next_poll(started.elapsed())).await;
                 }
             }
         }
@@ -1005,6 +1013,21 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn polls_follow_a_tenth_of_the_elapsed_time_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_poll(Duration::ZERO), FIRST_POLL);
+        assert_eq!(next_poll(ms(30)), FIRST_POLL);
+        assert_eq!(next_poll(ms(200)), ms(20));
+        assert_eq!(next_poll(Duration::from_secs(600)), POLL_INTERVAL);
+        // A 200 ms task is seen done within a tenth of its time (plus one short poll).
+        let mut t = Duration::ZERO;
+        while t < ms(200) {
+            t += next_poll(t);
+        }
+        assert!(t <= ms(225), "{t:?}");
     }
 
     #[test]
