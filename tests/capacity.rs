@@ -160,8 +160,7 @@ fn capacity(s: &Scratch, cf: &str, bosh: Option<&str>, extra: &[&str]) -> std::p
         Some(u) => c.env("BOSH_ENVIRONMENT", u),
         None => c.env_remove("BOSH_ENVIRONMENT"),
     };
-    let out = c.output().unwrap();
-    out
+    c.output().unwrap()
 }
 
 #[test]

@@ -471,7 +471,7 @@ pub(crate) async fn plan_check(
     if mode == CheckMode::Off {
         return Ok(());
     }
-    let mut by_director: std::collections::BTreeMap<&str, Vec<(Option<String>, Option<String>)>> =
+    let mut by_director: std::collections::BTreeMap<&str, Vec<ManifestChange>> =
         std::collections::BTreeMap::new();
     for c in &plan.changes {
         if c.ty != "bosh_deployment"
@@ -522,11 +522,14 @@ pub(crate) async fn plan_check(
     Ok(())
 }
 
+/// A planned deployment's manifest and, for an update, the recorded one.
+type ManifestChange = (Option<String>, Option<String>);
+
 /// The sentences for one Director: empty when the plan fits.
 async fn check_director(
     model: &crate::model::Model,
     provider: &str,
-    changes: &[(Option<String>, Option<String>)],
+    changes: &[ManifestChange],
 ) -> Result<Vec<String>, ProviderError> {
     use crate::providers::bosh::client::Settings as BoshSettings;
     let settings = model
