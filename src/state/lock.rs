@@ -548,9 +548,12 @@ mod tests {
     #[test]
     fn background_renewal_keeps_short_lease_alive() {
         let (_d, f) = files();
-        let lease = Duration::from_millis(300);
+        // Long enough that a loaded machine (the whole suite running on 2 cores) does
+        // not starve the renewer past its lease; the wait is still 2.5 leases, so
+        // without renewal the lock would have expired.
+        let lease = Duration::from_secs(2);
         let h = acquire(&f, "apply", Duration::ZERO, lease, Arc::new(SystemClock)).unwrap();
-        std::thread::sleep(Duration::from_millis(900));
+        std::thread::sleep(Duration::from_millis(5000));
         let err = acquire(&f, "plan", Duration::ZERO, lease, Arc::new(SystemClock)).unwrap_err();
         assert!(matches!(err, StateError::Locked { .. }));
         assert!(!h.is_lost());
