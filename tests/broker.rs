@@ -24,6 +24,15 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "root";
+
+/// The broker's store of the local state file `state` as on disk (its snapshot and
+/// journal), read as any other anvil command reads it.
+fn read_store(state: &std::path::Path) -> Value {
+    use anvil::state::StateBackend;
+    futures::executor::block_on(anvil::state::LocalBackend::new(state).load_broker_store())
+        .unwrap()
+        .expect("a broker store")
+}
 const USER: &str = "cf";
 const PASSWORD: &str = "s3cret-broker";
 /// The spec's own instance (service `limited`).
@@ -369,10 +378,7 @@ fn full_lifecycle_catalog_provision_fetch_update_deprovision() {
     assert_eq!(a.request_identity.as_deref(), Some("req-42"));
     let op = a.body["operation"].as_str().unwrap().to_string();
     // Recorded durably before the 202, with the originating identity.
-    let store: Value = serde_json::from_str(
-        &std::fs::read_to_string(w.s.path().join("state/brokered.json.broker")).unwrap(),
-    )
-    .unwrap();
+    let store = read_store(&w.s.path().join("state/brokered.json"));
     assert_eq!(
         store["instances"][&id]["operation"]["originating_identity"],
         "cloudfoundry eyJ1c2VyX2lkIjoiYWJjIn0="
@@ -708,10 +714,7 @@ fn bad_requests_get_the_spec_status_and_a_readable_description() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Nothing refused was recorded.
-    let store: Value = serde_json::from_str(
-        &std::fs::read_to_string(w.s.path().join("state/brokered.json.broker")).unwrap(),
-    )
-    .unwrap();
+    let store = read_store(&w.s.path().join("state/brokered.json"));
     let mut ids: Vec<&String> = store["instances"].as_object().unwrap().keys().collect();
     ids.sort();
     assert_eq!(ids, vec![&uuid(18), &uuid(20)]);

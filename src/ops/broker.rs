@@ -239,20 +239,18 @@ impl StoreHandle {
     pub async fn open(inputs: &Inputs) -> Result<StoreHandle, OpsError> {
         let ws = load_workspace(inputs, Registry::builtin())?;
         let doc = ws.backend.load_broker_store().await?;
-        let fresh = doc.is_none();
         let mut store = decode_store(doc, &ws.backend.describe())?;
-        if fresh {
-            // Written once at start, so the first request's write does not also pay for
-            // creating the file (and its directory), and a backend that cannot keep a
-            // store is reported before the broker listens.
-            store.format = STORE_FORMAT.to_string();
-            store.version = STORE_VERSION;
-            let doc = serde_json::to_value(&store).map_err(|source| StateError::Serialize {
-                location: ws.backend.describe(),
-                source,
-            })?;
-            ws.backend.write_broker_store(&doc).await?;
-        }
+        // Written once at start, so the first request's write does not pay for creating
+        // the file (and its directory) or for the local backend's compaction of its
+        // journal, and a backend that cannot keep a store is reported before the broker
+        // listens.
+        store.format = STORE_FORMAT.to_string();
+        store.version = STORE_VERSION;
+        let doc = serde_json::to_value(&store).map_err(|source| StateError::Serialize {
+            location: ws.backend.describe(),
+            source,
+        })?;
+        ws.backend.write_broker_store(&doc).await?;
         Ok(StoreHandle {
             backend: ws.backend,
             doc: Mutex::new(store),

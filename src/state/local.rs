@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::broker_file::BrokerFile;
 use super::error::loc;
 use super::fsio::{self, Faults};
 use super::journal::{self, JournalFiles};
@@ -64,6 +65,8 @@ pub struct LocalBackend {
     clock: Arc<dyn Clock>,
     lease: Option<Duration>,
     faults: Faults,
+    /// The broker store beside the state file (a snapshot and its journal).
+    broker: BrokerFile,
 }
 
 impl LocalBackend {
@@ -72,6 +75,7 @@ impl LocalBackend {
         let path = path.into();
         LocalBackend {
             lock_files: LockFiles::for_state(&path),
+            broker: BrokerFile::new(&path, Faults::none()),
             path,
             clock: Arc::new(SystemClock),
             lease: None,
@@ -95,6 +99,7 @@ impl LocalBackend {
 
     #[cfg(test)]
     pub(crate) fn with_faults(mut self, faults: Faults) -> Self {
+        self.broker = BrokerFile::new(&self.path, faults.clone());
         self.faults = faults;
         self
     }
@@ -112,35 +117,10 @@ impl LocalBackend {
         fsio::sibling(&self.path, ".journal")
     }
 
-    /// The broker's store: `<state>.broker` beside the state file.
+    /// The broker's store: `<state>.broker` beside the state file (its snapshot; the
+    /// journal is `<state>.broker.journal`).
     pub fn broker_store_path(&self) -> PathBuf {
-        fsio::sibling(&self.path, ".broker")
-    }
-
-    fn read_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
-        let path = self.broker_store_path();
-        let Some(bytes) =
-            fsio::read_optional(&path).map_err(|e| StateError::io("read", &path, e))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                location: loc(&path),
-                detail: format!("the broker store is not JSON ({e})"),
-            })
-    }
-
-    fn store_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
-        let path = self.broker_store_path();
-        let bytes = serde_json::to_vec(doc).map_err(|source| StateError::Serialize {
-            location: loc(&path),
-            source,
-        })?;
-        let backup = fsio::sibling(&path, ".backup");
-        fsio::atomic_write(&path, &bytes, Some(&backup), &self.faults)?;
-        Ok(())
+        self.broker.snapshot_path().to_path_buf()
     }
 
     fn lease(&self) -> Result<Duration, StateError> {
@@ -448,17 +428,14 @@ impl StateBackend for LocalBackend {
     }
 
     async fn load_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
-        self.read_broker_store()
+        self.broker.read()
     }
 
     async fn write_broker_store(&self, doc: &serde_json::Value) -> Result<(), StateError> {
         // An fsync per write: off the async workers.
-        let me = self.clone();
+        let broker = self.broker.clone();
         let doc = doc.clone();
-        super::blocking(&loc(&self.broker_store_path()), move || {
-            me.store_broker_store(&doc)
-        })
-        .await
+        super::blocking(&loc(broker.journal_path()), move || broker.write(&doc)).await
     }
 }
 

@@ -23,10 +23,13 @@
 //! | `state/demo.json.backup` | the checkpoint before it |
 //! | `state/demo.json.journal` | records since the last checkpoint (only while applying, or after a crash) |
 //! | `state/demo.json.lock` | the lock holder (JSON), while a writer runs |
+//! | `state/demo.json.broker` | `anvil broker`'s store: a snapshot (see `broker_file.rs`) |
+//! | `state/demo.json.broker.journal` | the broker store's changes since that snapshot, one line per write |
 //!
 //! Lock changes are made atomic by briefly flocking the `state/` directory itself, so no
 //! guard file is left behind.
 
+mod broker_file;
 mod error;
 mod fsio;
 mod journal;
