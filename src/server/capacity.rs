@@ -12,8 +12,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
-/// The routes, to merge into a server's router.
-pub fn router(service: Arc<Service>) -> Router {
+/// The routes, to merge into a server's router (whatever that router's state).
+pub fn router<S>(service: Arc<Service>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/api/health", get(health))
         .route("/api/dashboard", get(dashboard))
