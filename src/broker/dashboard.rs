@@ -123,8 +123,7 @@ fn drift(state: &Shared) -> Result<DriftView, String> {
         })
         .collect();
     Ok(DriftView {
-        title: "The reconciler's last run (the Director's deployments against the db index)"
-            .into(),
+        title: "The reconciler's last run (the Director's deployments against the db index)".into(),
         at: last
             .get("finished_at")
             .and_then(Value::as_str)

@@ -94,13 +94,25 @@ fn counts_against_limits_read_as_the_catalog_says() {
 fn the_page_shows_plans_and_escapes_every_value() {
     let html = render(&page(data(vec![cell(0, 400)], true)));
     assert!(html.contains(">1 / 5<"), "{html}");
-    assert!(html.contains(">2 / 2<") && html.contains("class=\"full\""), "{html}");
+    assert!(
+        html.contains(">2 / 2<") && html.contains("class=\"full\""),
+        "{html}"
+    );
     assert!(html.contains(">3 / unlimited<"), "{html}");
-    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
     assert!(!html.contains("<script>"), "{html}");
-    assert!(html.contains("a &amp; b") && html.contains("&lt;f&gt;"), "{html}");
+    assert!(
+        html.contains("a &amp; b") && html.contains("&lt;f&gt;"),
+        "{html}"
+    );
     assert!(!html.contains("id=\"degraded\""), "{html}");
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external resource: {html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external resource: {html}"
+    );
     assert!(html.contains("width:40.0%"), "the memory bar: {html}");
 }
 
@@ -109,10 +121,18 @@ fn degraded_mode_shows_the_banner() {
     let html = render(&page(data(Vec::new(), false)));
     assert!(html.contains("id=\"degraded\""), "{html}");
     assert!(html.contains("BOSH Director did not answer"), "{html}");
-    let html = render(&page(CapacityView::Failed("the CF API http://x failed".into())));
-    assert!(html.contains("id=\"capacity-error\"") && html.contains("http://x"), "{html}");
+    let html = render(&page(CapacityView::Failed(
+        "the CF API http://x failed".into(),
+    )));
+    assert!(
+        html.contains("id=\"capacity-error\"") && html.contains("http://x"),
+        "{html}"
+    );
     let html = render(&page(CapacityView::NotConfigured));
-    assert!(html.contains("--cf-api") && !html.contains("id=\"degraded\""), "{html}");
+    assert!(
+        html.contains("--cf-api") && !html.contains("id=\"degraded\""),
+        "{html}"
+    );
 }
 
 #[test]

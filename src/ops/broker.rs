@@ -896,7 +896,12 @@ impl IndexStatus {
             .read(&self.mount, INDEX_PATH)
             .await
             .map(|s| s.data.unwrap_or_default())
-            .map_err(|e| format!("reading the index {}/{INDEX_PATH}: {}", self.mount, e.message))
+            .map_err(|e| {
+                format!(
+                    "reading the index {}/{INDEX_PATH}: {}",
+                    self.mount, e.message
+                )
+            })
     }
 
     /// Queues `changes` without waiting.
