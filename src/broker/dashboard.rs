@@ -6,7 +6,7 @@
 //! basic auth, like `/b/…`.
 
 use super::Shared;
-use crate::dashboard::{self, DriftView, Page, PlanRow, RunRow, ServiceRow};
+use crate::dashboard::{self, DriftView, Instances, Page, PlanRow, RunRow, ServiceRow};
 use crate::ops::broker_internal::plans_with_counts;
 use axum::extract::State;
 use axum::response::Html;
@@ -47,7 +47,7 @@ fn int(v: &Value, key: &str) -> i64 {
 }
 
 /// Plan rows and per-service totals from `plans_with_counts`' records.
-fn rows(plans: &[Value]) -> (Vec<PlanRow>, Vec<ServiceRow>) {
+fn rows(plans: &[Value]) -> Instances {
     let mut services: Vec<ServiceRow> = Vec::new();
     let mut out = Vec::new();
     for p in plans {
@@ -69,7 +69,10 @@ fn rows(plans: &[Value]) -> (Vec<PlanRow>, Vec<ServiceRow>) {
             limit: int(p, "limit"),
         });
     }
-    (out, services)
+    Instances {
+        plans: out,
+        services,
+    }
 }
 
 /// The broker's instances' last operations, newest first.
@@ -87,7 +90,7 @@ fn runs(state: &Shared) -> Vec<RunRow> {
             .collect()
     });
     // RFC 3339 UTC times sort as text.
-    runs.sort_by(|a, b| b.at.cmp(&a.at));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.at.clone()));
     runs.truncate(MAX_RUNS);
     runs
 }

@@ -77,6 +77,13 @@ pub enum CapacityView {
     },
 }
 
+/// The instances section: per plan, then per service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instances {
+    pub plans: Vec<PlanRow>,
+    pub services: Vec<ServiceRow>,
+}
+
 /// Everything the page shows; `None` sections are left out (the broker has no
 /// environments, `anvil serve` no catalog).
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +92,7 @@ pub struct Page {
     pub title: String,
     pub generated_at: String,
     /// Instances by plan, or why they could not be read (Vault unreachable…).
-    pub plans: Option<Result<(Vec<PlanRow>, Vec<ServiceRow>), String>>,
+    pub plans: Option<Result<Instances, String>>,
     pub environments: Option<Result<Vec<EnvironmentRow>, String>>,
     pub runs: Vec<RunRow>,
     /// `Err`: why there is none (which flag records one).
@@ -166,13 +173,13 @@ fn capacity_banner(c: &CapacityView) -> Markup {
     }
 }
 
-fn plans_section(plans: &Result<(Vec<PlanRow>, Vec<ServiceRow>), String>) -> Markup {
+fn plans_section(plans: &Result<Instances, String>) -> Markup {
     html! {
         section id="instances" {
             h2 { "Service instances" }
             @match plans {
                 Err(why) => div.banner.error { "Instances unavailable: " (why) },
-                Ok((rows, services)) => {
+                Ok(Instances { plans: rows, services }) => {
                     table id="plans" {
                         thead { tr { th { "Service" } th { "Plan" } th { "Plan ID" } th { "Instances" } } }
                         tbody {

@@ -46,8 +46,8 @@ fn page(capacity: CapacityView) -> Page {
     Page {
         title: "anvil broker — <f>".into(),
         generated_at: "now".into(),
-        plans: Some(Ok((
-            vec![
+        plans: Some(Ok(Instances {
+            plans: vec![
                 PlanRow {
                     service: "redis".into(),
                     plan: "small".into(),
@@ -63,12 +63,12 @@ fn page(capacity: CapacityView) -> Page {
                     limit: 2,
                 },
             ],
-            vec![ServiceRow {
+            services: vec![ServiceRow {
                 service: "redis".into(),
                 count: 3,
                 limit: 0,
             }],
-        ))),
+        })),
         environments: None,
         runs: vec![RunRow {
             at: "t".into(),

@@ -39,8 +39,16 @@ async fn health(State(s): State<Arc<Service>>) -> Response {
 }
 
 async fn dashboard(State(s): State<Arc<Service>>) -> Response {
-    match s.dashboard().await {
-        Ok(d) => Json(d).into_response(),
+    match s.dashboard_json().await {
+        // The cached body is shared, not copied.
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            axum::body::Bytes::from_owner(body),
+        )
+            .into_response(),
         Err(e) => failed(&e),
     }
 }

@@ -64,7 +64,7 @@ fn row(e: &Environment) -> EnvironmentRow {
 /// run (what it did, where it got, the plan it applied).
 fn runs(envs: &[Environment]) -> Vec<RunRow> {
     let mut sorted: Vec<&Environment> = envs.iter().collect();
-    sorted.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    sorted.sort_by_key(|e| std::cmp::Reverse(e.updated_at));
     sorted
         .into_iter()
         .take(MAX_RUNS)
