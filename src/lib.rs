@@ -9,6 +9,7 @@ pub mod apply;
 pub mod broker;
 pub mod capacity;
 pub mod cli;
+pub mod dashboard;
 pub mod drift;
 pub mod model;
 pub mod ops;

@@ -12,6 +12,7 @@
 
 pub mod bind;
 mod catalog;
+mod dashboard;
 pub mod error;
 mod instances;
 pub mod internal;
@@ -48,6 +49,9 @@ pub struct Settings {
     pub parallelism: usize,
     /// Run the reconciler every this long (`--reconcile-interval`); `None`: not at all.
     pub reconcile_interval: Option<Duration>,
+    /// The capacity service behind the dashboard's cells (`--cf-api`…); `None`: the
+    /// dashboard says it is not configured.
+    pub capacity: Option<crate::ops::capacity::Settings>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for Settings {
             .field("lock_timeout", &self.lock_timeout)
             .field("parallelism", &self.parallelism)
             .field("reconcile_interval", &self.reconcile_interval)
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
@@ -98,6 +103,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// The reconciler, when the broker runs it (`--reconcile-interval`).
     pub reconciler: Option<reconciler::ReconcilerHandle>,
+    /// The capacity service (its cache shared by every dashboard request).
+    pub capacity: Option<Arc<crate::ops::capacity::Service>>,
 }
 
 /// The shared state handlers get.
@@ -124,6 +131,10 @@ pub async fn prepare(settings: Settings) -> Result<Shared, BrokerError> {
     let reconciler = settings
         .reconcile_interval
         .map(reconciler::ReconcilerHandle::new);
+    let capacity = settings
+        .capacity
+        .clone()
+        .map(|c| Arc::new(crate::ops::capacity::Service::new(c)));
     let state = Arc::new(AppState {
         settings,
         foundation,
@@ -133,6 +144,7 @@ pub async fn prepare(settings: Settings) -> Result<Shared, BrokerError> {
         worker,
         stopping,
         reconciler,
+        capacity,
     });
     worker::start(state.clone(), queue);
     worker::resume(&state);
@@ -152,6 +164,8 @@ pub fn router(state: Shared) -> Router {
         .merge(internal::routes())
         // The reconciler's status and trigger (`/b/reconciler/...`).
         .merge(reconciler::routes())
+        // The dashboard page.
+        .route("/", axum::routing::get(dashboard::page))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -45,6 +45,13 @@ pub(super) struct BrokerArgs {
     /// and `POST /b/reconciler/run` report and trigger it.
     #[arg(long, value_parser = super::parse_duration)]
     reconcile_interval: Option<Duration>,
+    /// The dashboard's cells: with --cf-api the page at `/` shows the Diego cells
+    /// (and --bosh-environment their vitals; without a Director, apps only).
+    #[command(flatten)]
+    capacity: super::capacity::CapacitySource,
+    /// How long a capacity answer is served from the cache.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    capacity_ttl: Duration,
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then lets the batch in flight finish.
@@ -66,6 +73,7 @@ pub(super) async fn run(a: BrokerArgs) -> Result<i32> {
         lock_timeout: a.lock_timeout,
         parallelism: a.parallelism.max(1),
         reconcile_interval: a.reconcile_interval,
+        capacity: a.capacity.settings(a.capacity_ttl),
     };
     let tls = a.tls_cert.zip(a.tls_key);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -7,8 +7,11 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Args, Debug)]
-pub(super) struct CapacityArgs {
+/// Where the capacity data comes from: the CF API and the Director, with their
+/// credentials (flags or the environment). `anvil capacity`, `anvil serve` and
+/// `anvil broker` share them.
+#[derive(Args, Debug, Clone)]
+pub(super) struct CapacitySource {
     /// The Cloud Foundry API URL, e.g. https://api.sys.example.com.
     #[arg(long, env = "CF_API")]
     cf_api: Option<String>,
@@ -38,6 +41,44 @@ pub(super) struct CapacityArgs {
     /// The Director's CA certificate (file or inline PEM).
     #[arg(long, env = "BOSH_CA_CERT")]
     bosh_ca_cert: Option<String>,
+    /// The first delay between the Director's retries (3 retries, doubling: 1s gives 1/2/4 s).
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    bosh_backoff: Duration,
+}
+
+impl CapacitySource {
+    /// The service's settings with `ttl`; `None` without a CF API (capacity off).
+    pub(super) fn settings(&self, ttl: Duration) -> Option<Settings> {
+        let api_url = self.cf_api.clone().filter(|u| !u.trim().is_empty())?;
+        let bosh = self
+            .bosh_environment
+            .clone()
+            .filter(|e| !e.trim().is_empty())
+            .map(|env| BoshConfig {
+                url: crate::ops::capacity::normalize_bosh_url(&env),
+                client: self.bosh_client.clone(),
+                secret: self.bosh_client_secret.clone(),
+                ca_cert: self.bosh_ca_cert.clone(),
+            });
+        let mut settings = Settings::new(
+            CfConfig {
+                api_url,
+                username: self.cf_username.clone(),
+                password: self.cf_password.clone(),
+                ca_cert: self.cf_ca_cert.clone(),
+            },
+            bosh,
+        );
+        settings.ttl = ttl;
+        settings.bosh_backoff = self.bosh_backoff;
+        Some(settings)
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CapacityArgs {
+    #[command(flatten)]
+    source: CapacitySource,
     /// How long an answer stays fresh in the cache.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     ttl: Duration,
@@ -45,38 +86,15 @@ pub(super) struct CapacityArgs {
     /// instead of asking the APIs (metadata.cached is then true).
     #[arg(long)]
     cache: Option<PathBuf>,
-    /// The first delay between the Director's retries (3 retries, doubling: 1s gives 1/2/4 s).
-    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
-    bosh_backoff: Duration,
     /// Print the dashboard as JSON (the /api/dashboard shape).
     #[arg(long)]
     json: bool,
 }
 
 pub(super) async fn run(a: CapacityArgs) -> Result<i32> {
-    let Some(api_url) = a.cf_api.filter(|u| !u.trim().is_empty()) else {
+    let Some(settings) = a.source.settings(a.ttl) else {
         bail!("no CF API: give --cf-api URL or set CF_API (e.g. https://api.sys.example.com)");
     };
-    let bosh = a
-        .bosh_environment
-        .filter(|e| !e.trim().is_empty())
-        .map(|env| BoshConfig {
-            url: crate::ops::capacity::normalize_bosh_url(&env),
-            client: a.bosh_client,
-            secret: a.bosh_client_secret,
-            ca_cert: a.bosh_ca_cert,
-        });
-    let mut settings = Settings::new(
-        CfConfig {
-            api_url,
-            username: a.cf_username,
-            password: a.cf_password,
-            ca_cert: a.cf_ca_cert,
-        },
-        bosh,
-    );
-    settings.ttl = a.ttl;
-    settings.bosh_backoff = a.bosh_backoff;
     let d = capacity::report(settings, a.cache.as_deref()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&d)?);

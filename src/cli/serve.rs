@@ -46,6 +46,14 @@ pub(super) struct ServeArgs {
     /// Print the OpenAPI document of the API and exit.
     #[arg(long)]
     print_openapi: bool,
+    /// The capacity service: with --cf-api the server also answers `/api/health`,
+    /// `/api/dashboard`, `/api/cells`, `/api/apps` and `/api/segments` (behind the
+    /// token), and the dashboard at `/` shows the cells.
+    #[command(flatten)]
+    capacity: super::capacity::CapacitySource,
+    /// How long a capacity answer is served from the cache.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    capacity_ttl: Duration,
 }
 
 /// Runs the server until SIGINT or SIGTERM, then drains the workers.
@@ -69,6 +77,7 @@ pub(super) async fn run(a: ServeArgs) -> Result<i32> {
         lease: a.lease.max(Duration::from_secs(1)),
         parallelism: a.parallelism.max(1),
         events_poll: Duration::from_millis(250),
+        capacity: a.capacity.settings(a.capacity_ttl),
     };
     let prepared = server::prepare(settings).await?;
     let listener = if a.no_api {

@@ -814,6 +814,10 @@ pub struct StatusChange {
 #[derive(Clone)]
 pub struct IndexStatus {
     tx: tokio::sync::mpsc::UnboundedSender<StatusRequest>,
+    /// The same Vault client, for reads (the dashboard counts instances with Vault
+    /// alone, so it still does while the Director is down).
+    client: vault::Client,
+    mount: String,
 }
 
 /// Changes to write, and who waits for the write.
@@ -841,6 +845,7 @@ impl IndexStatus {
             .await
             .map_err(|e| OpsError::Usage(e.message))?;
         let mount = f.mount().to_string();
+        let reader = (client.clone(), mount.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StatusRequest>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -873,7 +878,28 @@ impl IndexStatus {
                 }
             }
         });
-        Ok(IndexStatus { tx })
+        Ok(IndexStatus {
+            tx,
+            client: reader.0,
+            mount: reader.1,
+        })
+    }
+
+    /// The `db` index as Vault has it now (empty when there is none).
+    ///
+    /// # Errors
+    /// Vault refused or could not be reached (the message names the endpoint).
+    pub async fn read(&self) -> Result<Map<String, Value>, String> {
+        self.client
+            .read(&self.mount, INDEX_PATH)
+            .await
+            .map(|s| s.data.unwrap_or_default())
+            .map_err(|e| {
+                format!(
+                    "reading the index {}/{INDEX_PATH}: {}",
+                    self.mount, e.message
+                )
+            })
     }
 
     /// Queues `changes` without waiting.

@@ -8,6 +8,7 @@ use yaml_rust2::{Yaml, YamlEmitter};
 
 use super::broker_bind::{BindError, Clients};
 use crate::model::foundation::INDEX_PATH;
+use crate::spec::ServiceSpec;
 
 /// What a redacted credential value is shown as.
 pub const REDACTED: &str = "<redacted>";
@@ -33,27 +34,7 @@ impl Clients {
     /// and its limit (0 unlimited, negative none allowed), plus the service's limit.
     #[must_use]
     pub fn plans_with_counts(&self, index: &Map<String, Value>) -> Vec<Value> {
-        let count = |plan: &str| {
-            index
-                .values()
-                .filter(|e| e.get("plan_id").and_then(Value::as_str) == Some(plan))
-                .count()
-        };
-        let mut out = Vec::new();
-        for s in &self.services {
-            for p in &s.plans {
-                out.push(json!({
-                    "service_id": s.id,
-                    "service_name": s.name,
-                    "plan_id": p.id,
-                    "plan_name": p.name,
-                    "count": count(&p.id),
-                    "limit": p.limit,
-                    "service_limit": s.limit,
-                }));
-            }
-        }
-        out
+        plans_with_counts(&self.services, index)
     }
 
     /// The index entry of one instance, `None` when it has none.
@@ -197,6 +178,34 @@ impl Clients {
             .map_err(provider(format!("the events of BOSH task {task}")))?;
         Ok(Some(task_log_lines(task, &events)))
     }
+}
+
+/// Per plan of `services`: service, plan id and name, how many `db` entries use it and
+/// its limit (0 unlimited, negative none allowed), plus the service's limit (what
+/// `/b/status` and the dashboard show).
+#[must_use]
+pub fn plans_with_counts(services: &[ServiceSpec], index: &Map<String, Value>) -> Vec<Value> {
+    let count = |plan: &str| {
+        index
+            .values()
+            .filter(|e| e.get("plan_id").and_then(Value::as_str) == Some(plan))
+            .count()
+    };
+    let mut out = Vec::new();
+    for s in services {
+        for p in &s.plans {
+            out.push(json!({
+                "service_id": s.id,
+                "service_name": s.name,
+                "plan_id": p.id,
+                "plan_name": p.name,
+                "count": count(&p.id),
+                "limit": p.limit,
+                "service_limit": s.limit,
+            }));
+        }
+    }
+    out
 }
 
 /// Blacksmith's `task.log` lines from a task's event output.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -95,6 +96,24 @@ pub struct Health {
 struct Entry {
     fetched: Instant,
     dashboard: Dashboard,
+    /// `dashboard` as JSON with `metadata.cached` true, serialised once per fetch: a
+    /// cached `/api/dashboard` is then a copy of a pointer, not a clone and a
+    /// serialisation of 20,000 apps.
+    cached_json: Arc<[u8]>,
+}
+
+impl Entry {
+    fn new(fetched: Instant, dashboard: Dashboard) -> Entry {
+        let mut shown = dashboard.clone();
+        shown.metadata.cached = true;
+        // Serialising plain strings and numbers cannot fail.
+        let cached_json = serde_json::to_vec(&shown).unwrap_or_default().into();
+        Entry {
+            fetched,
+            dashboard,
+            cached_json,
+        }
+    }
 }
 
 /// The service: one per server or command; share it behind an `Arc`.
@@ -162,11 +181,28 @@ impl Service {
             }
         }
         let d = self.fetch().await?;
-        *cache = Some(Entry {
-            fetched: Instant::now(),
-            dashboard: d.clone(),
-        });
+        *cache = Some(Entry::new(Instant::now(), d.clone()));
         Ok(d)
+    }
+
+    /// [`Service::dashboard`] as JSON (`/api/dashboard`'s body): from the cache it is the
+    /// bytes serialised once when the answer was fetched.
+    ///
+    /// # Errors
+    /// The Cloud Controller failed or timed out (the error names its URL).
+    pub async fn dashboard_json(&self) -> Result<Arc<[u8]>, CapacityError> {
+        {
+            let cache = self.cache.lock().await;
+            if let Some(e) = cache.as_ref() {
+                if e.fetched.elapsed() < self.settings.ttl {
+                    return Ok(e.cached_json.clone());
+                }
+            }
+        }
+        // Stale or empty: fetch (another caller may have fetched meanwhile; then this
+        // is served from its answer).
+        let d = self.dashboard().await?;
+        Ok(serde_json::to_vec(&d).unwrap_or_default().into())
     }
 
     /// `/api/health` as of now.
@@ -282,7 +318,7 @@ impl Service {
                 "not_configured"
             }),
         );
-        *self.cache.lock().await = Some(Entry { fetched, dashboard });
+        *self.cache.lock().await = Some(Entry::new(fetched, dashboard));
     }
 }
 

@@ -56,6 +56,9 @@ pub struct AppState {
     pub events_poll: Duration,
     /// Fired when the server stops: event streams end.
     pub stopping: CancellationToken,
+    /// The capacity service, when `--cf-api` is given (`/api/dashboard`… and the
+    /// dashboard's cells).
+    pub capacity: Option<Arc<crate::ops::capacity::Service>>,
 }
 
 /// The shared state handlers get.

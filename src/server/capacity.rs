@@ -12,8 +12,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
-/// The routes, to merge into a server's router.
-pub fn router(service: Arc<Service>) -> Router {
+/// The routes, to merge into a server's router (whatever that router's state).
+pub fn router<S>(service: Arc<Service>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/api/health", get(health))
         .route("/api/dashboard", get(dashboard))
@@ -36,8 +39,16 @@ async fn health(State(s): State<Arc<Service>>) -> Response {
 }
 
 async fn dashboard(State(s): State<Arc<Service>>) -> Response {
-    match s.dashboard().await {
-        Ok(d) => Json(d).into_response(),
+    match s.dashboard_json().await {
+        // The cached body is shared, not copied.
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            axum::body::Bytes::from_owner(body),
+        )
+            .into_response(),
         Err(e) => failed(&e),
     }
 }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod capacity;
+pub mod dashboard;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
@@ -49,6 +50,10 @@ pub struct Settings {
     pub parallelism: usize,
     /// How often an SSE event stream polls the queue.
     pub events_poll: Duration,
+    /// The capacity service (`--cf-api`, `--bosh-environment`…): its `/api/health`,
+    /// `/api/dashboard`, `/api/cells|apps|segments` routes and the dashboard's cells;
+    /// `None`: those routes are absent.
+    pub capacity: Option<crate::ops::capacity::Settings>,
 }
 
 /// Why the server could not start or stopped.
@@ -102,6 +107,10 @@ pub fn prepare_with(settings: Settings, queue: Arc<dyn JobQueue>) -> Result<Prep
         local_workers: settings.workers,
         events_poll: settings.events_poll,
         stopping: CancellationToken::new(),
+        capacity: settings
+            .capacity
+            .clone()
+            .map(|c| Arc::new(crate::ops::capacity::Service::new(c))),
     });
     Ok(Prepared { settings, app })
 }
@@ -110,7 +119,8 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn JobQueue>, ServeError
     Ok(queue::open(settings.database.as_deref(), &settings.data_dir).await?)
 }
 
-/// The API's routes: `/api/v1/environments…` behind the bearer token, `/health` and
+/// The API's routes: `/api/v1/environments…`, the dashboard at `/` and (when capacity
+/// is configured) the capacity `/api/…` routes behind the bearer token, `/health` and
 /// `/metrics` open; every request correlated and counted.
 pub fn router(app: Shared, tokens: Arc<Tokens>) -> Router {
     use axum::routing::{get, post};
@@ -126,7 +136,12 @@ pub fn router(app: Shared, tokens: Arc<Tokens>) -> Router {
             "/api/v1/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
         )
-        .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require));
+        .route("/", get(dashboard::page));
+    let protected = match &app.capacity {
+        Some(service) => protected.merge(capacity::router(service.clone())),
+        None => protected,
+    }
+    .route_layer(axum::middleware::from_fn_with_state(tokens, auth::require));
     let open = Router::new()
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics));

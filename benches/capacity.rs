@@ -1,0 +1,153 @@
+//! Capacity service benchmark (issue 12, acceptance 5): `cargo bench --no-default-features
+//! --bench capacity`. `anvil sim cf` generates 20,000 apps (one web process each, over 4
+//! isolation segments), `anvil sim bosh` holds 2,000 Diego cells (4 deployments of 500
+//! `diego_cell` VMs with a cloud config), and `anvil serve --no-workers --cf-api …
+//! --bosh-environment …` answers `/api/dashboard`:
+//!
+//! 1. cold fetch: the server with `--capacity-ttl 0s`, so every request fetches both
+//!    APIs (CF pages, 20,000 process stats, the Director's VMs) — 3 requests, each timed
+//!    to the last byte of the body;
+//! 2. cached: the server with a 1 h TTL, one warm-up request, then `CACHED` sequential
+//!    requests over one keep-alive connection, p50 / p99 / max to the last byte (goal
+//!    p99 < 5 ms).
+//!
+//! Results go to stdout as Markdown rows for docs/benchmarks.md.
+
+#[path = "../tests/serve_support/mod.rs"]
+mod serve_support;
+#[path = "../tests/sim_bosh_support/mod.rs"]
+mod sim_bosh_support;
+#[path = "../tests/sim_cf_support/mod.rs"]
+mod sim_cf_support;
+
+use serde_json::{json, Value};
+use serve_support::{Serve, TOKEN};
+use sim_bosh_support::BoshSim;
+use sim_cf_support::{CfSim, CLOUD_CONFIG};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_anvil");
+const APPS: usize = 20_000;
+const DEPLOYMENTS: usize = 4;
+const CELLS_PER_DEPLOYMENT: usize = 500;
+const CACHED: usize = 2_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    // Nearest rank: the smallest sample with at least p of them at or below it.
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One GET of `/api/dashboard`, timed to the last byte; the body.
+async fn fetch(client: &reqwest::Client, url: &str) -> (Duration, usize, Value) {
+    let t = Instant::now();
+    let resp = client
+        .get(format!("{url}/api/dashboard"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET /api/dashboard");
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.expect("body");
+    let took = t.elapsed();
+    let v: Value = serde_json::from_slice(&body).expect("JSON");
+    (took, body.len(), v)
+}
+
+fn serve(dir: &std::path::Path, cf: &str, bosh: &str, ttl: &str) -> Serve {
+    Serve::start_with(
+        BIN,
+        &dir.join(format!("data-{ttl}")),
+        &[
+            "--no-workers",
+            "--cf-api",
+            cf,
+            "--cf-password",
+            "admin",
+            "--bosh-environment",
+            bosh,
+            "--bosh-client-secret",
+            "admin",
+            "--capacity-ttl",
+            ttl,
+        ],
+        &dir.join(format!("serve-{ttl}.log")),
+        |c| {
+            c.env_remove("CF_API")
+                .env_remove("BOSH_CA_CERT")
+                .env("ANVIL_LOG", "warn");
+        },
+    )
+}
+
+fn main() {
+    // `cargo test` runs benches with no arguments; `cargo bench` passes `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    let cf = CfSim::start(&["--apps", &APPS.to_string(), "--segments", "4"]);
+    let bosh = BoshSim::start(&[], None);
+    bosh.post_json(
+        "/configs",
+        &json!({"type": "cloud", "name": "default", "content": CLOUD_CONFIG}),
+    );
+    for d in 0..DEPLOYMENTS {
+        bosh.deploy(&format!(
+            "name: cf-{d}\ninstance_groups:\n- {{name: diego_cell, instances: {CELLS_PER_DEPLOYMENT}, vm_type: cell, azs: [z1], networks: [{{name: default}}], jobs: [{{name: rep}}]}}\n"
+        ));
+    }
+    eprintln!("simulators seeded in {:.1} s", t.elapsed().as_secs_f64());
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client");
+
+    let cold = serve(dir.path(), &cf.url, &bosh.url, "0s");
+    let mut colds = Vec::new();
+    for _ in 0..3 {
+        let (took, len, v) = rt.block_on(fetch(&client, &cold.url));
+        assert_eq!(v["metadata"]["cached"], false);
+        assert_eq!(v["metadata"]["bosh_available"], true, "{}", cold.logs());
+        assert_eq!(
+            v["cells"].as_array().map(Vec::len),
+            Some(DEPLOYMENTS * CELLS_PER_DEPLOYMENT)
+        );
+        assert_eq!(v["apps"].as_array().map(Vec::len), Some(APPS));
+        eprintln!("cold fetch: {:.0} ms, {} bytes", ms(took), len);
+        colds.push(took);
+    }
+    drop(cold);
+    colds.sort();
+
+    let warm = serve(dir.path(), &cf.url, &bosh.url, "1h");
+    let (first, len, _) = rt.block_on(fetch(&client, &warm.url));
+    let mut samples = Vec::with_capacity(CACHED);
+    rt.block_on(async {
+        for _ in 0..CACHED {
+            let (took, _, v) = fetch(&client, &warm.url).await;
+            assert_eq!(v["metadata"]["cached"], true);
+            samples.push(took);
+        }
+    });
+    samples.sort();
+    println!(
+        "| `/api/dashboard`, {} cells, {APPS} apps ({} KiB) | cold fetch (TTL 0) min / median / max {:.0} / {:.0} / {:.0} ms (first on the 1 h server {:.0} ms) | cached × {CACHED}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p99 < 5 ms) |",
+        DEPLOYMENTS * CELLS_PER_DEPLOYMENT,
+        len / 1024,
+        ms(colds[0]),
+        ms(colds[1]),
+        ms(colds[2]),
+        ms(first),
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples")),
+    );
+}
