@@ -155,20 +155,26 @@ async fn provision_all(url: &str, names: &[String]) -> Duration {
     }
     let limit = Duration::from_secs(3600);
     loop {
+        // One list request a round (not one GET per environment), so polling does not
+        // compete with the workers for the server's CPU.
+        let page: serde_json::Value = c
+            .get(format!("{url}/api/v1/environments?limit=200"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("json");
+        let items = page["items"].as_array().cloned().unwrap_or_default();
         let mut ready = 0;
-        for id in &ids {
-            let v: serde_json::Value = c
-                .get(format!("{url}/api/v1/environments/{id}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("GET")
-                .json()
-                .await
-                .expect("json");
+        for v in &items {
+            if !ids.iter().any(|id| v["id"] == id.as_str()) {
+                continue;
+            }
             match v["status"].as_str() {
                 Some("ready") => ready += 1,
-                Some("failed") => panic!("environment {id} failed: {v}"),
+                Some("failed") => panic!("environment {} failed: {v}", v["id"]),
                 _ => {}
             }
         }

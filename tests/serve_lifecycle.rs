@@ -148,7 +148,6 @@ fn lineage(data: &Path, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run green against moto (the aws build did not finish before the h11a deadline): run with --ignored and fix before relying on it"]
 async fn embedded_lifecycle_on_moto_queued_to_ready_then_destroyed_leaving_nothing() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
@@ -310,7 +309,6 @@ async fn refusing_proxy(moto: String, refuse: Arc<AtomicBool>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run green against moto (the aws build did not finish before the h11a deadline): run with --ignored and fix before relying on it"]
 async fn a_refused_apply_fails_at_provisioning_and_a_refresh_continues_to_ready() {
     let moto = Moto::start();
     let refuse = Arc::new(AtomicBool::new(true));

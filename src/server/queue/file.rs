@@ -1,10 +1,25 @@
 //! The embedded job queue: [`JobQueue`] over files under one directory, for an
 //! `anvil serve` without a database (one process).
 //!
-//! - `queue.json` holds the environments and jobs; every change rewrites it atomically
-//!   (temporary sibling, fsync, rename, fsync of the directory), so a killed server
-//!   leaves the old or the new version, never a mix. Mode 0600: it holds the sensitive
-//!   outputs (kubeconfigs).
+//! - `queue.json` is a snapshot of the environments and jobs; `journal.jsonl` the
+//!   changes since, one small record per change (the environments and jobs it touched,
+//!   whole, so replaying a record twice changes nothing). A change is applied in memory,
+//!   appended to the journal and `fdatasync`ed before its call returns; concurrent
+//!   changes share one write and one sync (group commit: whoever finds a sync running
+//!   waits for it, then the next one syncs everything appended meanwhile), so a POST
+//!   costs an append, not a rewrite of the whole queue. Both files are mode 0600: they
+//!   hold the sensitive outputs (kubeconfigs).
+//! - Each record is `CRC32 JSON\n`; on load, replay stops at the first record that is
+//!   torn (no newline, a bad checksum or JSON: a kill mid-append), and everything
+//!   before it stands. Opening then compacts: the replayed queue becomes the new
+//!   snapshot (temporary sibling, fsync, rename, fsync of the directory) and the journal
+//!   is emptied, dropping the torn tail; the same compaction runs when the journal
+//!   outgrows the snapshot (and 1 MiB). A crash between the rename and the truncation
+//!   leaves records the snapshot already holds, which replay again harmlessly.
+//! - A failed journal write leaves memory ahead of the disk, so the queue then refuses
+//!   every call naming the journal: a restart reloads what was written.
+//! - Reads (`get`, `list`, `events`) wait for the changes they could see to be synced,
+//!   so nothing is shown that a crash could take back.
 //! - `events/<environment id>.jsonl` are the progress events, appended one JSON line at
 //!   a time; a torn last line (a kill mid-append) is ignored when read back.
 //! - `lock` is `flock`ed for the queue's lifetime, so a second server on the same data
@@ -29,6 +44,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
@@ -36,10 +52,18 @@ use uuid::Uuid;
 /// The format version of `queue.json`.
 const VERSION: u32 = 1;
 
+/// The journal is compacted into the snapshot once it is larger than the snapshot and
+/// than this (so compaction costs O(1) per change, amortised).
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+const SNAPSHOT: &str = "queue.json";
+const JOURNAL: &str = "journal.jsonl";
+
 /// The job queue of embedded mode; see the module docs.
 pub struct FileQueue {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    journal: Journal,
     notify: Notify,
     /// Held (flocked) while the queue is open.
     _lock: File,
@@ -60,6 +84,39 @@ struct Inner {
     workers: HashMap<String, DateTime<Utc>>,
 }
 
+/// The journal's write side. Lock order: `writer`, then `inner`, then `pending`
+/// (changes take `inner` then `pending`, never `writer` while holding `inner`).
+struct Journal {
+    path: PathBuf,
+    /// Records appended in memory and not yet written, and how far the file is synced.
+    pending: std::sync::Mutex<Pending>,
+    /// Held by the one task writing and syncing: the group commit's leader.
+    writer: Mutex<Writer>,
+    /// Compaction threshold (a test lowers it).
+    compact_min: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// The number of the last record appended to `bytes` (records count from 1).
+    appended: u64,
+    /// The number of the last record synced to the file.
+    durable: u64,
+    /// Why a journal write failed: the queue is unusable from then on.
+    failed: Option<String>,
+}
+
+struct Writer {
+    file: Arc<File>,
+    /// The journal file's length.
+    len: u64,
+    /// The snapshot's length when last written.
+    snapshot_len: u64,
+    /// Syncs of the journal so far (group commit makes it fewer than the changes).
+    syncs: u64,
+}
+
 /// `queue.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Doc {
@@ -68,6 +125,16 @@ struct Doc {
     next_seq: i64,
     environments: Vec<EnvRecord>,
     /// Every job, in the order queued (done ones are kept as history).
+    jobs: Vec<JobRecord>,
+}
+
+/// One journal record: the environments and jobs a change touched, as they are after it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    next_seq: i64,
+    #[serde(default)]
+    envs: Vec<EnvRecord>,
+    #[serde(default)]
     jobs: Vec<JobRecord>,
 }
 
@@ -141,13 +208,18 @@ impl Doc {
             .ok_or(QueueError::NotFound { id })
     }
 
+    fn job(&self, id: Uuid) -> Option<&JobRecord> {
+        self.jobs.iter().find(|j| j.id == id)
+    }
+
     fn job_mut(&mut self, id: Uuid) -> Option<&mut JobRecord> {
         self.jobs.iter_mut().find(|j| j.id == id)
     }
 
-    fn new_job(&mut self, environment_id: Uuid, kind: JobKind, now: DateTime<Utc>) {
+    fn new_job(&mut self, environment_id: Uuid, kind: JobKind, now: DateTime<Utc>) -> Uuid {
+        let id = Uuid::new_v4();
         self.jobs.push(JobRecord {
-            id: Uuid::new_v4(),
+            id,
             environment_id,
             kind,
             state: JobState::Queued,
@@ -157,46 +229,284 @@ impl Doc {
             finished_at: None,
             lease_until: None,
         });
+        id
+    }
+
+    /// Applies a journal record: each environment and job it holds replaces the one
+    /// with its id, or is added.
+    fn apply(
+        &mut self,
+        rec: Record,
+        envs: &mut HashMap<Uuid, usize>,
+        jobs: &mut HashMap<Uuid, usize>,
+    ) {
+        self.next_seq = self.next_seq.max(rec.next_seq);
+        for e in rec.envs {
+            match envs.get(&e.env.id) {
+                Some(&i) => self.environments[i] = e,
+                None => {
+                    envs.insert(e.env.id, self.environments.len());
+                    self.environments.push(e);
+                }
+            }
+        }
+        for j in rec.jobs {
+            match jobs.get(&j.id) {
+                Some(&i) => self.jobs[i] = j,
+                None => {
+                    jobs.insert(j.id, self.jobs.len());
+                    self.jobs.push(j);
+                }
+            }
+        }
     }
 }
 
+/// `CRC32 JSON\n` of a record.
+fn encode_record(rec: &Record) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(rec)?;
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The records of a journal, up to the first torn one; and whether one was torn.
+fn decode_journal(bytes: &[u8]) -> (Vec<Record>, bool) {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+            return (records, true);
+        };
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        let Some(rec) = decode_line(line) else {
+            return (records, true);
+        };
+        records.push(rec);
+    }
+    (records, false)
+}
+
+fn decode_line(line: &[u8]) -> Option<Record> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    if line.get(8) != Some(&b' ') {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc != crc32fast::hash(json) {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
 impl FileQueue {
-    /// Opens (creating) the queue in `dir`.
+    /// Opens (creating) the queue in `dir`: loads the snapshot, replays the journal and
+    /// compacts the two into a new snapshot.
     ///
     /// # Errors
     /// [`QueueError::Storage`] when the directory cannot be created or read, `queue.json`
     /// does not parse, or another process holds the queue.
     pub async fn open(dir: &Path) -> Result<FileQueue, QueueError> {
+        FileQueue::open_with(dir, COMPACT_MIN_BYTES).await
+    }
+
+    async fn open_with(dir: &Path, compact_min: u64) -> Result<FileQueue, QueueError> {
         let dir = dir.to_path_buf();
         let d = dir.clone();
-        let (lock, doc, events) = tokio::task::spawn_blocking(move || open_blocking(&d))
+        let opened = tokio::task::spawn_blocking(move || open_blocking(&d))
             .await
             .map_err(|e| storage(&dir, format!("the reader task failed: {e}")))??;
         Ok(FileQueue {
+            journal: Journal {
+                path: dir.join(JOURNAL),
+                pending: std::sync::Mutex::new(Pending::default()),
+                writer: Mutex::new(Writer {
+                    file: Arc::new(opened.journal),
+                    len: 0,
+                    snapshot_len: opened.snapshot_len,
+                    syncs: 0,
+                }),
+                compact_min,
+            },
             dir,
             inner: Mutex::new(Inner {
-                doc,
-                events,
+                doc: opened.doc,
+                events: opened.events,
                 workers: HashMap::new(),
             }),
             notify: Notify::new(),
-            _lock: lock,
+            _lock: opened.lock,
         })
     }
 
-    /// Writes `doc` as the new `queue.json` and, when it was written, makes it the
-    /// queue's: memory never holds what the disk does not.
-    async fn commit(&self, inner: &mut Inner, doc: Doc) -> Result<(), QueueError> {
-        let bytes = serde_json::to_vec(&doc)
-            .map_err(|e| storage(&self.dir, format!("cannot encode the queue: {e}")))?;
-        let path = self.dir.join("queue.json");
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || atomic_write(&path, &bytes))
-            .await
-            .map_err(|e| storage(&dir, format!("the writer task failed: {e}")))?
-            .map_err(|e| storage(&self.dir, format!("cannot write queue.json: {e}")))?;
-        inner.doc = doc;
-        Ok(())
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic while holding it cannot leave `Pending` half-changed (every change
+        // is one assignment), so a poisoned lock is still good.
+        self.journal
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The error every call returns once a journal write failed.
+    fn broken(&self) -> Result<(), QueueError> {
+        match &self.pending().failed {
+            Some(why) => Err(self.failed_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn failed_error(&self, why: &str) -> QueueError {
+        storage(
+            &self.journal.path,
+            format!("a write failed ({why}), so this server no longer trusts its queue in memory; restart anvil serve (it reloads what was written) after fixing the disk"),
+        )
+    }
+
+    /// Appends the record of a change to the journal's pending bytes (call it holding
+    /// `inner`, right after the change, so the journal's order is the changes' order)
+    /// and returns its number, for [`FileQueue::settle`].
+    fn log(&self, doc: &Doc, envs: &[Uuid], jobs: &[Uuid]) -> Result<u64, QueueError> {
+        let rec = Record {
+            next_seq: doc.next_seq,
+            envs: envs
+                .iter()
+                .filter_map(|id| doc.env(*id).ok().cloned())
+                .collect(),
+            jobs: jobs.iter().filter_map(|id| doc.job(*id).cloned()).collect(),
+        };
+        let mut p = self.pending();
+        let line = match encode_record(&rec) {
+            Ok(l) => l,
+            Err(e) => {
+                // Memory already holds the change: the queue cannot go on.
+                let why = format!("cannot encode a record: {e}");
+                p.failed = Some(why.clone());
+                return Err(self.failed_error(&why));
+            }
+        };
+        p.bytes.extend_from_slice(&line);
+        p.appended += 1;
+        Ok(p.appended)
+    }
+
+    /// Waits until record `seq` is synced: syncs everything pending itself unless
+    /// another task is already doing so, in which case it waits for that one and
+    /// checks again (group commit).
+    async fn settle(&self, seq: u64) -> Result<(), QueueError> {
+        loop {
+            {
+                let p = self.pending();
+                if let Some(why) = &p.failed {
+                    return Err(self.failed_error(why));
+                }
+                if p.durable >= seq {
+                    return Ok(());
+                }
+            }
+            let mut w = self.journal.writer.lock().await;
+            let (bytes, upto) = {
+                let mut p = self.pending();
+                if let Some(why) = &p.failed {
+                    return Err(self.failed_error(why));
+                }
+                if p.durable >= seq {
+                    return Ok(());
+                }
+                (std::mem::take(&mut p.bytes), p.appended)
+            };
+            self.write_synced(&mut w, bytes, upto).await?;
+            if w.len > self.journal.compact_min.max(w.snapshot_len) {
+                self.compact(&mut w).await;
+            }
+        }
+    }
+
+    /// Appends `bytes` (records up to `upto`) to the journal and syncs it; on failure
+    /// the queue is marked failed.
+    async fn write_synced(
+        &self,
+        w: &mut Writer,
+        bytes: Vec<u8>,
+        upto: u64,
+    ) -> Result<(), QueueError> {
+        let file = w.file.clone();
+        let n = bytes.len() as u64;
+        let res = tokio::task::spawn_blocking(move || {
+            (&*file).write_all(&bytes)?;
+            file.sync_data()
+        })
+        .await;
+        let why = match res {
+            Ok(Ok(())) => {
+                w.len += n;
+                w.syncs += 1;
+                let mut p = self.pending();
+                p.durable = p.durable.max(upto);
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the writer task failed: {e}"),
+        };
+        let mut p = self.pending();
+        p.failed = Some(why.clone());
+        drop(p);
+        Err(self.failed_error(&why))
+    }
+
+    /// Writes the queue as the new snapshot and empties the journal. Holds `inner`
+    /// throughout, so no change slips between the two. A failure is only logged: the
+    /// journal still holds everything, and the threshold is raised so the next try
+    /// waits for the journal to grow again.
+    async fn compact(&self, w: &mut Writer) {
+        let inner = self.inner.lock().await;
+        let (bytes, upto) = {
+            let mut p = self.pending();
+            (std::mem::take(&mut p.bytes), p.appended)
+        };
+        if !bytes.is_empty() && self.write_synced(w, bytes, upto).await.is_err() {
+            return;
+        }
+        let snapshot = match serde_json::to_vec(&inner.doc) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the queue snapshot; the journal keeps growing");
+                w.snapshot_len = w.len;
+                return;
+            }
+        };
+        let n = snapshot.len() as u64;
+        let path = self.dir.join(SNAPSHOT);
+        let file = w.file.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            atomic_write(&path, &snapshot)?;
+            file.set_len(0)?;
+            file.sync_data()
+        })
+        .await;
+        drop(inner);
+        match res {
+            Ok(Ok(())) => {
+                w.len = 0;
+                w.snapshot_len = n;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, dir = %self.dir.display(), "cannot compact the queue journal; it keeps growing");
+                w.snapshot_len = w.len;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the compaction task failed");
+                w.snapshot_len = w.len;
+            }
+        }
+    }
+
+    /// Waits for every change made so far to be synced (before a read shows it).
+    async fn settle_all(&self) -> Result<(), QueueError> {
+        let seq = self.pending().appended;
+        self.settle(seq).await
     }
 
     /// Appends an event to the environment's events file, then to memory.
@@ -228,12 +538,7 @@ impl FileQueue {
     }
 
     fn owned_job(doc: &Doc, job: &Job) -> Result<(), QueueError> {
-        let held = doc
-            .jobs
-            .iter()
-            .find(|j| j.id == job.id)
-            .is_some_and(|j| j.held_by(job));
-        if held {
+        if doc.job(job.id).is_some_and(|j| j.held_by(job)) {
             return Ok(());
         }
         let status = doc.env(job.environment_id)?.env.status;
@@ -255,7 +560,14 @@ fn storage(location: &Path, message: String) -> QueueError {
     }
 }
 
-type Opened = (File, Doc, HashMap<Uuid, Vec<JobEvent>>);
+struct Opened {
+    lock: File,
+    doc: Doc,
+    events: HashMap<Uuid, Vec<JobEvent>>,
+    /// The journal, empty and open for appending.
+    journal: File,
+    snapshot_len: u64,
+}
 
 fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
     std::fs::create_dir_all(dir.join("events")).map_err(|e| {
@@ -278,8 +590,8 @@ fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
             "another `anvil serve` uses this queue; stop it, or give this one another --data-dir (or a shared --database)".into(),
         ));
     }
-    let path = dir.join("queue.json");
-    let doc = match std::fs::read(&path) {
+    let path = dir.join(SNAPSHOT);
+    let (mut doc, mut snapshot_len) = match std::fs::read(&path) {
         Ok(bytes) => {
             let doc: Doc = serde_json::from_slice(&bytes).map_err(|e| {
                 storage(
@@ -296,15 +608,65 @@ fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
                     ),
                 ));
             }
-            doc
+            (doc, bytes.len() as u64)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Doc {
-            version: VERSION,
-            next_seq: 1,
-            ..Doc::default()
-        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            Doc {
+                version: VERSION,
+                next_seq: 1,
+                ..Doc::default()
+            },
+            0,
+        ),
         Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
     };
+    let journal_path = dir.join(JOURNAL);
+    let journal = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .open(&journal_path)
+        .map_err(|e| storage(&journal_path, format!("cannot open: {e}")))?;
+    let bytes = std::fs::read(&journal_path)
+        .map_err(|e| storage(&journal_path, format!("cannot read: {e}")))?;
+    if !bytes.is_empty() {
+        let (records, torn) = decode_journal(&bytes);
+        if torn {
+            // The tail a kill cut short (its call never returned): dropped below.
+            tracing::warn!(
+                journal = %journal_path.display(),
+                replayed = records.len(),
+                "the queue journal ends in a torn record (a kill mid-write); it is ignored"
+            );
+        }
+        let mut envs = doc
+            .environments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.env.id, i))
+            .collect();
+        let mut jobs = doc
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id, i))
+            .collect();
+        for rec in records {
+            doc.apply(rec, &mut envs, &mut jobs);
+        }
+        // Compact: the snapshot takes everything, then the journal starts empty.
+        let snapshot = serde_json::to_vec(&doc)
+            .map_err(|e| storage(&path, format!("cannot encode the queue: {e}")))?;
+        atomic_write(&path, &snapshot)
+            .map_err(|e| storage(&path, format!("cannot write the compacted queue: {e}")))?;
+        snapshot_len = snapshot.len() as u64;
+        journal
+            .set_len(0)
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| storage(&journal_path, format!("cannot empty after compaction: {e}")))?;
+    }
     let mut events = HashMap::new();
     for rec in &doc.environments {
         let p = dir.join("events").join(format!("{}.jsonl", rec.env.id));
@@ -321,7 +683,13 @@ fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
             .collect();
         events.insert(rec.env.id, list);
     }
-    Ok((lock, doc, events))
+    Ok(Opened {
+        lock,
+        doc,
+        events,
+        journal,
+        snapshot_len,
+    })
 }
 
 /// Replaces `path` with `bytes` so a reader sees the old or the new content.
@@ -356,6 +724,7 @@ fn append(path: &Path, line: &[u8]) -> std::io::Result<()> {
 #[async_trait]
 impl JobQueue for FileQueue {
     async fn submit(&self, new: NewEnvironment) -> Result<Submitted, QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         let digest = document_digest(&new.user_id, &new.document);
         if let Some(key) = &new.idempotency_key {
@@ -366,8 +735,12 @@ impl JobQueue for FileQueue {
                 if e.digest != digest {
                     return Err(QueueError::IdempotencyMismatch { key: key.clone() });
                 }
+                let environment = e.env.clone();
+                drop(inner);
+                // The first request may still be syncing it.
+                self.settle_all().await?;
                 return Ok(Submitted {
-                    environment: e.env.clone(),
+                    environment,
                     created: false,
                 });
             }
@@ -398,7 +771,7 @@ impl JobQueue for FileQueue {
             created_at: now,
             updated_at: now,
         };
-        let mut doc = inner.doc.clone();
+        let doc = &mut inner.doc;
         doc.environments.push(EnvRecord {
             seq: doc.next_seq,
             env: env.clone(),
@@ -407,11 +780,12 @@ impl JobQueue for FileQueue {
             sensitive: BTreeMap::new(),
         });
         doc.next_seq += 1;
-        doc.new_job(env.id, JobKind::Provision, now);
-        self.commit(&mut inner, doc).await?;
+        let job = doc.new_job(env.id, JobKind::Provision, now);
+        let seq = self.log(&inner.doc, &[env.id], &[job])?;
         self.push_event(&mut inner, env.id, "status", "queued")
             .await?;
         drop(inner);
+        self.settle(seq).await?;
         self.wake();
         Ok(Submitted {
             environment: env,
@@ -420,6 +794,7 @@ impl JobQueue for FileQueue {
     }
 
     async fn get(&self, id: Uuid) -> Result<Environment, QueueError> {
+        self.settle_all().await?;
         let inner = self.inner.lock().await;
         Ok(inner.doc.env(id)?.env.clone())
     }
@@ -430,6 +805,7 @@ impl JobQueue for FileQueue {
             None => 0,
         };
         let limit = query.limit.max(1);
+        self.settle_all().await?;
         let inner = self.inner.lock().await;
         let mut matching = inner
             .doc
@@ -448,57 +824,64 @@ impl JobQueue for FileQueue {
     }
 
     async fn request_destroy(&self, id: Uuid) -> Result<Environment, QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         let status = inner.doc.env(id)?.env.status;
         if let Some(e) = destroy_refusal(id, status) {
             return Err(e);
         }
         let now = Utc::now();
-        let mut doc = inner.doc.clone();
+        let doc = &mut inner.doc;
         // A provision job no worker took yet is simply replaced.
+        let mut jobs = Vec::new();
         for j in doc.jobs.iter_mut() {
             if j.environment_id == id && j.state == JobState::Queued {
                 j.state = JobState::Cancelled;
                 j.finished_at = Some(now);
+                jobs.push(j.id);
             }
         }
-        doc.new_job(id, JobKind::Destroy, now);
+        jobs.push(doc.new_job(id, JobKind::Destroy, now));
         let rec = doc.env_mut(id)?;
         rec.env.status = Status::DestroyQueued;
         rec.env.updated_at = now;
         let env = rec.env.clone();
-        self.commit(&mut inner, doc).await?;
+        let seq = self.log(&inner.doc, &[id], &jobs)?;
         self.push_event(&mut inner, id, "status", Status::DestroyQueued.as_str())
             .await?;
         drop(inner);
+        self.settle(seq).await?;
         self.wake();
         Ok(env)
     }
 
     async fn request_refresh(&self, id: Uuid) -> Result<Environment, QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         let status = inner.doc.env(id)?.env.status;
         if let Some(e) = refresh_refusal(id, status) {
             return Err(e);
         }
         let now = Utc::now();
-        let mut doc = inner.doc.clone();
-        doc.new_job(id, JobKind::Provision, now);
+        let doc = &mut inner.doc;
+        let job = doc.new_job(id, JobKind::Provision, now);
         let rec = doc.env_mut(id)?;
         rec.env.status = Status::Queued;
         rec.env.failed_step = None;
         rec.env.error = None;
         rec.env.updated_at = now;
         let env = rec.env.clone();
-        self.commit(&mut inner, doc).await?;
+        let seq = self.log(&inner.doc, &[id], &[job])?;
         self.push_event(&mut inner, id, "status", "queued (refresh)")
             .await?;
         drop(inner);
+        self.settle(seq).await?;
         self.wake();
         Ok(env)
     }
 
     async fn events(&self, id: Uuid, after: u64) -> Result<Vec<JobEvent>, QueueError> {
+        self.settle_all().await?;
         let inner = self.inner.lock().await;
         inner.doc.env(id)?;
         Ok(inner
@@ -509,6 +892,7 @@ impl JobQueue for FileQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.broken()?;
         let inner = self.inner.lock().await;
         let now = Utc::now();
         Ok(QueueStats {
@@ -519,6 +903,7 @@ impl JobQueue for FileQueue {
     }
 
     async fn take(&self, worker: &str, lease: Duration) -> Result<Option<Job>, QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         let now = Utc::now();
         inner
@@ -527,8 +912,7 @@ impl JobQueue for FileQueue {
         let Some(pos) = inner.doc.jobs.iter().position(|j| j.takeable(now)) else {
             return Ok(None);
         };
-        let mut doc = inner.doc.clone();
-        let j = &mut doc.jobs[pos];
+        let j = &mut inner.doc.jobs[pos];
         j.state = JobState::Running;
         j.attempt += 1;
         j.worker = Some(worker.to_string());
@@ -544,10 +928,10 @@ impl JobQueue for FileQueue {
             JobKind::Provision => Status::Provisioning,
             JobKind::Destroy => Status::Destroying,
         };
-        let rec = doc.env_mut(job.environment_id)?;
+        let rec = inner.doc.env_mut(job.environment_id)?;
         rec.env.status = status;
         rec.env.updated_at = now;
-        self.commit(&mut inner, doc).await?;
+        let seq = self.log(&inner.doc, &[job.environment_id], &[job.id])?;
         self.push_event(
             &mut inner,
             job.environment_id,
@@ -555,10 +939,14 @@ impl JobQueue for FileQueue {
             &taken_message(status, worker, job.attempt),
         )
         .await?;
+        drop(inner);
+        // The worker acts on the job (calls AWS) only once the take is on disk.
+        self.settle(seq).await?;
         Ok(Some(job))
     }
 
     async fn heartbeat(&self, job: &Job, lease: Duration) -> Result<bool, QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         let now = Utc::now();
         inner
@@ -575,18 +963,21 @@ impl JobQueue for FileQueue {
     }
 
     async fn set_status(&self, job: &Job, status: Status) -> Result<(), QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         Self::owned_job(&inner.doc, job)?;
-        let mut doc = inner.doc.clone();
-        let rec = doc.env_mut(job.environment_id)?;
+        let rec = inner.doc.env_mut(job.environment_id)?;
         rec.env.status = status;
         rec.env.updated_at = Utc::now();
-        self.commit(&mut inner, doc).await?;
+        let seq = self.log(&inner.doc, &[job.environment_id], &[])?;
         self.push_event(&mut inner, job.environment_id, "status", status.as_str())
-            .await
+            .await?;
+        drop(inner);
+        self.settle(seq).await
     }
 
     async fn record_event(&self, job: &Job, kind: &str, message: &str) -> Result<(), QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         inner.doc.env(job.environment_id)?;
         self.push_event(&mut inner, job.environment_id, kind, message)
@@ -594,10 +985,11 @@ impl JobQueue for FileQueue {
     }
 
     async fn finish(&self, job: &Job, outcome: JobOutcome) -> Result<(), QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         Self::owned_job(&inner.doc, job)?;
         let now = Utc::now();
-        let mut doc = inner.doc.clone();
+        let doc = &mut inner.doc;
         if let Some(j) = doc.job_mut(job.id) {
             j.state = JobState::Done;
             j.finished_at = Some(now);
@@ -627,7 +1019,7 @@ impl JobQueue for FileQueue {
         };
         rec.env.status = status;
         rec.env.updated_at = now;
-        self.commit(&mut inner, doc).await?;
+        let seq = self.log(&inner.doc, &[job.environment_id], &[job.id])?;
         if let Some((step, error)) = error {
             self.push_event(&mut inner, job.environment_id, "error", &error)
                 .await?;
@@ -637,11 +1029,13 @@ impl JobQueue for FileQueue {
                 "status",
                 &format!("failed (while {})", step.as_str()),
             )
-            .await
+            .await?;
         } else {
             self.push_event(&mut inner, job.environment_id, "status", status.as_str())
-                .await
+                .await?;
         }
+        drop(inner);
+        self.settle(seq).await
     }
 
     async fn set_sensitive_output(
@@ -650,16 +1044,21 @@ impl JobQueue for FileQueue {
         name: &str,
         value: &str,
     ) -> Result<(), QueueError> {
+        self.broken()?;
         let mut inner = self.inner.lock().await;
         Self::owned_job(&inner.doc, job)?;
-        let mut doc = inner.doc.clone();
-        doc.env_mut(job.environment_id)?
+        inner
+            .doc
+            .env_mut(job.environment_id)?
             .sensitive
             .insert(name.to_string(), value.to_string());
-        self.commit(&mut inner, doc).await
+        let seq = self.log(&inner.doc, &[job.environment_id], &[])?;
+        drop(inner);
+        self.settle(seq).await
     }
 
     async fn sensitive_output(&self, id: Uuid, name: &str) -> Result<Option<String>, QueueError> {
+        self.settle_all().await?;
         let inner = self.inner.lock().await;
         Ok(inner.doc.env(id)?.sensitive.get(name).cloned())
     }
@@ -676,5 +1075,294 @@ impl FileQueue {
         // A worker between `take` and `wait_for_work` is not waiting yet: leave it a
         // permit so it does not sleep through this job.
         self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(name: &str) -> NewEnvironment {
+        NewEnvironment {
+            name: name.into(),
+            user_id: "u".into(),
+            document: serde_json::json!({"metadata": {"name": name}}),
+            idempotency_key: None,
+        }
+    }
+
+    fn journal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(JOURNAL)).unwrap().len()
+    }
+
+    /// Everything a change makes survives a reopen: environments, jobs (a running one
+    /// taken again with the next attempt), outputs, sensitive outputs, list order.
+    #[tokio::test]
+    async fn a_reopened_queue_replays_the_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let (a, b, job_b) = {
+            let q = FileQueue::open(&dir).await.unwrap();
+            let a = q.submit(new("a")).await.unwrap().environment.id;
+            let b = q.submit(new("b")).await.unwrap().environment.id;
+            let lease = Duration::from_secs(3600);
+            let ja = q.take("w", lease).await.unwrap().unwrap();
+            q.set_sensitive_output(&ja, "kubeconfig", "secret-kc")
+                .await
+                .unwrap();
+            q.finish(
+                &ja,
+                JobOutcome::Ready {
+                    outputs: BTreeMap::from([("vpc_id".into(), serde_json::json!("vpc-1"))]),
+                    last_plan: None,
+                },
+            )
+            .await
+            .unwrap();
+            let jb = q.take("w", lease).await.unwrap().unwrap();
+            assert!(journal_len(&dir) > 0, "changes go to the journal");
+            (a, b, jb)
+        };
+        let q = FileQueue::open(&dir).await.unwrap();
+        // Opening compacted the journal into the snapshot.
+        assert_eq!(journal_len(&dir), 0);
+        let got = q.get(a).await.unwrap();
+        assert_eq!(got.status, Status::Ready);
+        assert_eq!(got.outputs["vpc_id"], "vpc-1");
+        assert_eq!(
+            q.sensitive_output(a, "kubeconfig")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("secret-kc")
+        );
+        assert_eq!(q.get(b).await.unwrap().status, Status::Provisioning);
+        let again = q
+            .take("w2", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.id, again.attempt), (job_b.id, 2));
+        let page = q
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        let ids: Vec<Uuid> = page.items.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [a, b]);
+        // New environments continue the list order after the replayed ones.
+        let c = q.submit(new("c")).await.unwrap().environment.id;
+        drop(q);
+        let q = FileQueue::open(&dir).await.unwrap();
+        let page = q
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        let ids: Vec<Uuid> = page.items.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [a, b, c]);
+    }
+
+    /// A record cut short by a kill (no newline), or one whose checksum does not match,
+    /// ends the replay: the records before it stand, and the garbage is gone after the
+    /// open's compaction, so later records are not lost behind it.
+    #[tokio::test]
+    async fn a_torn_journal_tail_is_ignored_and_dropped() {
+        for torn in [
+            &b"0000abcd {\"next_seq\": 9, \"envs\": [{\"seq\""[..],
+            &b"deadbeef {\"next_seq\":9}\n"[..],
+            &b"\0\0\0\0\0\0\0\0\0\0\0\0"[..],
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("q");
+            let a = {
+                let q = FileQueue::open(&dir).await.unwrap();
+                q.submit(new("a")).await.unwrap().environment.id
+            };
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(dir.join(JOURNAL))
+                .unwrap();
+            f.write_all(torn).unwrap();
+            drop(f);
+            let q = FileQueue::open(&dir).await.unwrap();
+            assert_eq!(q.get(a).await.unwrap().status, Status::Queued);
+            assert_eq!(journal_len(&dir), 0, "the torn tail is dropped");
+            let b = q.submit(new("b")).await.unwrap().environment.id;
+            drop(q);
+            let q = FileQueue::open(&dir).await.unwrap();
+            assert_eq!(q.get(b).await.unwrap().name, "b");
+            let page = q
+                .list(&ListQuery {
+                    limit: 10,
+                    ..ListQuery::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.items.len(), 2);
+        }
+    }
+
+    #[test]
+    fn decoding_stops_at_the_first_bad_record() {
+        let rec = |n| Record {
+            next_seq: n,
+            envs: Vec::new(),
+            jobs: Vec::new(),
+        };
+        let mut bytes = encode_record(&rec(2)).unwrap();
+        bytes.extend(encode_record(&rec(3)).unwrap());
+        let (got, torn) = decode_journal(&bytes);
+        assert_eq!((got.len(), torn), (2, false));
+        // A flipped bit in the second record's JSON: its checksum no longer matches.
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 3;
+        flipped[at] ^= 1;
+        let (got, torn) = decode_journal(&flipped);
+        assert_eq!((got.len(), got[0].next_seq, torn), (1, 2, true));
+        // Cut anywhere inside the second record: only the first stands.
+        let first = encode_record(&rec(2)).unwrap().len();
+        for cut in first..bytes.len() {
+            let (got, torn) = decode_journal(&bytes[..cut]);
+            assert_eq!(got.len(), 1, "cut at {cut}");
+            assert_eq!(torn, cut > first, "cut at {cut}");
+        }
+    }
+
+    /// Once the journal outgrows the snapshot (and the minimum), it is folded into a new
+    /// snapshot and emptied, while the queue keeps working; a reopen sees everything.
+    #[tokio::test]
+    async fn a_large_journal_is_compacted_into_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = FileQueue::open_with(&dir, 2048).await.unwrap();
+        let mut ids = Vec::new();
+        let mut compactions = 0;
+        let mut last = 0;
+        for i in 0..60 {
+            ids.push(
+                q.submit(new(&format!("e{i}")))
+                    .await
+                    .unwrap()
+                    .environment
+                    .id,
+            );
+            let len = journal_len(&dir);
+            if len < last {
+                compactions += 1;
+            }
+            last = len;
+            let w = q.journal.writer.lock().await;
+            assert!(
+                w.len <= 2048.max(w.snapshot_len) + 4096,
+                "journal {} bytes, snapshot {}",
+                w.len,
+                w.snapshot_len
+            );
+        }
+        assert!(compactions >= 2, "{compactions}");
+        let snapshot: Doc =
+            serde_json::from_slice(&std::fs::read(dir.join(SNAPSHOT)).unwrap()).unwrap();
+        assert!(
+            snapshot.environments.len() >= 10,
+            "{}",
+            snapshot.environments.len()
+        );
+        drop(q);
+        let q = FileQueue::open(&dir).await.unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(q.get(*id).await.unwrap().name, format!("e{i}"));
+        }
+    }
+
+    /// Records appended while no sync runs are written and synced together by the next
+    /// one: one sync for all of them (group commit).
+    #[tokio::test]
+    async fn one_sync_covers_every_record_appended_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = FileQueue::open(&dir).await.unwrap();
+        let inner = q.inner.lock().await;
+        let seqs: Vec<u64> = (0..5)
+            .map(|_| q.log(&inner.doc, &[], &[]).unwrap())
+            .collect();
+        drop(inner);
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        assert_eq!(q.journal.writer.lock().await.syncs, 0);
+        q.settle(3).await.unwrap();
+        assert_eq!(q.journal.writer.lock().await.syncs, 1);
+        assert_eq!(q.pending().durable, 5);
+        // Everything is synced already: no further write.
+        q.settle(5).await.unwrap();
+        assert_eq!(q.journal.writer.lock().await.syncs, 1);
+        let (records, torn) = decode_journal(&std::fs::read(dir.join(JOURNAL)).unwrap());
+        assert_eq!((records.len(), torn), (5, false));
+    }
+
+    /// Concurrent submits all return durable: a reopen sees every one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submits_are_all_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = Arc::new(FileQueue::open(&dir).await.unwrap());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    q.submit(new(&format!("c{i}")))
+                        .await
+                        .unwrap()
+                        .environment
+                        .id
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        let syncs = q.journal.writer.lock().await.syncs;
+        assert!((1..=40).contains(&syncs), "{syncs}");
+        drop(q);
+        let q = FileQueue::open(&dir).await.unwrap();
+        for id in ids {
+            assert_eq!(q.get(id).await.unwrap().status, Status::Queued);
+        }
+    }
+
+    /// A journal write that fails leaves memory ahead of the disk: every later call is
+    /// refused, naming the journal and saying to restart.
+    #[tokio::test]
+    async fn a_failed_journal_write_stops_the_queue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = FileQueue::open(&dir).await.unwrap();
+        q.submit(new("a")).await.unwrap();
+        // A read-only handle: the next append fails.
+        q.journal.writer.lock().await.file = Arc::new(File::open(dir.join(JOURNAL)).unwrap());
+        let e = q.submit(new("b")).await.unwrap_err().to_string();
+        assert!(
+            e.contains(JOURNAL) && e.contains("restart anvil serve"),
+            "{e}"
+        );
+        let e = q.submit(new("c")).await.unwrap_err().to_string();
+        assert!(e.contains("restart anvil serve"), "{e}");
+        assert!(q.stats().await.is_err());
+        drop(q);
+        // What was synced stands; the failed change is not there.
+        let q = FileQueue::open(&dir).await.unwrap();
+        let page = q
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        let names: Vec<&str> = page.items.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
     }
 }
