@@ -32,7 +32,7 @@ mod fsio;
 mod journal;
 mod local;
 mod lock;
-mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "aws")]
 mod s3;
 #[cfg(test)]
