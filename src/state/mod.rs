@@ -32,13 +32,15 @@ mod fsio;
 mod journal;
 mod local;
 mod lock;
-pub(crate) mod postgres;
+mod postgres;
 #[cfg(feature = "aws")]
 mod s3;
 #[cfg(test)]
 mod tests;
 mod vault;
 mod vault_kv;
+
+pub(crate) use postgres::PgTarget;
 
 use std::any::Any;
 use std::collections::BTreeMap;

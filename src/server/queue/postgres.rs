@@ -33,8 +33,7 @@ use super::{
     Environment, Job, JobEvent, JobKind, JobOutcome, JobQueue, ListQuery, NewEnvironment, Page,
     PlanSummary, QueueError, QueueStats, Status, Submitted,
 };
-use crate::ops::CancellationToken;
-use crate::state::postgres::PgTarget;
+use crate::ops::{CancellationToken, PgTarget};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
