@@ -33,6 +33,7 @@ mod journal;
 mod local;
 mod lock;
 mod postgres;
+mod remote_journal;
 #[cfg(feature = "aws")]
 mod s3;
 #[cfg(test)]
@@ -56,10 +57,10 @@ pub use error::StateError;
 pub use journal::{Commit, JournalRecord, JournalWriter};
 pub use local::LocalBackend;
 pub use lock::{parse_duration, Clock, LockHandle, LockInfo, SystemClock, DEFAULT_LEASE};
-pub use postgres::{PgJournal, PgLock, PostgresBackend};
+pub use postgres::{PgLock, PostgresBackend};
 #[cfg(feature = "aws")]
-pub use s3::{S3Backend, S3Journal, S3Lock};
-pub use vault::{VaultBackend, VaultJournal, VaultLock};
+pub use s3::{S3Backend, S3Lock};
+pub use vault::{VaultBackend, VaultLock};
 
 /// Format version of the state document this build reads and writes.
 pub const STATE_VERSION: u32 = 1;

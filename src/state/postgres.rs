@@ -30,23 +30,24 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
 
-use super::journal::{self, apply_pending, header_line, StateView, MIN_CHECKPOINT_INTERVAL};
+use super::journal::{self, header_line, StateView, MIN_CHECKPOINT_INTERVAL};
 use super::lock::{self, LockStatus, HELD, LOST, POLL, RELEASED};
+use super::remote_journal::{Batched, Due, QueuedJournal, Sink};
 use super::{
-    redact_url, Commit, Journal, JournalRecord, Lock, LockInfo, PendingOp, State, StateBackend,
-    StateError, DEFAULT_LEASE,
+    redact_url, Journal, JournalRecord, Lock, LockInfo, PendingOp, State, StateBackend, StateError,
+    DEFAULT_LEASE,
 };
 
 /// Key of the advisory lock that serializes table creation across processes.
@@ -805,7 +806,7 @@ impl StateBackend for PostgresBackend {
         let lock = self.own_lock(lock)?;
         // The journal continues the stored state, so that state must be exactly `base`.
         self.store(base, lock).await?;
-        Ok(Box::new(PgJournal::start(self, base, lock)))
+        Ok(Box::new(start_journal(self, base, lock)))
     }
 
     async fn load_broker_store(&self) -> Result<Option<serde_json::Value>, StateError> {
@@ -1023,8 +1024,6 @@ impl Drop for PgLock {
     }
 }
 
-type Done = oneshot::Sender<Result<(), StateError>>;
-
 /// A checkpoint computed by the caller.
 struct Snap {
     state_doc: String,
@@ -1033,176 +1032,79 @@ struct Snap {
     pending: Vec<PendingOp>,
 }
 
-enum Cmd {
-    Append {
-        line: String,
-        result: Option<(String, u64)>,
-        done: Done,
-    },
-    Checkpoint {
-        snap: Box<Snap>,
-        done: Done,
-    },
-    Finish {
-        snap: Box<Snap>,
-        done: Done,
-    },
+/// The checkpoint of `state` with the journal's pending view.
+fn make_snap(
+    state: &State,
+    pending: &[PendingOp],
+    location: &str,
+) -> Result<Box<Snap>, StateError> {
+    let view = StateView {
+        version: state.version,
+        lineage: state.lineage,
+        serial: state.serial,
+        resources: &state.resources,
+        pending,
+    };
+    let doc = serde_json::to_string(&view).map_err(|e| StateError::Serialize {
+        location: location.to_string(),
+        source: e,
+    })?;
+    Ok(Box::new(Snap {
+        state_doc: doc,
+        lineage: state.lineage,
+        serial: state.serial,
+        pending: pending.to_vec(),
+    }))
 }
 
-struct JInner {
-    tx: Option<mpsc::UnboundedSender<Cmd>>,
-    /// As in the file journal: the base's pending list updated by every queued record.
-    pending: Vec<PendingOp>,
-}
-
-/// Journal rows with group commit; see the module docs.
-pub struct PgJournal {
-    inner: Mutex<JInner>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    location: Arc<str>,
-    since_checkpoint: AtomicU64,
-    interval: AtomicU64,
-}
-
-impl PgJournal {
-    fn start(backend: &PostgresBackend, base: &State, lock: &PgLock) -> PgJournal {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let location: Arc<str> = Arc::from(backend.journal_location());
-        let worker = Worker {
-            pool: backend.pool.clone(),
-            q: Queries::new(&backend.schema),
-            ctx: backend.ctx(),
-            workspace: backend.workspace.clone(),
-            lock_id: lock.id().to_string(),
-            lock: lock.status.clone(),
-            lineage: base.lineage,
-            base_serial: base.serial,
-            retained: HashMap::new(),
-            failed: None,
-            location: location.to_string(),
-        };
-        let task = tokio::spawn(worker.run(rx));
-        PgJournal {
-            inner: Mutex::new(JInner {
-                tx: Some(tx),
-                pending: base.pending.clone(),
-            }),
-            task: Some(task),
-            location,
-            since_checkpoint: AtomicU64::new(0),
-            interval: AtomicU64::new(MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64)),
-        }
-    }
-
-    fn inner(&self) -> MutexGuard<'_, JInner> {
-        // Plain data, valid after any panic.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn send(&self, inner: &JInner, make: impl FnOnce(Done) -> Cmd) -> Commit {
-        let (done, rx) = oneshot::channel();
-        let sent = inner
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(make(done)).is_ok());
-        if sent {
-            Commit::new(rx, self.location.clone())
-        } else {
-            Commit::ready(
-                Err(StateError::JournalFailed {
-                    journal: self.location.to_string(),
-                    detail: "the journal writer stopped".into(),
-                }),
-                self.location.clone(),
-            )
-        }
-    }
-
-    fn send_snapshot(&self, state: &State, make: impl FnOnce(Box<Snap>, Done) -> Cmd) -> Commit {
-        let inner = self.inner();
-        let view = StateView {
-            version: state.version,
-            lineage: state.lineage,
-            serial: state.serial,
-            resources: &state.resources,
-            pending: &inner.pending,
-        };
-        let doc = match serde_json::to_string(&view) {
-            Ok(d) => d,
-            Err(e) => {
-                return Commit::ready(
-                    Err(StateError::Serialize {
-                        location: self.location.to_string(),
-                        source: e,
-                    }),
-                    self.location.clone(),
-                )
-            }
-        };
-        let snap = Box::new(Snap {
-            state_doc: doc,
-            lineage: state.lineage,
-            serial: state.serial,
-            pending: inner.pending.clone(),
-        });
-        self.send(&inner, |done| make(snap, done))
-    }
+/// Journal rows with group commit (see the module docs).
+fn start_journal(
+    backend: &PostgresBackend,
+    base: &State,
+    lock: &PgLock,
+) -> QueuedJournal<Box<Snap>> {
+    let location: Arc<str> = Arc::from(backend.journal_location());
+    let worker = Worker {
+        pool: backend.pool.clone(),
+        q: Queries::new(&backend.schema),
+        ctx: backend.ctx(),
+        workspace: backend.workspace.clone(),
+        lock_id: lock.id().to_string(),
+        lock: lock.status.clone(),
+        lineage: base.lineage,
+        base_serial: base.serial,
+        retained: HashMap::new(),
+        failed: None,
+        location: location.to_string(),
+    };
+    let threshold = MIN_CHECKPOINT_INTERVAL.max(base.resources.len() as u64);
+    QueuedJournal::start(
+        worker,
+        location,
+        base.pending.clone(),
+        Arc::new(AtomicU64::new(threshold)),
+        Due::Records {
+            min: MIN_CHECKPOINT_INTERVAL,
+        },
+        make_snap,
+    )
 }
 
 #[async_trait]
-impl Journal for PgJournal {
-    fn location(&self) -> String {
-        self.location.to_string()
+impl Sink for Worker {
+    type Snap = Box<Snap>;
+
+    fn max_batch_bytes(&self) -> usize {
+        // One INSERT takes any number of rows.
+        usize::MAX
     }
 
-    fn append(&self, record: &JournalRecord) -> Commit {
-        let line = match serde_json::to_string(record) {
-            Ok(l) => l,
-            Err(e) => {
-                return Commit::ready(
-                    Err(StateError::Serialize {
-                        location: self.location.to_string(),
-                        source: e,
-                    }),
-                    self.location.clone(),
-                )
-            }
-        };
-        let result = record.serial().map(|s| (record.address().to_string(), s));
-        self.since_checkpoint.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.inner();
-        apply_pending(&mut inner.pending, record);
-        self.send(&inner, |done| Cmd::Append { line, result, done })
+    async fn flush(&mut self, batch: Vec<Batched>) {
+        self.insert_batch(batch).await;
     }
 
-    fn checkpoint_due(&self) -> bool {
-        self.since_checkpoint.load(Ordering::Relaxed) >= self.interval.load(Ordering::Relaxed)
-    }
-
-    fn checkpoint(&self, state: &State) -> Commit {
-        self.since_checkpoint.store(0, Ordering::Relaxed);
-        self.interval.store(
-            MIN_CHECKPOINT_INTERVAL.max(state.resources.len() as u64),
-            Ordering::Relaxed,
-        );
-        self.send_snapshot(state, |snap, done| Cmd::Checkpoint { snap, done })
-    }
-
-    async fn finish(mut self: Box<Self>, state: &State) -> Result<(), StateError> {
-        let commit = self.send_snapshot(state, |snap, done| Cmd::Finish { snap, done });
-        let result = commit.wait().await;
-        drop(self.inner().tx.take());
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-        result
-    }
-}
-
-impl Drop for PgJournal {
-    /// The task writes what is queued, then ends; the rows stay for the next load.
-    fn drop(&mut self) {
-        drop(self.inner().tx.take());
+    async fn checkpoint(&mut self, snap: Box<Snap>) -> Result<(), StateError> {
+        self.write_checkpoint(&snap).await
     }
 }
 
@@ -1223,33 +1125,7 @@ struct Worker {
     location: String,
 }
 
-type Batched = (String, Option<(String, u64)>, Done);
-
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        while let Some(first) = rx.recv().await {
-            let mut appends: Vec<Batched> = Vec::new();
-            let mut next = Some(first);
-            while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
-                match cmd {
-                    Cmd::Append { line, result, done } => appends.push((line, result, done)),
-                    Cmd::Checkpoint { snap, done } => {
-                        self.flush(std::mem::take(&mut appends)).await;
-                        let r = self.checkpoint(&snap).await;
-                        let _ = done.send(r);
-                    }
-                    Cmd::Finish { snap, done } => {
-                        self.flush(std::mem::take(&mut appends)).await;
-                        let r = self.checkpoint(&snap).await;
-                        let _ = done.send(r);
-                        return;
-                    }
-                }
-            }
-            self.flush(appends).await;
-        }
-    }
-
     fn check(&self) -> Result<(), StateError> {
         if let Some(detail) = &self.failed {
             return Err(StateError::JournalFailed {
@@ -1299,7 +1175,7 @@ impl Worker {
     }
 
     /// Insert a batch of records with one statement (one round trip, one commit).
-    async fn flush(&mut self, batch: Vec<Batched>) {
+    async fn insert_batch(&mut self, batch: Vec<Batched>) {
         if batch.is_empty() {
             return;
         }
@@ -1338,7 +1214,7 @@ impl Worker {
         }
     }
 
-    async fn checkpoint(&mut self, snap: &Snap) -> Result<(), StateError> {
+    async fn write_checkpoint(&mut self, snap: &Snap) -> Result<(), StateError> {
         self.check()?;
         if snap.lineage != self.lineage {
             return Err(StateError::LineageMismatch {

@@ -37,9 +37,8 @@
 //! gives `?region=` or `?endpoint=`; with an endpoint, buckets are addressed path-style
 //! (moto, MinIO). No credential is ever part of a message.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -48,14 +47,17 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{oneshot, OnceCell};
 
-use super::journal::apply_pending;
 use super::lock::whoami;
-use super::vault::{chunk_bytes, decode_state, encode_view, head_bytes, Chunk, FORMAT};
+use super::remote_journal::{
+    encode_snapshot, ChunkFailure, ChunkStart, ChunkStore, ChunkWriter, Due, QueuedJournal,
+    Snapshot,
+};
+use super::vault::{decode_state, encode_view, head_bytes, Chunk, FORMAT};
 use super::{
-    parse_duration, Clock, Commit, Journal, JournalRecord, Lock, LockInfo, PendingOp, State,
-    StateBackend, StateError, SystemClock, DEFAULT_LEASE,
+    parse_duration, Clock, Journal, Lock, LockInfo, State, StateBackend, StateError, SystemClock,
+    DEFAULT_LEASE,
 };
 
 /// How often a waiting `lock` call looks again.
@@ -998,7 +1000,7 @@ impl StateBackend for S3Backend {
             let size = encode_view(base, &base.pending, &self.location())?.len() as u64;
             (head.etag.clone().unwrap_or_default(), size)
         };
-        Ok(Box::new(S3Journal::start(
+        Ok(Box::new(start_journal(
             store.clone(),
             self,
             base,
@@ -1190,392 +1192,98 @@ impl Drop for S3Lock {
 
 // ------------------------------------------------------------------ journal
 
-type Done = oneshot::Sender<Result<(), StateError>>;
-
-/// A checkpoint's state, serialized in the caller.
-struct Snapshot {
-    bytes: Vec<u8>,
-    serial: u64,
-}
-
-enum Cmd {
-    Append {
-        line: Vec<u8>,
-        /// `(address, serial)` of a result record.
-        result: Option<(String, u64)>,
-        done: Done,
-    },
-    Checkpoint {
-        snap: Snapshot,
-        done: Done,
-    },
-    Finish {
-        snap: Snapshot,
-        done: Done,
-    },
-}
-
-#[derive(Debug)]
-struct Inner {
-    tx: Option<mpsc::UnboundedSender<Cmd>>,
-    /// The journal's own view of unfinished operations (see the file journal).
-    pending: Vec<PendingOp>,
-}
-
-/// The journal of an S3 state; see the module docs.
-#[derive(Debug)]
-pub struct S3Journal {
-    inner: Mutex<Inner>,
-    location: Arc<str>,
-    /// Bytes appended since the last checkpoint.
-    since: AtomicU64,
-    /// Checkpoint when `since` reaches this: max(256 KiB, the last state's size).
-    threshold: Arc<AtomicU64>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl S3Journal {
-    fn start(
-        store: Store,
-        backend: &S3Backend,
-        base: &State,
-        status: Arc<AtomicU8>,
-        last_seq: u64,
-        head_etag: String,
-        state_size: u64,
-    ) -> S3Journal {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let location: Arc<str> = Arc::from(backend.journal_location());
-        let threshold = Arc::new(AtomicU64::new(MIN_CHECKPOINT_BYTES.max(state_size)));
-        let worker = Worker {
-            store,
-            chunk_prefix: backend.chunk_prefix(),
-            head_key: backend.head_key(),
-            state_location: backend.location(),
-            journal_location: location.clone(),
-            lock_location: backend.lock_location(),
-            lineage: base.lineage,
-            base_serial: base.serial,
-            next_seq: last_seq + 1,
-            covered_seq: last_seq,
-            head_etag,
-            status,
-            retained: HashMap::new(),
-            failed: None,
-            threshold: threshold.clone(),
-        };
-        let task = tokio::spawn(worker.run(rx));
-        S3Journal {
-            inner: Mutex::new(Inner {
-                tx: Some(tx),
-                pending: base.pending.clone(),
-            }),
-            location,
-            since: AtomicU64::new(0),
-            threshold,
-            task: Some(task),
-        }
-    }
-
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        // The mutex guards plain data that is valid after any panic; keep going.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn send(&self, inner: &Inner, make: impl FnOnce(Done) -> Cmd) -> Commit {
-        let (done, rx) = oneshot::channel();
-        let sent = inner
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(make(done)).is_ok());
-        if sent {
-            Commit::new(rx, self.location.clone())
-        } else {
-            Commit::ready(
-                Err(StateError::JournalFailed {
-                    journal: self.location.to_string(),
-                    detail: "the journal writer stopped".into(),
-                }),
-                self.location.clone(),
-            )
-        }
-    }
-
-    fn send_snapshot(&self, state: &State, make: impl FnOnce(Snapshot, Done) -> Cmd) -> Commit {
-        // Serializing under the mutex keeps the pending view and the record order in step.
-        let inner = self.inner();
-        match encode_view(state, &inner.pending, &self.location) {
-            Ok(bytes) => {
-                let snap = Snapshot {
-                    bytes,
-                    serial: state.serial,
-                };
-                self.send(&inner, |done| make(snap, done))
-            }
-            Err(e) => Commit::ready(Err(e), self.location.clone()),
-        }
-    }
-}
-
-#[async_trait]
-impl Journal for S3Journal {
-    fn location(&self) -> String {
-        self.location.to_string()
-    }
-
-    fn append(&self, record: &JournalRecord) -> Commit {
-        let line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(e) => {
-                return Commit::ready(
-                    Err(StateError::Serialize {
-                        location: self.location.to_string(),
-                        source: e,
-                    }),
-                    self.location.clone(),
-                )
-            }
-        };
-        self.since
-            .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-        let result = record.serial().map(|s| (record.address().to_string(), s));
-        let mut inner = self.inner();
-        apply_pending(&mut inner.pending, record);
-        self.send(&inner, |done| Cmd::Append { line, result, done })
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        self.since.load(Ordering::Relaxed) >= self.threshold.load(Ordering::Relaxed)
-    }
-
-    fn checkpoint(&self, state: &State) -> Commit {
-        self.since.store(0, Ordering::Relaxed);
-        self.send_snapshot(state, |snap, done| Cmd::Checkpoint { snap, done })
-    }
-
-    async fn finish(mut self: Box<Self>, state: &State) -> Result<(), StateError> {
-        let commit = self.send_snapshot(state, |snap, done| Cmd::Finish { snap, done });
-        let result = commit.wait().await;
-        drop(self.inner().tx.take());
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-        result
-    }
-}
-
-impl Drop for S3Journal {
-    fn drop(&mut self) {
-        // Closing the channel lets the worker write what is queued, then end.
-        drop(self.inner().tx.take());
-    }
-}
-
-/// The task that owns the journal chunks and the state object during an apply.
-struct Worker {
+/// The journal's objects: chunks under `<ws>.journal/` and the state object.
+struct S3Chunks {
     store: Store,
     chunk_prefix: String,
     head_key: String,
     state_location: String,
     journal_location: Arc<str>,
     lock_location: String,
-    lineage: uuid::Uuid,
-    /// Serial of the state the next chunk continues.
-    base_serial: u64,
-    /// Number of the next chunk to write.
-    next_seq: u64,
-    /// Chunks up to this number are contained in the state object.
-    covered_seq: u64,
     /// ETag of the state object (the condition of the next checkpoint).
     head_etag: String,
-    status: Arc<AtomicU8>,
-    /// The latest result record per address among the chunks not yet covered, for
-    /// checkpoints made from a state that lags them: (serial, line).
-    retained: HashMap<String, (u64, Vec<u8>)>,
-    /// Set once a write failed: every later operation fails with it.
-    failed: Option<String>,
-    threshold: Arc<AtomicU64>,
 }
 
-type Batched = (Vec<u8>, Option<(String, u64)>, Done);
-
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        while let Some(first) = rx.recv().await {
-            // Group commit: everything queued while the last write was in flight.
-            let mut cmds = vec![first];
-            while let Ok(c) = rx.try_recv() {
-                cmds.push(c);
-            }
-            let mut batch: Vec<Batched> = Vec::new();
-            let mut bytes = 0;
-            for cmd in cmds {
-                match cmd {
-                    Cmd::Append { line, result, done } => {
-                        bytes += line.len() + 1;
-                        batch.push((line, result, done));
-                        if bytes >= MAX_CHUNK_BYTES {
-                            self.flush(&mut batch).await;
-                            bytes = 0;
-                        }
-                    }
-                    Cmd::Checkpoint { snap, done } => {
-                        self.flush(&mut batch).await;
-                        bytes = 0;
-                        let r = self.checkpoint(snap).await;
-                        let _ = done.send(r);
-                    }
-                    Cmd::Finish { snap, done } => {
-                        self.flush(&mut batch).await;
-                        let r = self.checkpoint(snap).await;
-                        let _ = done.send(r);
-                        return;
-                    }
-                }
-            }
-            self.flush(&mut batch).await;
-        }
-    }
-
-    fn chunk_key(&self, n: u64) -> String {
-        format!("{}{n}", self.chunk_prefix)
-    }
-
-    fn fail_error(&self, detail: &str) -> StateError {
-        StateError::JournalFailed {
-            journal: self.journal_location.to_string(),
-            detail: detail.to_string(),
-        }
-    }
-
-    /// An error when the journal cannot take writes: an earlier failure or a lost lock.
-    fn blocked(&self) -> Option<StateError> {
-        if let Some(f) = &self.failed {
-            return Some(self.fail_error(f));
-        }
-        if self.status.load(Ordering::SeqCst) != HELD {
-            return Some(StateError::LockLost {
-                location: self.lock_location.clone(),
-            });
-        }
-        None
-    }
-
-    /// Create chunk `n` (never overwriting: a chunk number is written once).
-    async fn write_chunk(&mut self, n: u64, data: Vec<u8>) -> Result<(), StateError> {
+#[async_trait]
+impl ChunkStore for S3Chunks {
+    async fn create_chunk(&self, n: u64, data: Vec<u8>) -> Result<(), ChunkFailure> {
         let location = chunk_location(&self.journal_location, n);
-        match self.store.put(&self.chunk_key(n), data, Cond::Create).await {
+        let key = format!("{}{n}", self.chunk_prefix);
+        match self.store.put(&key, data, Cond::Create).await {
             Ok(_) => Ok(()),
             // Another writer appended to this journal: our lock must be gone.
             Err(e) if e.kind == Kind::Precondition => {
-                let err = StateError::LockLost {
+                let error = StateError::LockLost {
                     location: self.lock_location.clone(),
                 };
-                self.failed = Some(format!("{location} was written by another run: {err}"));
-                Err(err)
+                let detail = format!("{location} was written by another run: {error}");
+                Err(ChunkFailure { error, detail })
             }
-            Err(e) => {
-                let err = backend_err("append to", &location, e);
-                self.failed = Some(err.to_string());
-                Err(err)
-            }
+            Err(e) => Err(backend_err("append to", &location, e).into()),
         }
     }
 
-    /// Write the batched records as the next chunk and complete their commits.
-    async fn flush(&mut self, batch: &mut Vec<Batched>) {
-        if batch.is_empty() {
-            return;
-        }
-        let items = std::mem::take(batch);
-        if let Some(e) = self.blocked() {
-            let detail = e.to_string();
-            for (_, _, done) in items {
-                let _ = done.send(Err(self.fail_error(&detail)));
-            }
-            return;
-        }
-        let lines: Vec<&[u8]> = items.iter().map(|(l, _, _)| l.as_slice()).collect();
-        let data = chunk_bytes(self.lineage, self.base_serial, &lines);
-        let n = self.next_seq;
-        match self.write_chunk(n, data).await {
-            Ok(()) => {
-                self.next_seq += 1;
-                for (line, result, done) in items {
-                    if let Some((address, serial)) = result {
-                        self.retained.insert(address, (serial, line));
-                    }
-                    let _ = done.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                for (_, _, done) in items {
-                    let _ = done.send(Err(self.fail_error(&detail)));
-                }
-            }
-        }
-    }
-
-    /// Store `snap` as the state object, covering every chunk written so far, then delete
-    /// those chunks. Results above the snapshot's serial are first re-written in a new
-    /// chunk, which the checkpoint does not cover.
-    async fn checkpoint(&mut self, snap: Snapshot) -> Result<(), StateError> {
-        if let Some(e) = self.blocked() {
-            return Err(e);
-        }
-        let mut keep: Vec<(u64, Vec<u8>)> = self
-            .retained
-            .drain()
-            .filter(|(_, (serial, _))| *serial > snap.serial)
-            .map(|(_, v)| v)
-            .collect();
-        keep.sort_by_key(|(serial, _)| *serial);
-        let mut covered = self.next_seq - 1;
-        if !keep.is_empty() {
-            let lines: Vec<&[u8]> = keep.iter().map(|(_, l)| l.as_slice()).collect();
-            let data = chunk_bytes(self.lineage, snap.serial, &lines);
-            let n = self.next_seq;
-            self.write_chunk(n, data).await?;
-            covered = self.next_seq - 1;
-            self.next_seq += 1;
-        }
-        let size = snap.bytes.len() as u64;
-        let data = head_bytes(covered, &snap.bytes);
+    async fn write_head(&mut self, data: Vec<u8>, serial: u64) -> Result<(), StateError> {
         let etag = (!self.head_etag.is_empty()).then_some(self.head_etag.as_str());
-        match put_head(
+        self.head_etag = put_head(
             &self.store,
             &self.head_key,
             data,
             etag,
             &self.state_location,
-            snap.serial,
+            serial,
         )
-        .await
-        {
-            Ok(e) => self.head_etag = e,
-            Err(err) => {
-                self.failed = Some(err.to_string());
-                return Err(err);
-            }
-        }
-        self.threshold
-            .store(MIN_CHECKPOINT_BYTES.max(size), Ordering::Relaxed);
-        let keys = ((self.covered_seq + 1)..=covered)
-            .map(|n| self.chunk_key(n))
-            .collect();
-        delete_keys(&self.store, keys).await;
-        self.covered_seq = covered;
-        self.base_serial = snap.serial;
-        // What was kept lives in the uncovered chunk now.
-        for (serial, line) in keep {
-            if let Ok(rec) = serde_json::from_slice::<JournalRecord>(&line) {
-                self.retained
-                    .insert(rec.address().to_string(), (serial, line));
-            }
-        }
+        .await?;
         Ok(())
     }
+
+    async fn delete_chunks(&self, range: std::ops::RangeInclusive<u64>) {
+        let keys = range.map(|n| format!("{}{n}", self.chunk_prefix)).collect();
+        delete_keys(&self.store, keys).await;
+    }
+}
+
+/// The journal of an S3 state: chunks written by a [`ChunkWriter`]; see the module docs.
+fn start_journal(
+    store: Store,
+    backend: &S3Backend,
+    base: &State,
+    status: Arc<AtomicU8>,
+    last_seq: u64,
+    head_etag: String,
+    state_size: u64,
+) -> QueuedJournal<Snapshot> {
+    let location: Arc<str> = Arc::from(backend.journal_location());
+    let threshold = Arc::new(AtomicU64::new(MIN_CHECKPOINT_BYTES.max(state_size)));
+    let chunks = S3Chunks {
+        store,
+        chunk_prefix: backend.chunk_prefix(),
+        head_key: backend.head_key(),
+        state_location: backend.location(),
+        journal_location: location.clone(),
+        lock_location: backend.lock_location(),
+        head_etag,
+    };
+    let start = ChunkStart {
+        journal_location: location.clone(),
+        lock_location: backend.lock_location(),
+        lineage: base.lineage,
+        base_serial: base.serial,
+        last_seq,
+        status,
+        held: HELD,
+        threshold: threshold.clone(),
+        min_checkpoint_bytes: MIN_CHECKPOINT_BYTES,
+        max_chunk_bytes: MAX_CHUNK_BYTES,
+    };
+    QueuedJournal::start(
+        ChunkWriter::new(chunks, start),
+        location,
+        base.pending.clone(),
+        threshold,
+        Due::Bytes,
+        encode_snapshot,
+    )
 }
 
 #[cfg(test)]
