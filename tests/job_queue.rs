@@ -4,10 +4,16 @@
 //! holder refused), finish, destroy and refresh conflicts, events. Leases are short
 //! (300 ms) and waited for with a bounded loop; nothing asserts on timing.
 //!
-//! The file queue (embedded mode) runs here; the PostgreSQL queue joins the same
-//! macro once it exists.
+//! Both queues run every body: the file queue (embedded mode) and the PostgreSQL queue,
+//! each case on a fresh database of one throwaway cluster (tests/pg_support). PostgreSQL
+//! only: two queues opened at once on an empty database both create the tables; two
+//! queues (two servers) on one database with eight takers racing hand every job to
+//! exactly one taker, one job per environment at a time.
+
+mod pg_support;
 
 use anvil::server::queue::file::FileQueue;
+use anvil::server::queue::postgres::PostgresQueue;
 use anvil::server::queue::{
     JobKind, JobOutcome, JobQueue, ListQuery, NewEnvironment, QueueError, Status,
 };
@@ -18,12 +24,26 @@ use std::time::{Duration, Instant};
 /// A queue to test, and what keeps its storage alive.
 struct Under {
     queue: Arc<dyn JobQueue>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     File,
+    Postgres,
+}
+
+/// A fresh database on the shared throwaway cluster; its URL.
+fn fresh_database() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let pg = pg_support::PgCluster::shared();
+    let name = format!(
+        "queue_{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    pg.create_db(&name);
+    // A schema of our own, as a server sharing the database with others would use.
+    format!("{}?schema=jobs", pg.url(&name))
 }
 
 async fn open(kind: Kind) -> Under {
@@ -33,7 +53,14 @@ async fn open(kind: Kind) -> Under {
             let q = FileQueue::open(&dir.path().join("queue")).await.unwrap();
             Under {
                 queue: Arc::new(q),
-                _dir: dir,
+                _dir: Some(dir),
+            }
+        }
+        Kind::Postgres => {
+            let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+            Under {
+                queue: Arc::new(PostgresQueue::open(&url).await.unwrap()),
+                _dir: None,
             }
         }
     }
@@ -377,6 +404,81 @@ conformance!(
     take_heartbeat_lease_expiry_and_finish,
     destroy_and_refresh_conflicts,
 );
+
+conformance!(
+    postgres,
+    super::Kind::Postgres,
+    submit_idempotency_and_names,
+    list_filters_and_pages,
+    take_heartbeat_lease_expiry_and_finish,
+    destroy_and_refresh_conflicts,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tables_are_created_once_by_servers_starting_together() {
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let (a, b, c) = tokio::join!(
+        PostgresQueue::open(&url),
+        PostgresQueue::open(&url),
+        PostgresQueue::open(&url)
+    );
+    let (a, b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let id = a.submit(new("x", None)).await.unwrap().environment.id;
+    assert_eq!(b.get(id).await.unwrap().status, Status::Queued);
+}
+
+/// Two queues on one database (two servers), eight takers racing: every job is taken
+/// by exactly one of them, and none while another job of its environment is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_servers_sharing_a_database_take_each_job_once() {
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let a: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    let b: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let q = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            q.submit(new(&format!("s{i}"), None))
+                .await
+                .unwrap()
+                .environment
+                .id,
+        );
+    }
+    let long = Duration::from_secs(600);
+    let takers: Vec<_> = (0..8)
+        .map(|n| {
+            let q = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(job) = q.take(&format!("w{n}"), long).await.unwrap() {
+                    got.push(job);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for t in takers {
+        taken.extend(t.await.unwrap());
+    }
+    let mut envs: Vec<uuid::Uuid> = taken.iter().map(|j| j.environment_id).collect();
+    envs.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(envs, want, "every environment's job taken exactly once");
+    assert!(taken.iter().all(|j| j.attempt == 1));
+    let stats = a.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running), (0, 20));
+    // A destroy cannot be queued while the provision job runs, so no second job of the
+    // environment exists to take; a refresh neither.
+    assert!(b.request_destroy(ids[0]).await.is_err());
+    assert!(b.take("late", long).await.unwrap().is_none());
+    // Ended on one server, seen by the other.
+    let job = taken.iter().find(|j| j.environment_id == ids[0]).unwrap();
+    b.finish(job, JobOutcome::Destroyed).await.unwrap();
+    assert_eq!(a.get(ids[0]).await.unwrap().status, Status::Destroyed);
+}
 
 #[tokio::test]
 async fn file_queue_reopens() {

@@ -40,6 +40,9 @@ pub use tokio_util::sync::CancellationToken;
 /// The types operations return, for front-ends to render (they import `ops`, not the
 /// modules these come from).
 pub use crate::apply::{Event as ApplyEvent, Op, Report};
+/// PostgreSQL URL parsing and pooling, shared by the state backend and the server's job
+/// queue so both read URLs, schemas and passwords alike.
+pub(crate) use crate::state::PgTarget;
 pub use crate::state::{redact_url, ResourceState, State};
 
 use crate::apply::{self, ApplyConfig, Channels};

@@ -44,6 +44,8 @@ mod tests;
 mod vault;
 mod vault_kv;
 
+pub(crate) use postgres::PgTarget;
+
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

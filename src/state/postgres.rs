@@ -99,78 +99,15 @@ impl PostgresBackend {
     /// [`StateError::InvalidUrl`] for a URL the client cannot parse, a bad `schema`, or
     /// an `sslmode` that needs TLS.
     pub fn new(url: &str, workspace: &str) -> Result<PostgresBackend, StateError> {
-        let redacted = redact_url(url);
-        let invalid = |detail: String| StateError::InvalidUrl {
-            url: redacted.clone(),
-            detail,
-        };
-        // `schema` is ours, not libpq's: take it out before the client parses the rest.
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
-        let mut schema_name = "public".to_string();
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("schema", v)) => schema_name = v.to_string(),
-                _ => kept.push(pair),
-            }
-        }
-        let valid_schema = !schema_name.is_empty()
-            && schema_name.len() <= 63
-            && schema_name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && schema_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_schema {
-            return Err(invalid(format!(
-                "schema {schema_name:?} must be 1-63 letters, digits or '_', not starting with a digit"
-            )));
-        }
-        let client_url = if kept.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        let mut config = Config::from_str(&client_url).map_err(|e| {
-            let password = url_password(url);
-            invalid(scrub(&e.to_string(), password.as_deref()))
-        })?;
-        let password = config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(invalid(
-                "sslmode=require needs TLS, which anvil's PostgreSQL backend does not speak; use sslmode=disable or sslmode=prefer (loopback or a Unix socket via ?host=/socket/dir)".into(),
-            ));
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        config.application_name("anvil");
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| invalid(format!("cannot set up the connection pool: {e}")))?;
+        let t = PgTarget::parse(url, POOL_SIZE)?;
         Ok(PostgresBackend {
-            pool,
-            config,
-            schema: format!("\"{schema_name}\""),
-            schema_name,
+            pool: t.pool,
+            config: t.config,
+            schema: t.schema,
+            schema_name: t.schema_name,
             workspace: workspace.to_string(),
-            location: format!("{redacted} (workspace {workspace})"),
-            password,
+            location: format!("{} (workspace {workspace})", t.redacted),
+            password: t.password,
             lease: None,
             ready: OnceCell::new(),
         })
@@ -335,6 +272,112 @@ impl PostgresBackend {
     }
 }
 
+/// A parsed `postgres://` URL and its connection pool, shared by the state backend and
+/// the server's job queue (`server::queue::postgres`), so both read URLs, schemas and
+/// passwords the same way.
+pub(crate) struct PgTarget {
+    pub(crate) pool: Pool,
+    /// The client configuration; the only place the password is kept.
+    pub(crate) config: Config,
+    /// The schema as a quoted identifier.
+    pub(crate) schema: String,
+    /// The schema's plain name, for messages and grants.
+    pub(crate) schema_name: String,
+    /// The URL with its password masked, for every message.
+    pub(crate) redacted: String,
+    /// Scrubbed out of every server or client message.
+    pub(crate) password: Option<String>,
+}
+
+impl PgTarget {
+    /// Parses `url` (`?schema=NAME` is anvil's, the rest libpq's) and builds a pool of at
+    /// most `pool_size` connections; nothing is connected yet.
+    ///
+    /// # Errors
+    /// [`StateError::InvalidUrl`] for a URL the client cannot parse, a bad `schema`, or
+    /// an `sslmode` that needs TLS.
+    pub(crate) fn parse(url: &str, pool_size: usize) -> Result<PgTarget, StateError> {
+        let redacted = redact_url(url);
+        let invalid = |detail: String| StateError::InvalidUrl {
+            url: redacted.clone(),
+            detail,
+        };
+        // `schema` is ours, not libpq's: take it out before the client parses the rest.
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut schema_name = "public".to_string();
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("schema", v)) => schema_name = v.to_string(),
+                _ => kept.push(pair),
+            }
+        }
+        let valid_schema = !schema_name.is_empty()
+            && schema_name.len() <= 63
+            && schema_name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && schema_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_schema {
+            return Err(invalid(format!(
+                "schema {schema_name:?} must be 1-63 letters, digits or '_', not starting with a digit"
+            )));
+        }
+        let client_url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let mut config = Config::from_str(&client_url).map_err(|e| {
+            let password = url_password(url);
+            invalid(scrub(&e.to_string(), password.as_deref()))
+        })?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(invalid(
+                "sslmode=require needs TLS, which anvil's PostgreSQL backend does not speak; use sslmode=disable or sslmode=prefer (loopback or a Unix socket via ?host=/socket/dir)".into(),
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("anvil");
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(|e| invalid(format!("cannot set up the connection pool: {e}")))?;
+        Ok(PgTarget {
+            pool,
+            config,
+            schema: format!("\"{schema_name}\""),
+            schema_name,
+            redacted,
+            password,
+        })
+    }
+
+    /// What went wrong and what to do, for a client or server error; the password is
+    /// scrubbed out.
+    pub(crate) fn explain(&self, e: &tokio_postgres::Error) -> (String, String) {
+        explain(e, &self.schema_name, self.password.as_deref())
+    }
+}
+
 /// What error messages need, cheap to clone into background tasks.
 #[derive(Clone)]
 struct Ctx {
@@ -345,47 +388,11 @@ struct Ctx {
 
 impl Ctx {
     fn pg_err(&self, action: &'static str, e: &tokio_postgres::Error) -> StateError {
-        let (detail, hint) = match e.as_db_error() {
-            Some(db) => {
-                let detail = format!("{}: {}", db.severity(), db.message());
-                let code = db.code();
-                let hint = if *code == SqlState::INVALID_PASSWORD
-                    || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                {
-                    "check the user name and password in the URL (the password is never shown), or the server's pg_hba.conf".to_string()
-                } else if *code == SqlState::INVALID_CATALOG_NAME {
-                    "create the database (for example `createdb NAME`) or fix the database name in the URL".to_string()
-                } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-                    format!(
-                        "grant CREATE on schema {s} to this user (GRANT CREATE ON SCHEMA {s} TO USER), or have an administrator pre-create the tables; see docs/state.md",
-                        s = self.schema_name
-                    )
-                } else {
-                    "see the server's message; docs/state.md lists what anvil needs from the database".to_string()
-                };
-                (detail, hint)
-            }
-            None => {
-                // The client's own error and its cause (e.g. "connection refused").
-                let mut detail = e.to_string();
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    let text = s.to_string();
-                    if !detail.contains(&text) {
-                        detail = format!("{detail}: {text}");
-                    }
-                    source = s.source();
-                }
-                (
-                    detail,
-                    "check the host and port (or ?host=/socket/dir) in the URL and that the PostgreSQL server runs and accepts connections".to_string(),
-                )
-            }
-        };
+        let (detail, hint) = explain(e, &self.schema_name, self.password.as_deref());
         StateError::Backend {
             action,
             location: self.location.clone(),
-            detail: scrub(&detail, self.password.as_deref()),
+            detail,
             hint,
         }
     }
@@ -401,6 +408,53 @@ impl Ctx {
             },
         }
     }
+}
+
+/// The detail (password scrubbed) and the hint for a client or server error.
+fn explain(
+    e: &tokio_postgres::Error,
+    schema_name: &str,
+    password: Option<&str>,
+) -> (String, String) {
+    let (detail, hint) = match e.as_db_error() {
+        Some(db) => {
+            let detail = format!("{}: {}", db.severity(), db.message());
+            let code = db.code();
+            let hint = if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            {
+                "check the user name and password in the URL (the password is never shown), or the server's pg_hba.conf".to_string()
+            } else if *code == SqlState::INVALID_CATALOG_NAME {
+                "create the database (for example `createdb NAME`) or fix the database name in the URL".to_string()
+            } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+                format!(
+                        "grant CREATE on schema {s} to this user (GRANT CREATE ON SCHEMA {s} TO USER), or have an administrator pre-create the tables; see docs/state.md",
+                        s = schema_name
+                    )
+            } else {
+                "see the server's message; docs/state.md lists what anvil needs from the database"
+                    .to_string()
+            };
+            (detail, hint)
+        }
+        None => {
+            // The client's own error and its cause (e.g. "connection refused").
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !detail.contains(&text) {
+                    detail = format!("{detail}: {text}");
+                }
+                source = s.source();
+            }
+            (
+                    detail,
+                    "check the host and port (or ?host=/socket/dir) in the URL and that the PostgreSQL server runs and accepts connections".to_string(),
+                )
+        }
+    };
+    (scrub(&detail, password), hint)
 }
 
 /// The password in a URL's userinfo, to scrub parse errors before a config exists.

@@ -10,6 +10,7 @@
 //! (`POST /{id}/refresh`) queues a provision job again for a ready or failed environment.
 
 pub mod file;
+pub mod postgres;
 pub(crate) mod rules;
 
 use async_trait::async_trait;
@@ -336,12 +337,7 @@ pub async fn open(
     data_dir: &std::path::Path,
 ) -> Result<std::sync::Arc<dyn JobQueue>, QueueError> {
     Ok(match database {
-        Some(url) => {
-            return Err(QueueError::Storage {
-                location: crate::ops::redact_url(url),
-                message: "the PostgreSQL job queue is not built yet; run without --database".into(),
-            })
-        }
+        Some(url) => std::sync::Arc::new(postgres::PostgresQueue::open(url).await?),
         None => std::sync::Arc::new(file::FileQueue::open(&data_dir.join("queue")).await?),
     })
 }
