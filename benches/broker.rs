@@ -8,6 +8,8 @@
 //! 2. end-to-end: from the first request until every instance's `last_operation` says
 //!    `succeeded` (polled every 20 ms), against the ideal 100 × 0.2 s / 5 = 4 s (the BOSH
 //!    provider runs 5 tasks at once; goal ≤ 1.3×).
+//! 3. the floor under 1: the same burst of `GET /v2/catalog` (no store, no checks),
+//!    sent first.
 //!
 //! Rounds default to 1; pass another count: `cargo bench --bench broker -- 3`.
 //! Results go to stdout as Markdown rows for docs/benchmarks.md.
@@ -105,6 +107,7 @@ async fn round(round: usize) {
         "anvil broker listening on ",
     );
     let url = broker.1.clone();
+    let floor = catalog_burst(&url).await;
     // One connection pool per client, as 100 platform workers would have.
     let ids: Vec<String> = (0..CLIENTS)
         .map(|i| format!("00000000-0000-4000-8000-{round:04x}{i:08x}"))
@@ -175,12 +178,43 @@ async fn round(round: usize) {
     }
     let e2e = start.elapsed().as_secs_f64();
     println!(
-        "| {round} | {:.1} | {:.1} | {:.1} | {e2e:.2} | {:.2}× |",
+        "| {round} | {:.1} | {:.1} | {:.1} | {e2e:.2} | {:.2}× | {:.1} / {:.1} |",
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.99)),
         ms(lat[lat.len() - 1]),
-        e2e / IDEAL_SECS
+        e2e / IDEAL_SECS,
+        ms(percentile(&floor, 0.50)),
+        ms(percentile(&floor, 0.99)),
     );
+}
+
+/// The floor under the accept latency: the same burst (100 fresh clients at once) of
+/// `GET /v2/catalog`, which reads nothing and writes nothing; sorted latencies.
+async fn catalog_burst(url: &str) -> Vec<Duration> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let req = reqwest::Client::new()
+            .get(format!("{url}/v2/catalog"))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("X-Broker-API-Version", "2.17");
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let t = Instant::now();
+            let resp = req.send().await.expect("catalog request");
+            let took = t.elapsed();
+            assert_eq!(resp.status().as_u16(), 200);
+            took
+        }));
+    }
+    barrier.wait().await;
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.push(t.await.expect("client"));
+    }
+    lat.sort();
+    lat
 }
 
 fn main() {
@@ -197,9 +231,9 @@ fn main() {
         .unwrap_or(1);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "| round | accept p50 (ms) | accept p99 (ms) | accept max (ms) | 100 instances end-to-end (s) | vs ideal {IDEAL_SECS:.0} s |"
+        "| round | accept p50 (ms) | accept p99 (ms) | accept max (ms) | 100 instances end-to-end (s) | vs ideal {IDEAL_SECS:.0} s | catalog burst p50 / p99 (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in 1..=rounds {
         rt.block_on(round(r));
     }
