@@ -216,7 +216,10 @@ fn raw_get(conn: &mut std::net::TcpStream, host: &str, buf: &mut [u8]) -> (Durat
         }
     };
     let end = head_end + body_len;
-    assert!(end <= buf.len(), "a {body_len}-byte body does not fit the buffer");
+    assert!(
+        end <= buf.len(),
+        "a {body_len}-byte body does not fit the buffer"
+    );
     while filled < end {
         let n = conn.read(&mut buf[filled..end]).expect("read body");
         assert!(n > 0, "the server closed the connection mid-body");
