@@ -173,6 +173,11 @@ async fn provision(
         ),
     };
     let raw = b.parameters;
+    // Rendering the manifest is the costly check; it needs no store, so it runs before
+    // the store's lock (its result is used below, in the same order as before).
+    let shape = state
+        .foundation
+        .check_shape(&inst.spec(), raw.as_ref(), false);
     let st = state.clone();
     let decision = state
         .store
@@ -212,11 +217,7 @@ async fn provision(
                     (true, _, _) => (Provision::Identical, false),
                 };
             }
-            let spec = inst.spec();
-            if let Err(p) = st
-                .foundation
-                .check_request(&spec, raw.as_ref(), false, true, store)
-            {
+            if let Err(p) = shape.and_then(|()| st.foundation.check_limits(&inst.spec(), store)) {
                 return (Provision::Refused(problem(p)), false);
             }
             let op_id = inst.operation.id.clone();

@@ -508,7 +508,27 @@ impl BrokerFoundation {
         counts_change: bool,
         store: &BrokerStore,
     ) -> Result<(), RequestProblem> {
-        let (service, plan) = self.plan(&inst.service, &inst.plan)?;
+        self.check_shape(inst, raw_parameters, updating)?;
+        if counts_change {
+            self.check_limits(inst, store)?;
+        }
+        Ok(())
+    }
+
+    /// The part of [`BrokerFoundation::check_request`] that needs no store: service and
+    /// plan, the parameter schema, the parameters the plan uses and a manifest that
+    /// renders. The broker runs it before taking the store's lock, as rendering the
+    /// manifest is the costly part of a provision's checks.
+    ///
+    /// # Errors
+    /// The first kind of problem found, with every message of that kind.
+    pub fn check_shape(
+        &self,
+        inst: &InstanceSpec,
+        raw_parameters: Option<&Value>,
+        updating: bool,
+    ) -> Result<(), RequestProblem> {
+        let (_, plan) = self.plan(&inst.service, &inst.plan)?;
         if let (Some(schema), Some(params)) = (
             plan.schemas
                 .as_ref()
@@ -550,40 +570,53 @@ impl BrokerFoundation {
         }
         foundation::check_instance(&self.doc, self.foundation(), inst)
             .map_err(|m| RequestProblem::Invalid(m.join("; ")))?;
-        if counts_change {
-            let broker_plan = store
-                .instances
-                .values()
-                .filter(|i| i.desired() && i.plan_id == plan.id && i.id != inst.id)
-                .count();
-            let broker_service = store
-                .instances
-                .values()
-                .filter(|i| i.desired() && i.service_id == service.id && i.id != inst.id)
-                .count();
-            let in_plan = self.spec_plan_counts.get(&plan.id).copied().unwrap_or(0) + broker_plan;
-            let in_service = self
-                .spec_service_counts
-                .get(&service.id)
-                .copied()
-                .unwrap_or(0)
-                + broker_service;
-            let full = |limit: i64, have: usize| {
-                limit < 0 || (limit > 0 && i64::try_from(have).unwrap_or(i64::MAX) >= limit)
-            };
-            if full(plan.limit, in_plan) {
-                return Err(RequestProblem::OverLimit(limit_message(
-                    "plan", &plan.id, plan.limit, in_plan,
-                )));
-            }
-            if full(service.limit, in_service) {
-                return Err(RequestProblem::OverLimit(limit_message(
-                    "service",
-                    &service.id,
-                    service.limit,
-                    in_service,
-                )));
-            }
+        Ok(())
+    }
+
+    /// The part of [`BrokerFoundation::check_request`] that counts: the plan's and the
+    /// service's limits, spec instances and `store`'s together (`inst` itself not
+    /// counted).
+    ///
+    /// # Errors
+    /// Over a limit, or an unknown service or plan.
+    pub fn check_limits(
+        &self,
+        inst: &InstanceSpec,
+        store: &BrokerStore,
+    ) -> Result<(), RequestProblem> {
+        let (service, plan) = self.plan(&inst.service, &inst.plan)?;
+        let broker_plan = store
+            .instances
+            .values()
+            .filter(|i| i.desired() && i.plan_id == plan.id && i.id != inst.id)
+            .count();
+        let broker_service = store
+            .instances
+            .values()
+            .filter(|i| i.desired() && i.service_id == service.id && i.id != inst.id)
+            .count();
+        let in_plan = self.spec_plan_counts.get(&plan.id).copied().unwrap_or(0) + broker_plan;
+        let in_service = self
+            .spec_service_counts
+            .get(&service.id)
+            .copied()
+            .unwrap_or(0)
+            + broker_service;
+        let full = |limit: i64, have: usize| {
+            limit < 0 || (limit > 0 && i64::try_from(have).unwrap_or(i64::MAX) >= limit)
+        };
+        if full(plan.limit, in_plan) {
+            return Err(RequestProblem::OverLimit(limit_message(
+                "plan", &plan.id, plan.limit, in_plan,
+            )));
+        }
+        if full(service.limit, in_service) {
+            return Err(RequestProblem::OverLimit(limit_message(
+                "service",
+                &service.id,
+                service.limit,
+                in_service,
+            )));
         }
         Ok(())
     }

@@ -1004,7 +1004,10 @@ fn sigkill_child() {
         let a = format!("x.r{}", i % 50);
         record(&mut s, &w, intent(&a, Operation::Update)).unwrap();
         record(&mut s, &w, applied(&a, i)).unwrap();
-        writeln!(log, "{}", s.serial).unwrap();
+        // One write(2) per line: `writeln!` may split it into two, and a SIGKILL between
+        // them left a line without its newline that the next child's first line joined
+        // ("162" + "163" read back as serial 162163).
+        log.write_all(format!("{}\n", s.serial).as_bytes()).unwrap();
         if i % 7 == 0 {
             w.checkpoint(&s).wait_blocking().unwrap();
         }
