@@ -6,21 +6,20 @@
 //! as "n / limit" (broker), the cells, and the degraded banner when the Director is
 //! gone. (The same page in a real browser: tests/dashboard_chromium.rs.)
 
+mod broker_support;
 mod common;
 mod serve_support;
 mod sim_bosh_support;
 mod sim_cf_support;
 mod sim_vault_support;
 
+use broker_support::{Broker, Peers};
 use common::{assert_code, at_simulators, Scratch, BIN};
 use serde_json::{json, Value};
 use serve_support::{environment_yaml, Serve, TOKEN};
 use sim_bosh_support::BoshSim;
 use sim_cf_support::{set_cell_vitals, CfSim, CELLS_MANIFEST, CLOUD_CONFIG};
 use sim_vault_support::VaultSim;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::time::Duration;
 
 const VAULT_TOKEN: &str = "root";
 const USER: &str = "dash-user";
@@ -231,47 +230,16 @@ fn serve_with_a_cf_api_that_is_down_answers_502_naming_it_and_the_page_says_so()
     assert!(e.contains("--capacity-ttl"), "{e}");
 }
 
-/// A running `anvil broker`; killed when dropped.
-struct Broker {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn broker(s: &Scratch, bosh: &BoshSim, vault: &VaultSim, extra: &[&str]) -> Broker {
-    let mut args = vec!["broker", "--foundation", "fnd", "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut cmd = s.cmd(&args);
-    at_simulators(&mut cmd, &bosh.url, &vault.url(), VAULT_TOKEN)
-        .env_remove("CF_API")
-        .env("ANVIL_BROKER_USERNAME", USER)
-        .env("ANVIL_BROKER_PASSWORD", PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("start anvil broker");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    let Some(url) = line.strip_prefix("anvil broker listening on ") else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("unexpected first line of anvil broker: {line:?}");
+    let vault_url = vault.url();
+    let peers = Peers {
+        bosh_url: &bosh.url,
+        vault_url: &vault_url,
+        vault_token: VAULT_TOKEN,
+        user: USER,
+        password: PASSWORD,
     };
-    Broker {
-        url: url.to_string(),
-        child,
-    }
+    broker_support::start(s, &peers, extra)
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //! The WebDriver calls are a handful of JSON requests over reqwest (already a
 //! dependency), which is all this test needs of a WebDriver client crate.
 
+mod broker_support;
 mod common;
 mod serve_support;
 mod sim_bosh_support;
@@ -21,13 +22,13 @@ mod sim_cf_support;
 mod sim_vault_support;
 
 use base64::Engine;
+use broker_support::{Broker, Peers};
 use common::{assert_code, at_simulators, Scratch, BIN};
 use serde_json::{json, Value};
 use serve_support::{environment_yaml, Serve, TOKEN};
 use sim_bosh_support::BoshSim;
 use sim_cf_support::{set_cell_vitals, CfSim, CELLS_MANIFEST, CLOUD_CONFIG};
 use sim_vault_support::VaultSim;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -223,59 +224,29 @@ fn browser(profile: &Path) -> (Driver, Browser) {
     )
 }
 
-/// A running `anvil broker`; killed when dropped.
-struct Broker {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_broker(s: &Scratch, bosh: &BoshSim, vault: &VaultSim, cf: &CfSim) -> Broker {
-    let mut cmd = s.cmd(&[
-        "broker",
-        "--foundation",
-        "fnd",
-        "--listen",
-        "127.0.0.1:0",
-        "--cf-api",
-        &cf.url,
-        "--cf-password",
-        "admin",
-        "--capacity-ttl",
-        "0s",
-        "--bosh-backoff",
-        "10ms",
-    ]);
-    at_simulators(&mut cmd, &bosh.url, &vault.url(), VAULT_TOKEN)
-        .env_remove("CF_API")
-        .env("ANVIL_BROKER_USERNAME", USER)
-        .env("ANVIL_BROKER_PASSWORD", PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("start anvil broker");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    let Some(url) = line.strip_prefix("anvil broker listening on ") else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("unexpected first line of anvil broker: {line:?}");
+    let vault_url = vault.url();
+    let peers = Peers {
+        bosh_url: &bosh.url,
+        vault_url: &vault_url,
+        vault_token: VAULT_TOKEN,
+        user: USER,
+        password: PASSWORD,
     };
-    Broker {
-        url: url.to_string(),
-        child,
-    }
+    broker_support::start(
+        s,
+        &peers,
+        &[
+            "--cf-api",
+            &cf.url,
+            "--cf-password",
+            "admin",
+            "--capacity-ttl",
+            "0s",
+            "--bosh-backoff",
+            "10ms",
+        ],
+    )
 }
 
 /// The plan rows as the browser rendered them: plan id → the "n / limit" cell's text.
