@@ -353,28 +353,81 @@ pub async fn refresh_scoped(
                 .get(&rec.provider)
                 .is_none_or(|p| p.reads_real_world())
     });
-    let reads = futures::stream::iter(to_read.map(|(addr, rec)| async move {
+    // Types whose provider reads many objects per request go in batches of the same
+    // provider instance and type; every other record is read on its own.
+    let mut units: Vec<Vec<(&String, &ResourceState)>> = Vec::new();
+    // Instances with the same read scope (an `aws` instance per environment, all with
+    // the same account and region) share batches: the batch runs on its first record's
+    // instance.
+    let mut batches: BTreeMap<(String, &str), Vec<(&String, &ResourceState)>> = BTreeMap::new();
+    for (addr, rec) in to_read {
+        match registry.get(&rec.provider) {
+            Some(p) if p.batches_reads(&rec.ty) => batches
+                .entry((
+                    p.read_scope()
+                        .unwrap_or_else(|| format!("instance {}", rec.provider)),
+                    rec.ty.as_str(),
+                ))
+                .or_default()
+                .push((addr, rec)),
+            _ => units.push(vec![(addr, rec)]),
+        }
+    }
+    for batch in batches.into_values() {
+        units.extend(
+            batch
+                .chunks(crate::providers::READ_BATCH)
+                .map(<[(&String, &ResourceState)]>::to_vec),
+        );
+    }
+    let reads = futures::stream::iter(units.into_iter().map(|unit| async move {
+        let (addr, rec) = unit[0];
         let Some(p) = registry.get(&rec.provider) else {
             return Err(OpsError::Refresh {
                 address: addr.clone(),
                 message: crate::providers::missing_instance(&rec.provider),
             });
         };
-        let got = p.read(addr, rec).await.map_err(|e| OpsError::Refresh {
-            address: addr.clone(),
-            message: e.message,
-        })?;
-        Ok((addr, got))
+        let t = std::time::Instant::now();
+        let got = if unit.len() == 1 {
+            vec![p.read(addr, rec).await]
+        } else {
+            let items = unit
+                .iter()
+                .map(|(a, r)| (a.as_str(), *r))
+                .collect::<Vec<_>>();
+            match p.read_many(&items).await {
+                Ok(got) if got.len() == unit.len() => got.into_iter().map(Ok).collect(),
+                Ok(got) => vec![Err(crate::providers::ProviderError::new(format!(
+                    "the {} provider answered {} of {} reads",
+                    rec.provider,
+                    got.len(),
+                    unit.len()
+                )))],
+                Err(e) => vec![Err(e)],
+            }
+        };
+        tracing::trace!(address = %addr, ty = %rec.ty, records = unit.len(), elapsed = ?t.elapsed(), "read");
+        unit.iter()
+            .zip(got)
+            .map(|((addr, _), got)| {
+                got.map(|g| (*addr, g)).map_err(|e| OpsError::Refresh {
+                    address: (*addr).clone(),
+                    message: e.message,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
     }))
     .buffer_unordered(parallelism.max(1));
     futures::pin_mut!(reads);
     let mut observed = Observed::new();
     let t = std::time::Instant::now();
     while let Some(r) = reads.next().await {
-        let (addr, got) = r?;
-        let rec = &state.resources[addr];
-        if got.as_ref() != Some(rec) {
-            observed.insert(addr.clone(), got);
+        for (addr, got) in r? {
+            let rec = &state.resources[addr];
+            if got.as_ref() != Some(rec) {
+                observed.insert(addr.clone(), got);
+            }
         }
     }
     tracing::debug!(elapsed = ?t.elapsed(), resources = state.resources.len(), changed = observed.len(), "refreshed");
@@ -672,4 +725,230 @@ pub fn utf8_env() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResourceSchema;
+    use crate::providers::resource::{Context, ResourceType, Typed};
+    use crate::providers::{Applied, ChangeRequest, ProviderError};
+    use async_trait::async_trait;
+    use serde_json::{Map, Value};
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Counts the provider's requests; `gone` objects read as deleted, `fail` batches
+    /// fail.
+    #[derive(Default)]
+    struct Ctx {
+        reads: AtomicUsize,
+        batch_sizes: Mutex<Vec<usize>>,
+        gone: Vec<String>,
+        fail: bool,
+        scope: Option<String>,
+    }
+
+    impl Context for Ctx {
+        fn configure(_: &Map<String, Value>) -> Result<Ctx, ProviderError> {
+            Ok(Ctx::default())
+        }
+        fn read_scope(&self) -> Option<String> {
+            self.scope.clone()
+        }
+    }
+
+    /// A type read one object per request, or many (`batched`).
+    struct Fake {
+        ty: &'static str,
+        batched: bool,
+    }
+
+    impl Fake {
+        fn observe(&self, ctx: &Ctx, address: &str, r: &ResourceState) -> Option<ResourceState> {
+            if ctx.gone.iter().any(|g| g == address) {
+                return None;
+            }
+            let mut r = r.clone();
+            // Drifted behind anvil's back: `size` is 2 everywhere.
+            r.attributes.insert("size".into(), Value::from(2));
+            Some(r)
+        }
+    }
+
+    #[async_trait]
+    impl ResourceType<Ctx> for Fake {
+        fn schema(&self) -> ResourceSchema {
+            ResourceSchema {
+                ty: self.ty.into(),
+                provider: "fake".into(),
+                attributes: BTreeMap::new(),
+                outputs: BTreeMap::new(),
+            }
+        }
+        fn batches_reads(&self) -> bool {
+            self.batched
+        }
+        async fn read(
+            &self,
+            ctx: &Ctx,
+            address: &str,
+            r: &ResourceState,
+        ) -> Result<Option<ResourceState>, ProviderError> {
+            ctx.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.observe(ctx, address, r))
+        }
+        async fn read_many(
+            &self,
+            ctx: &Ctx,
+            items: &[(&str, &ResourceState)],
+        ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+            ctx.batch_sizes.lock().unwrap().push(items.len());
+            if ctx.fail {
+                return Err(ProviderError::new("DescribeFakes: connection refused"));
+            }
+            Ok(items.iter().map(|(a, r)| self.observe(ctx, a, r)).collect())
+        }
+        async fn create(&self, _: &Ctx, _: &ChangeRequest<'_>) -> Result<Applied, ProviderError> {
+            unreachable!("refresh never creates")
+        }
+        async fn delete(&self, _: &Ctx, _: &str, _: &ResourceState) -> Result<(), ProviderError> {
+            unreachable!("refresh never deletes")
+        }
+    }
+
+    fn setup(ctx: Ctx) -> (Registry, Arc<Typed<Ctx>>, State) {
+        let p = Arc::new(
+            Typed::new("fake", ctx, 4)
+                .with(Fake {
+                    ty: "fake_subnet",
+                    batched: true,
+                })
+                .with(Fake {
+                    ty: "fake_bucket",
+                    batched: false,
+                }),
+        );
+        let mut reg = Registry::default();
+        reg.register(p.clone());
+        let mut state = State::new();
+        let now = chrono::Utc::now();
+        let record = |ty: &str| ResourceState {
+            ty: ty.into(),
+            provider: "fake".into(),
+            attributes: BTreeMap::from([("size".into(), Value::from(1))]),
+            sensitive: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            dependencies: Vec::new(),
+            lifecycle: Default::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        for i in 0..250 {
+            state
+                .resources
+                .insert(format!("fake_subnet.s{i:03}"), record("fake_subnet"));
+        }
+        for i in 0..3 {
+            state
+                .resources
+                .insert(format!("fake_bucket.b{i}"), record("fake_bucket"));
+        }
+        (reg, p, state)
+    }
+
+    #[tokio::test]
+    async fn refresh_reads_batching_types_in_batches_and_the_rest_one_by_one() {
+        let (reg, p, state) = setup(Ctx {
+            gone: vec!["fake_subnet.s007".into(), "fake_bucket.b1".into()],
+            ..Ctx::default()
+        });
+        let observed = refresh(&reg, &state, 10).await.unwrap();
+        let ctx = p.context();
+        let mut sizes = ctx.batch_sizes.lock().unwrap().clone();
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![50, 100, 100], "250 subnets in batches of 100");
+        assert_eq!(
+            ctx.reads.load(Ordering::SeqCst),
+            3,
+            "each bucket on its own"
+        );
+        // Every record came back: the gone ones as `None`, the others drifted.
+        assert_eq!(observed.len(), 253);
+        assert_eq!(observed["fake_subnet.s007"], None);
+        assert_eq!(observed["fake_bucket.b1"], None);
+        assert_eq!(
+            observed["fake_subnet.s100"].as_ref().unwrap().attributes["size"],
+            2
+        );
+        assert_eq!(
+            observed["fake_bucket.b2"].as_ref().unwrap().attributes["size"],
+            2
+        );
+        // Scoped to some addresses, only theirs are read.
+        let only = BTreeSet::from(["fake_subnet.s001".to_string(), "fake_subnet.s002".into()]);
+        let observed = refresh_scoped(&reg, &state, Some(&only), 10).await.unwrap();
+        assert_eq!(observed.len(), 2);
+        assert_eq!(ctx.batch_sizes.lock().unwrap().last(), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn instances_with_the_same_read_scope_share_batches() {
+        let scoped = |scope: &str| {
+            Arc::new(
+                Typed::new(
+                    "fake",
+                    Ctx {
+                        scope: Some(scope.into()),
+                        ..Ctx::default()
+                    },
+                    4,
+                )
+                .with(Fake {
+                    ty: "fake_subnet",
+                    batched: true,
+                }),
+            )
+        };
+        let (east_a, east_b, west) = (scoped("east"), scoped("east"), scoped("west"));
+        let mut reg = Registry::default();
+        reg.register_as("fake.a", east_a.clone());
+        reg.register_as("fake.b", east_b.clone());
+        reg.register_as("fake.c", west.clone());
+        let (_, _, template) = setup(Ctx::default());
+        let mut state = State::new();
+        let subnets = template
+            .resources
+            .into_iter()
+            .filter(|(_, r)| r.ty == "fake_subnet");
+        for (i, (addr, rec)) in subnets.take(30).enumerate() {
+            let mut rec = rec;
+            rec.provider = ["fake.a", "fake.b", "fake.c"][i % 3].into();
+            state.resources.insert(addr, rec);
+        }
+        let observed = refresh(&reg, &state, 10).await.unwrap();
+        assert_eq!(observed.len(), 30);
+        // a and b (same scope) in one batch of 20, run on one of them; c alone.
+        let sizes = |p: &Typed<Ctx>| p.context().batch_sizes.lock().unwrap().clone();
+        let mut east = sizes(&east_a);
+        east.extend(sizes(&east_b));
+        assert_eq!(east, vec![20]);
+        assert_eq!(sizes(&west), vec![10]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_the_refresh_naming_an_address_and_the_error() {
+        let (reg, _, state) = setup(Ctx {
+            fail: true,
+            ..Ctx::default()
+        });
+        let e = refresh(&reg, &state, 10).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("refresh of fake_subnet.s"), "{msg}");
+        assert!(
+            msg.contains("more fake_subnet): DescribeFakes: connection refused"),
+            "{msg}"
+        );
+    }
 }

@@ -57,6 +57,10 @@ pub fn missing_instance(name: &str) -> String {
     }
 }
 
+/// The most records one [`Provider::read_many`] call is given (EC2 filters take up to
+/// 200 values; smaller batches also let several run at once).
+pub const READ_BATCH: usize = 100;
+
 /// A provider setting from the environment: unset and blank are the same.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -137,6 +141,35 @@ pub trait Provider: Send + Sync {
         address: &str,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError>;
+    /// Whether [`Provider::read_many`] reads resources of type `ty` many per request (EC2's
+    /// `Describe*` calls with an id filter). Refresh then reads that type's records in
+    /// batches of at most [`READ_BATCH`] instead of one request each. Default: no.
+    fn batches_reads(&self, ty: &str) -> bool {
+        let _ = ty;
+        false
+    }
+    /// What this instance's reads see, when instances can share batches: two instances
+    /// with the same scope read the same objects the same way (same endpoint, account,
+    /// region, credentials), so refresh may read records of both in one
+    /// [`Provider::read_many`] of either. Default: `None`, each instance on its own.
+    fn read_scope(&self) -> Option<String> {
+        None
+    }
+    /// Reads many recorded resources of one type: one result per item, in their order
+    /// (`None`: that object is gone). Default: one [`Provider::read`] after the other.
+    ///
+    /// # Errors
+    /// The real world could not be asked; the whole batch fails.
+    async fn read_many(
+        &self,
+        items: &[(&str, &ResourceState)],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (address, recorded) in items {
+            out.push(self.read(address, recorded).await?);
+        }
+        Ok(out)
+    }
     /// Finds an existing object by its import ID (`anvil import ADDR ID`) and returns the
     /// record anvil would keep for it: the attributes that name it and its real content
     /// (sensitive values as fingerprints), and its outputs. `ops::import` then reads the

@@ -26,6 +26,11 @@ pub trait Context: Send + Sync + 'static {
     fn configure(settings: &Map<String, Value>) -> Result<Self, ProviderError>
     where
         Self: Sized;
+
+    /// See [`Provider::read_scope`]. Default: none (batches stay within one instance).
+    fn read_scope(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One resource type of a provider with context `C`. Errors never name the address:
@@ -44,6 +49,26 @@ pub trait ResourceType<C: Send + Sync>: Send + Sync {
         address: &str,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError>;
+    /// Whether [`ResourceType::read_many`] reads many objects per request. Default: no.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+    /// Reads many records of this type, one result per record in order. Default: one
+    /// [`ResourceType::read`] after the other.
+    ///
+    /// # Errors
+    /// The real world could not be asked.
+    async fn read_many(
+        &self,
+        ctx: &C,
+        items: &[(&str, &ResourceState)],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (address, recorded) in items {
+            out.push(self.read(ctx, address, recorded).await?);
+        }
+        Ok(out)
+    }
     /// # Errors
     /// The object could not be created; the message says why.
     async fn create(&self, ctx: &C, req: &ChangeRequest<'_>) -> Result<Applied, ProviderError>;
@@ -184,6 +209,38 @@ impl<C: Context> Provider for Typed<C> {
         t.read(&self.ctx, address, recorded)
             .await
             .map_err(|e| e.prefixed(address))
+    }
+
+    fn batches_reads(&self, ty: &str) -> bool {
+        self.types.get(ty).is_some_and(|t| t.batches_reads())
+    }
+
+    fn read_scope(&self) -> Option<String> {
+        self.ctx.read_scope().map(|s| format!("{}:{s}", self.name))
+    }
+
+    async fn read_many(
+        &self,
+        items: &[(&str, &ResourceState)],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let Some((first, rec)) = items.first() else {
+            return Ok(Vec::new());
+        };
+        let batch = if items.len() == 1 {
+            (*first).to_string()
+        } else {
+            format!("{first} (and {} more {})", items.len() - 1, rec.ty)
+        };
+        let t = self.get(&rec.ty).map_err(|e| e.prefixed(&batch))?;
+        if let Some((address, other)) = items.iter().find(|(_, r)| r.ty != rec.ty) {
+            return Err(ProviderError::invalid(format!(
+                "{address}: a batch of `{}` reads holds a `{}`",
+                rec.ty, other.ty
+            )));
+        }
+        t.read_many(&self.ctx, items)
+            .await
+            .map_err(|e| e.prefixed(&batch))
     }
 
     async fn import(

@@ -74,60 +74,46 @@ impl AwsResource for DbInstance {
         let Some(db) = describe(c, ident).await? else {
             return Ok(None);
         };
-        if db.db_instance_status() == Some("deleting") {
-            return Ok(None);
-        }
-        let tags = db
-            .tag_list()
+        Ok(observe(recorded, &db))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    /// One `DescribeDBInstances` filtered by the identifiers.
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let idents = items
             .iter()
-            .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()));
-        let sgs = db
-            .vpc_security_groups()
+            .map(|r| sdk::str_attr(&r.attributes, "identifier").map(str::to_string))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = c
+            .rds
+            .describe_db_instances()
+            .filters(
+                aws_sdk_rds::types::Filter::builder()
+                    .name("db-instance-id")
+                    .set_values(Some(idents.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(c.err("rds", "DescribeDBInstances"))?;
+        Ok(items
             .iter()
-            .filter_map(|g| g.vpc_security_group_id().map(Value::from))
-            .collect();
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                ("engine", Value::from(db.engine().unwrap_or_default())),
-                (
-                    "engine_version",
-                    Value::from(db.engine_version().unwrap_or_default()),
-                ),
-                (
-                    "instance_class",
-                    Value::from(db.db_instance_class().unwrap_or_default()),
-                ),
-                (
-                    "allocated_storage",
-                    Value::from(db.allocated_storage().unwrap_or(0)),
-                ),
-                ("multi_az", Value::from(db.multi_az().unwrap_or(false))),
-                (
-                    "backup_retention_period",
-                    Value::from(db.backup_retention_period().unwrap_or(0)),
-                ),
-                (
-                    "username",
-                    Value::from(db.master_username().unwrap_or_default()),
-                ),
-                (
-                    "db_subnet_group_name",
-                    Value::from(
-                        db.db_subnet_group()
-                            .and_then(|g| g.db_subnet_group_name())
-                            .unwrap_or_default(),
-                    ),
-                ),
-                (
-                    "vpc_security_group_ids",
-                    sdk::align(recorded.attributes.get("vpc_security_group_ids"), sgs),
-                ),
-                ("tags", sdk::user_tags(tags)),
-            ],
-            &["tags"],
-            outputs(&db),
-        )))
+            .zip(&idents)
+            .map(|(r, ident)| {
+                out.db_instances()
+                    .iter()
+                    .find(|d| d.db_instance_identifier() == Some(ident.as_str()))
+                    .and_then(|d| observe(r, d))
+            })
+            .collect())
     }
 
     #[cfg(feature = "aws")]
@@ -453,4 +439,63 @@ pub(super) async fn rds_retag(
         .await
         .map_err(c.err("rds", "AddTagsToResource"))?;
     Ok(())
+}
+
+/// The record of the DB instance `db` as AWS reports it; `None` once it is being deleted.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, db: &aws_sdk_rds::types::DbInstance) -> Option<ResourceState> {
+    if db.db_instance_status() == Some("deleting") {
+        return None;
+    }
+    let tags = db
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()));
+    let sgs = db
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id().map(Value::from))
+        .collect();
+    Some(sdk::observed(
+        recorded,
+        vec![
+            ("engine", Value::from(db.engine().unwrap_or_default())),
+            (
+                "engine_version",
+                Value::from(db.engine_version().unwrap_or_default()),
+            ),
+            (
+                "instance_class",
+                Value::from(db.db_instance_class().unwrap_or_default()),
+            ),
+            (
+                "allocated_storage",
+                Value::from(db.allocated_storage().unwrap_or(0)),
+            ),
+            ("multi_az", Value::from(db.multi_az().unwrap_or(false))),
+            (
+                "backup_retention_period",
+                Value::from(db.backup_retention_period().unwrap_or(0)),
+            ),
+            (
+                "username",
+                Value::from(db.master_username().unwrap_or_default()),
+            ),
+            (
+                "db_subnet_group_name",
+                Value::from(
+                    db.db_subnet_group()
+                        .and_then(|g| g.db_subnet_group_name())
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                "vpc_security_group_ids",
+                sdk::align(recorded.attributes.get("vpc_security_group_ids"), sgs),
+            ),
+            ("tags", sdk::user_tags(tags)),
+        ],
+        &["tags"],
+        outputs(db),
+    ))
 }

@@ -53,21 +53,35 @@ impl AwsResource for Eip {
                 .await
                 .map_err(c.err("ec2", "DescribeAddresses")),
         )?;
-        let Some(addr) = out.as_ref().and_then(|o| o.addresses().first()) else {
-            return Ok(None);
-        };
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                (
-                    "domain",
-                    Value::from(addr.domain().map(|d| d.as_str()).unwrap_or("vpc")),
-                ),
-                ("tags", sdk::ec2_user_tags(addr.tags())),
-            ],
-            &["tags"],
-            outputs(addr),
-        )))
+        Ok(out
+            .as_ref()
+            .and_then(|o| o.addresses().first())
+            .map(|a| observe(recorded, a)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_addresses()
+            .filters(sdk::id_filter("allocation-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeAddresses"))?;
+        sdk::each_found(
+            items,
+            out.addresses(),
+            |a| a.allocation_id(),
+            |r, a| Some(observe(r, a)),
+        )
     }
 
     #[cfg(feature = "aws")]
@@ -169,4 +183,21 @@ fn outputs(addr: &aws_sdk_ec2::types::Address) -> std::collections::BTreeMap<Str
             Value::from(addr.public_ip().unwrap_or_default()),
         ),
     ])
+}
+
+/// The record of the address `addr` as AWS reports it.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, addr: &aws_sdk_ec2::types::Address) -> ResourceState {
+    sdk::observed(
+        recorded,
+        vec![
+            (
+                "domain",
+                Value::from(addr.domain().map(|d| d.as_str()).unwrap_or("vpc")),
+            ),
+            ("tags", sdk::ec2_user_tags(addr.tags())),
+        ],
+        &["tags"],
+        outputs(addr),
+    )
 }

@@ -50,20 +50,35 @@ impl AwsResource for InternetGateway {
                 .await
                 .map_err(c.err("ec2", "DescribeInternetGateways")),
         )?;
-        let Some(g) = out.as_ref().and_then(|o| o.internet_gateways().first()) else {
-            return Ok(None);
-        };
-        let vpc = g
-            .attachments()
-            .first()
-            .and_then(|a| a.vpc_id())
-            .map_or(Value::Null, Value::from);
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![("vpc_id", vpc), ("tags", sdk::ec2_user_tags(g.tags()))],
-            &["tags"],
-            sdk::outputs([("id", Value::from(id))]),
-        )))
+        Ok(out
+            .as_ref()
+            .and_then(|o| o.internet_gateways().first())
+            .map(|g| observe(recorded, g)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_internet_gateways()
+            .filters(sdk::id_filter("internet-gateway-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeInternetGateways"))?;
+        sdk::each_found(
+            items,
+            out.internet_gateways(),
+            |g| g.internet_gateway_id(),
+            |r, g| Some(observe(r, g)),
+        )
     }
 
     #[cfg(feature = "aws")]
@@ -206,4 +221,23 @@ async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
         .await
         .map(|_| ())
         .map_err(c.err("ec2", "DeleteInternetGateway"))
+}
+
+/// The record of the internet gateway `g` as AWS reports it.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, g: &aws_sdk_ec2::types::InternetGateway) -> ResourceState {
+    let vpc = g
+        .attachments()
+        .first()
+        .and_then(|a| a.vpc_id())
+        .map_or(Value::Null, Value::from);
+    sdk::observed(
+        recorded,
+        vec![("vpc_id", vpc), ("tags", sdk::ec2_user_tags(g.tags()))],
+        &["tags"],
+        sdk::outputs([(
+            "id",
+            Value::from(g.internet_gateway_id().unwrap_or_default()),
+        )]),
+    )
 }

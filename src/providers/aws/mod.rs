@@ -142,6 +142,18 @@ impl Context for AwsContext {
             ..AwsContext::default()
         })
     }
+
+    /// Instances with the same settings reach the same account and region as the same
+    /// principal (unset settings come from the same process environment), so one
+    /// batched `Describe*` reads the records of all of them: 20 environments in one
+    /// workspace refresh their subnets with one call, not 20.
+    fn read_scope(&self) -> Option<String> {
+        let s = &self.settings;
+        Some(
+            serde_json::json!([s.region, s.role_arn, s.external_id, s.endpoint, s.profile])
+                .to_string(),
+        )
+    }
 }
 
 impl AwsContext {
@@ -306,6 +318,30 @@ pub trait AwsResource: Send + Sync {
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError>;
 
+    /// Whether [`AwsResource::read_many`] describes many objects per call. Default: no.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+
+    /// Reads many records of this type, one result per record in order. Default: one
+    /// [`AwsResource::read`] after the other; EC2 types override it with one `Describe*`
+    /// call filtered by their ids.
+    ///
+    /// # Errors
+    /// AWS could not be asked.
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &sdk::Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let mut out = Vec::with_capacity(items.len());
+        for recorded in items {
+            out.push(self.read(c, recorded).await?);
+        }
+        Ok(out)
+    }
+
     /// Creates the object, or adopts the one a previous run made (found by tags or name).
     ///
     /// # Errors
@@ -356,6 +392,27 @@ impl<T: AwsResource> ResourceType<AwsContext> for T {
         #[cfg(not(feature = "aws"))]
         {
             let _ = (ctx, recorded);
+            Err(without_feature())
+        }
+    }
+
+    fn batches_reads(&self) -> bool {
+        AwsResource::batches_reads(self)
+    }
+
+    async fn read_many(
+        &self,
+        ctx: &AwsContext,
+        items: &[(&str, &ResourceState)],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        #[cfg(feature = "aws")]
+        {
+            let records = items.iter().map(|(_, r)| *r).collect::<Vec<_>>();
+            AwsResource::read_many(self, ctx.clients().await?, &records).await
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = (ctx, items);
             Err(without_feature())
         }
     }

@@ -53,30 +53,27 @@ impl AwsResource for NatGateway {
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        let Some(g) = describe(c, id).await? else {
-            return Ok(None);
-        };
-        if matches!(
-            g.state().map(|s| s.as_str()),
-            Some("deleting" | "deleted" | "failed")
-        ) {
-            return Ok(None);
-        }
-        let alloc = g
-            .nat_gateway_addresses()
-            .first()
-            .and_then(|a| a.allocation_id())
-            .map_or(Value::Null, Value::from);
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                ("allocation_id", alloc),
-                ("subnet_id", Value::from(g.subnet_id().unwrap_or_default())),
-                ("tags", sdk::ec2_user_tags(g.tags())),
-            ],
-            &["tags"],
-            sdk::outputs([("id", Value::from(id))]),
-        )))
+        Ok(describe(c, id).await?.and_then(|g| observe(recorded, &g)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_nat_gateways()
+            .filter(sdk::id_filter("nat-gateway-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeNatGateways"))?;
+        sdk::each_found(items, out.nat_gateways(), |g| g.nat_gateway_id(), observe)
     }
 
     #[cfg(feature = "aws")]
@@ -207,4 +204,30 @@ impl Probe for State<'_> {
             .await?
             .and_then(|g| g.state().map(|s| s.as_str().to_string())))
     }
+}
+
+/// The record of the NAT gateway `g` as AWS reports it; `None` once it is going away.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, g: &aws_sdk_ec2::types::NatGateway) -> Option<ResourceState> {
+    if matches!(
+        g.state().map(|s| s.as_str()),
+        Some("deleting" | "deleted" | "failed")
+    ) {
+        return None;
+    }
+    let alloc = g
+        .nat_gateway_addresses()
+        .first()
+        .and_then(|a| a.allocation_id())
+        .map_or(Value::Null, Value::from);
+    Some(sdk::observed(
+        recorded,
+        vec![
+            ("allocation_id", alloc),
+            ("subnet_id", Value::from(g.subnet_id().unwrap_or_default())),
+            ("tags", sdk::ec2_user_tags(g.tags())),
+        ],
+        &["tags"],
+        sdk::outputs([("id", Value::from(g.nat_gateway_id().unwrap_or_default()))]),
+    ))
 }

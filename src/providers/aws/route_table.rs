@@ -42,26 +42,32 @@ impl AwsResource for RouteTable {
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        let Some(t) = describe(c, id).await? else {
-            return Ok(None);
-        };
-        let routes = real_routes(&t);
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                ("vpc_id", Value::from(t.vpc_id().unwrap_or_default())),
-                (
-                    "route",
-                    sdk::align(
-                        recorded.attributes.get("route"),
-                        routes.into_values().collect(),
-                    ),
-                ),
-                ("tags", sdk::ec2_user_tags(t.tags())),
-            ],
-            &["tags", "route"],
-            sdk::outputs([("id", Value::from(id))]),
-        )))
+        Ok(describe(c, id).await?.map(|t| observe(recorded, &t)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_route_tables()
+            .filters(sdk::id_filter("route-table-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeRouteTables"))?;
+        sdk::each_found(
+            items,
+            out.route_tables(),
+            |t| t.route_table_id(),
+            |r, t| Some(observe(r, t)),
+        )
     }
 
     #[cfg(feature = "aws")]
@@ -294,4 +300,26 @@ async fn sync_routes(
             .map_err(c.err("ec2", "DeleteRoute"))?;
     }
     Ok(())
+}
+
+/// The record of the route table `t` as AWS reports it.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, t: &aws_sdk_ec2::types::RouteTable) -> ResourceState {
+    let routes = real_routes(t);
+    sdk::observed(
+        recorded,
+        vec![
+            ("vpc_id", Value::from(t.vpc_id().unwrap_or_default())),
+            (
+                "route",
+                sdk::align(
+                    recorded.attributes.get("route"),
+                    routes.into_values().collect(),
+                ),
+            ),
+            ("tags", sdk::ec2_user_tags(t.tags())),
+        ],
+        &["tags", "route"],
+        sdk::outputs([("id", Value::from(t.route_table_id().unwrap_or_default()))]),
+    )
 }

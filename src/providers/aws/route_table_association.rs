@@ -50,30 +50,54 @@ impl AwsResource for RouteTableAssociation {
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
+        sdk::recorded_id(recorded)?;
         let table = sdk::str_attr(&recorded.attributes, "route_table_id")?;
-        let Some(t) = super::route_table::describe(c, table).await? else {
-            return Ok(None);
-        };
-        let Some(assoc) = t
-            .associations()
+        Ok(super::route_table::describe(c, table)
+            .await?
+            .and_then(|t| observe(recorded, &t)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    /// One `DescribeRouteTables` for the tables of all the associations.
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let mut tables = items
             .iter()
-            .find(|a| a.route_table_association_id() == Some(id))
-        else {
-            return Ok(None);
-        };
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                (
-                    "subnet_id",
-                    Value::from(assoc.subnet_id().unwrap_or_default()),
-                ),
-                ("route_table_id", Value::from(table)),
-            ],
-            &[],
-            sdk::outputs([("id", Value::from(id))]),
-        )))
+            .map(|r| sdk::str_attr(&r.attributes, "route_table_id").map(str::to_string))
+            .collect::<Result<Vec<_>, _>>()?;
+        tables.sort();
+        tables.dedup();
+        let out = c
+            .ec2
+            .describe_route_tables()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("route-table-id")
+                    .set_values(Some(tables))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeRouteTables"))?;
+        items
+            .iter()
+            .map(|r| {
+                sdk::recorded_id(r)?;
+                let table = sdk::str_attr(&r.attributes, "route_table_id")?;
+                Ok(out
+                    .route_tables()
+                    .iter()
+                    .find(|t| t.route_table_id() == Some(table))
+                    .and_then(|t| observe(r, t)))
+            })
+            .collect()
     }
 
     #[cfg(feature = "aws")]
@@ -132,4 +156,30 @@ impl AwsResource for RouteTableAssociation {
         })
         .await
     }
+}
+
+/// The record of the association `recorded` names in the route table `t` as AWS reports
+/// it; `None` when the table no longer has it.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, t: &aws_sdk_ec2::types::RouteTable) -> Option<ResourceState> {
+    let id = sdk::recorded_id(recorded).ok()?;
+    let assoc = t
+        .associations()
+        .iter()
+        .find(|a| a.route_table_association_id() == Some(id))?;
+    Some(sdk::observed(
+        recorded,
+        vec![
+            (
+                "subnet_id",
+                Value::from(assoc.subnet_id().unwrap_or_default()),
+            ),
+            (
+                "route_table_id",
+                Value::from(t.route_table_id().unwrap_or_default()),
+            ),
+        ],
+        &[],
+        sdk::outputs([("id", Value::from(id))]),
+    ))
 }

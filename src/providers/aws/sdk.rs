@@ -526,6 +526,47 @@ pub fn found<T>(r: Result<T, ProviderError>) -> Result<Option<T>, ProviderError>
     }
 }
 
+/// A batched refresh's filter: `name` (e.g. `subnet-id`) over the recorded ids of
+/// `items`. A filter, unlike the `*Ids` parameters, leaves out the objects that are gone
+/// instead of failing the whole call with `Invalid…ID.NotFound`.
+///
+/// # Errors
+/// A record has no `id`.
+pub fn id_filter(
+    name: &str,
+    items: &[&ResourceState],
+) -> Result<aws_sdk_ec2::types::Filter, ProviderError> {
+    let ids = items
+        .iter()
+        .map(|r| recorded_id(r).map(str::to_string))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(aws_sdk_ec2::types::Filter::builder()
+        .name(name)
+        .set_values(Some(ids))
+        .build())
+}
+
+/// A batched refresh's answer: each record matched by its `id` to the object `found`
+/// holds (`id_of`) and observed with `observe`; `None` for the ones not found (gone).
+///
+/// # Errors
+/// A record has no `id`.
+pub fn each_found<T>(
+    items: &[&ResourceState],
+    found: &[T],
+    id_of: impl Fn(&T) -> Option<&str>,
+    observe: impl Fn(&ResourceState, &T) -> Option<ResourceState>,
+) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+    let by_id = found
+        .iter()
+        .filter_map(|x| id_of(x).map(|id| (id, x)))
+        .collect::<std::collections::HashMap<_, _>>();
+    items
+        .iter()
+        .map(|r| Ok(by_id.get(recorded_id(r)?).and_then(|x| observe(r, x))))
+        .collect()
+}
+
 /// The ARN of an EC2 object (`arn:aws:ec2:REGION:ACCOUNT:KIND/ID`).
 #[must_use]
 pub fn ec2_arn(c: &Clients, owner: Option<&str>, kind: &str, id: &str) -> Value {

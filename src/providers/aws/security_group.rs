@@ -53,33 +53,32 @@ impl AwsResource for SecurityGroup {
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
         let id = sdk::recorded_id(recorded)?;
-        let Some(g) = describe(c, id).await? else {
-            return Ok(None);
-        };
-        let ingress = align_rules(
-            recorded.attributes.get("ingress"),
-            atoms_of_permissions(g.ip_permissions()),
-        );
-        let egress = align_rules(
-            recorded.attributes.get("egress"),
-            atoms_of_permissions(g.ip_permissions_egress()),
-        );
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                ("name", Value::from(g.group_name().unwrap_or_default())),
-                (
-                    "description",
-                    Value::from(g.description().unwrap_or_default()),
-                ),
-                ("vpc_id", Value::from(g.vpc_id().unwrap_or_default())),
-                ("ingress", ingress),
-                ("egress", egress),
-                ("tags", sdk::ec2_user_tags(g.tags())),
-            ],
-            &["tags", "ingress"],
-            outputs(c, &g),
-        )))
+        Ok(describe(c, id).await?.map(|g| observe(c, recorded, &g)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_security_groups()
+            .filters(sdk::id_filter("group-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeSecurityGroups"))?;
+        sdk::each_found(
+            items,
+            out.security_groups(),
+            |g| g.group_id(),
+            |r, g| Some(observe(c, r, g)),
+        )
     }
 
     #[cfg(feature = "aws")]
@@ -410,4 +409,37 @@ mod tests {
         let e = atoms_of_rules(Some(&json!([{"protocol": "tcp", "cidr_blocks": []}]))).unwrap_err();
         assert!(e.message.contains("from_port"), "{}", e.message);
     }
+}
+
+/// The record of the security group `g` as AWS reports it.
+#[cfg(feature = "aws")]
+fn observe(
+    c: &Clients,
+    recorded: &ResourceState,
+    g: &aws_sdk_ec2::types::SecurityGroup,
+) -> ResourceState {
+    let ingress = align_rules(
+        recorded.attributes.get("ingress"),
+        atoms_of_permissions(g.ip_permissions()),
+    );
+    let egress = align_rules(
+        recorded.attributes.get("egress"),
+        atoms_of_permissions(g.ip_permissions_egress()),
+    );
+    sdk::observed(
+        recorded,
+        vec![
+            ("name", Value::from(g.group_name().unwrap_or_default())),
+            (
+                "description",
+                Value::from(g.description().unwrap_or_default()),
+            ),
+            ("vpc_id", Value::from(g.vpc_id().unwrap_or_default())),
+            ("ingress", ingress),
+            ("egress", egress),
+            ("tags", sdk::ec2_user_tags(g.tags())),
+        ],
+        &["tags", "ingress"],
+        outputs(c, g),
+    )
 }

@@ -73,30 +73,35 @@ impl AwsResource for Subnet {
                 .await
                 .map_err(c.err("ec2", "DescribeSubnets")),
         )?;
-        let Some(s) = out.as_ref().and_then(|o| o.subnets().first()) else {
-            return Ok(None);
-        };
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                ("vpc_id", Value::from(s.vpc_id().unwrap_or_default())),
-                (
-                    "cidr_block",
-                    Value::from(s.cidr_block().unwrap_or_default()),
-                ),
-                (
-                    "availability_zone",
-                    Value::from(s.availability_zone().unwrap_or_default()),
-                ),
-                (
-                    "map_public_ip_on_launch",
-                    Value::from(s.map_public_ip_on_launch().unwrap_or(false)),
-                ),
-                ("tags", sdk::ec2_user_tags(s.tags())),
-            ],
-            &["tags"],
-            outputs(s),
-        )))
+        Ok(out
+            .as_ref()
+            .and_then(|o| o.subnets().first())
+            .map(|s| observe(recorded, s)))
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_subnets()
+            .filters(sdk::id_filter("subnet-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeSubnets"))?;
+        sdk::each_found(
+            items,
+            out.subnets(),
+            |s| s.subnet_id(),
+            |r, s| Some(observe(r, s)),
+        )
     }
 
     #[cfg(feature = "aws")]
@@ -173,6 +178,32 @@ async fn remove(c: &Clients, id: String) -> Result<(), ProviderError> {
         .await
         .map(|_| ())
         .map_err(c.err("ec2", "DeleteSubnet"))
+}
+
+/// The record of the subnet `s` as AWS reports it.
+#[cfg(feature = "aws")]
+fn observe(recorded: &ResourceState, s: &aws_sdk_ec2::types::Subnet) -> ResourceState {
+    sdk::observed(
+        recorded,
+        vec![
+            ("vpc_id", Value::from(s.vpc_id().unwrap_or_default())),
+            (
+                "cidr_block",
+                Value::from(s.cidr_block().unwrap_or_default()),
+            ),
+            (
+                "availability_zone",
+                Value::from(s.availability_zone().unwrap_or_default()),
+            ),
+            (
+                "map_public_ip_on_launch",
+                Value::from(s.map_public_ip_on_launch().unwrap_or(false)),
+            ),
+            ("tags", sdk::ec2_user_tags(s.tags())),
+        ],
+        &["tags"],
+        outputs(s),
+    )
 }
 
 #[cfg(feature = "aws")]

@@ -67,22 +67,36 @@ impl AwsResource for Vpc {
         let Some(vpc) = out.as_ref().and_then(|o| o.vpcs().first()) else {
             return Ok(None);
         };
-        let support = dns_attr(c, id, VpcAttributeName::EnableDnsSupport).await?;
-        let hostnames = dns_attr(c, id, VpcAttributeName::EnableDnsHostnames).await?;
-        Ok(Some(sdk::observed(
-            recorded,
-            vec![
-                (
-                    "cidr_block",
-                    Value::from(vpc.cidr_block().unwrap_or_default()),
-                ),
-                ("enable_dns_support", Value::from(support)),
-                ("enable_dns_hostnames", Value::from(hostnames)),
-                ("tags", sdk::ec2_user_tags(vpc.tags())),
-            ],
-            &["tags"],
-            outputs(c, vpc),
-        )))
+        observe(c, recorded, vpc).await.map(Some)
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    /// One `DescribeVpcs` for all; the DNS attributes (one call each, AWS has no batch
+    /// form) concurrently.
+    #[cfg(feature = "aws")]
+    async fn read_many(
+        &self,
+        c: &Clients,
+        items: &[&ResourceState],
+    ) -> Result<Vec<Option<ResourceState>>, ProviderError> {
+        let out = c
+            .ec2
+            .describe_vpcs()
+            .filters(sdk::id_filter("vpc-id", items)?)
+            .send()
+            .await
+            .map_err(c.err("ec2", "DescribeVpcs"))?;
+        let reads = items.iter().map(|r| async {
+            let id = sdk::recorded_id(r)?;
+            match out.vpcs().iter().find(|v| v.vpc_id() == Some(id)) {
+                Some(vpc) => observe(c, r, vpc).await.map(Some),
+                None => Ok(None),
+            }
+        });
+        futures::future::try_join_all(reads).await
     }
 
     #[cfg(feature = "aws")]
@@ -214,4 +228,32 @@ async fn set_dns(
             .map_err(c.err("ec2", "ModifyVpcAttribute"))?;
     }
     Ok(())
+}
+
+/// The record of the VPC `vpc` as AWS reports it, with its DNS attributes.
+#[cfg(feature = "aws")]
+async fn observe(
+    c: &Clients,
+    recorded: &ResourceState,
+    vpc: &aws_sdk_ec2::types::Vpc,
+) -> Result<ResourceState, ProviderError> {
+    let id = vpc.vpc_id().unwrap_or_default();
+    let (support, hostnames) = futures::try_join!(
+        dns_attr(c, id, VpcAttributeName::EnableDnsSupport),
+        dns_attr(c, id, VpcAttributeName::EnableDnsHostnames)
+    )?;
+    Ok(sdk::observed(
+        recorded,
+        vec![
+            (
+                "cidr_block",
+                Value::from(vpc.cidr_block().unwrap_or_default()),
+            ),
+            ("enable_dns_support", Value::from(support)),
+            ("enable_dns_hostnames", Value::from(hostnames)),
+            ("tags", sdk::ec2_user_tags(vpc.tags())),
+        ],
+        &["tags"],
+        outputs(c, vpc),
+    ))
 }
