@@ -7,8 +7,8 @@
 use super::middleware::REQUEST_IDENTITY;
 use super::{ApiError, Shared};
 use crate::ops::broker::{
-    index_seed, now_rfc3339, BrokerStore, InstanceSpec, OpKind, OpState, Operation, RequestProblem,
-    StatusChange, StoredInstance,
+    index_seed, now_rfc3339, InstanceSpec, OpKind, OpState, Operation, RequestProblem,
+    StatusChange, StoreChange, StoredInstance,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -181,7 +181,7 @@ async fn provision(
     let st = state.clone();
     let decision = state
         .store
-        .update(|store: &mut BrokerStore| {
+        .update(|store: &mut StoreChange<'_>| {
             if let Some(existing) = store.instances.get(&id).filter(|e| !e.gone()) {
                 let same = existing.service_id == inst.service_id
                     && existing.plan_id == inst.plan_id
@@ -211,7 +211,7 @@ async fn provision(
                         let mut again = inst.clone();
                         again.context = existing.context.clone();
                         let op_id = again.operation.id.clone();
-                        store.instances.insert(id.clone(), again);
+                        store.insert(id.clone(), again);
                         (Provision::Accepted(op_id), true)
                     }
                     (true, _, _) => (Provision::Identical, false),
@@ -221,7 +221,7 @@ async fn provision(
                 return (Provision::Refused(problem(p)), false);
             }
             let op_id = inst.operation.id.clone();
-            store.instances.insert(id.clone(), inst.clone());
+            store.insert(id.clone(), inst.clone());
             (Provision::Accepted(op_id), true)
         })
         .await
@@ -266,7 +266,7 @@ async fn update(
     let raw = b.parameters.clone();
     let decision = state
         .store
-        .update(|store: &mut BrokerStore| {
+        .update(|store: &mut StoreChange<'_>| {
             let Some(existing) = store.instances.get(&id).filter(|e| !e.gone()).cloned() else {
                 return (Provision::Refused(ApiError::bad_request(format!(
                     "instance {id} does not exist on this broker; provision it first (PUT)"
@@ -336,7 +336,7 @@ async fn update(
             }
             let op_id = op.id.clone();
             next.operation = op;
-            store.instances.insert(id.clone(), next);
+            store.insert(id.clone(), next);
             (Provision::Accepted(op_id), true)
         })
         .await
@@ -406,8 +406,8 @@ async fn deprovision(
     }
     let decision = state
         .store
-        .update(|store: &mut BrokerStore| {
-            let Some(existing) = store.instances.get_mut(&id).filter(|e| !e.gone()) else {
+        .update(|store: &mut StoreChange<'_>| {
+            let Some(existing) = store.instance_mut(&id).filter(|e| !e.gone()) else {
                 return (Provision::Refused(ApiError::new(
                     StatusCode::GONE,
                     "Gone",

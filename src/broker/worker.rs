@@ -313,7 +313,7 @@ async fn run_redeploy(state: &Shared, job: Redeploy) {
     let task = result.ok().flatten();
     let recorded = state
         .store
-        .update(|store| match store.instances.get_mut(&id) {
+        .update(|store| match store.instance_mut(&id) {
             Some(cur) if cur.operation.state != OpState::InProgress => {
                 cur.operation.description = description;
                 cur.operation.finished_at = Some(now_rfc3339());
@@ -363,7 +363,7 @@ async fn finish(
         .update(|store| {
             let mut changed = false;
             for i in batch {
-                let Some(cur) = store.instances.get_mut(&i.id) else {
+                let Some(cur) = store.instance_mut(&i.id) else {
                     continue;
                 };
                 // A newer request replaced the operation meanwhile: it is queued itself.

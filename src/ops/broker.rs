@@ -224,11 +224,60 @@ pub async fn read_store(backend: &dyn StateBackend) -> Result<BrokerStore, State
 /// returns once a write holding the change is durable.
 pub struct StoreHandle {
     backend: Box<dyn StateBackend>,
-    doc: Mutex<BrokerStore>,
+    doc: Mutex<Tracked>,
     /// Bumped by every change (under `doc`'s lock).
     generation: AtomicU64,
     /// The generation last made durable; holding it is the write turn.
     written: tokio::sync::Mutex<u64>,
+}
+
+/// The store in memory and what the next write must carry.
+struct Tracked {
+    store: BrokerStore,
+    /// Instances changed since the last write.
+    touched: BTreeSet<String>,
+    /// The next write must be the whole document (after a failed write).
+    whole: bool,
+}
+
+/// A change to the store inside [`StoreHandle::update`]: reads go through `Deref`,
+/// writes through its methods, which note the instances they touch so the write records
+/// only those (O(changes), not O(instances)).
+pub struct StoreChange<'a> {
+    store: &'a mut BrokerStore,
+    touched: &'a mut BTreeSet<String>,
+}
+
+impl std::ops::Deref for StoreChange<'_> {
+    type Target = BrokerStore;
+
+    fn deref(&self) -> &BrokerStore {
+        self.store
+    }
+}
+
+impl StoreChange<'_> {
+    /// The instance `id`, to change in place.
+    pub fn instance_mut(&mut self, id: &str) -> Option<&mut StoredInstance> {
+        let found = self.store.instances.get_mut(id);
+        if found.is_some() {
+            self.touched.insert(id.to_string());
+        }
+        found
+    }
+
+    /// Adds or replaces the instance `id`.
+    pub fn insert(&mut self, id: String, instance: StoredInstance) {
+        self.touched.insert(id.clone());
+        self.store.instances.insert(id, instance);
+    }
+}
+
+/// What one store write carries.
+enum StoreWrite {
+    /// The changed instances: `["instances", ID]` → the instance (`None`: removed).
+    Changes(Vec<(Vec<String>, Option<Value>)>),
+    Whole(Value),
 }
 
 impl StoreHandle {
@@ -253,7 +302,11 @@ impl StoreHandle {
         ws.backend.write_broker_store(&doc).await?;
         Ok(StoreHandle {
             backend: ws.backend,
-            doc: Mutex::new(store),
+            doc: Mutex::new(Tracked {
+                store,
+                touched: BTreeSet::new(),
+                whole: false,
+            }),
             generation: AtomicU64::new(0),
             written: tokio::sync::Mutex::new(0),
         })
@@ -265,7 +318,7 @@ impl StoreHandle {
         self.backend.describe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerStore> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
         self.doc
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -274,28 +327,31 @@ impl StoreHandle {
     /// A copy of one instance.
     #[must_use]
     pub fn get(&self, id: &str) -> Option<StoredInstance> {
-        self.lock().instances.get(id).cloned()
+        self.lock().store.instances.get(id).cloned()
     }
 
     /// Runs `read` on the store as it is in memory.
     pub fn read<R>(&self, read: impl FnOnce(&BrokerStore) -> R) -> R {
-        read(&self.lock())
+        read(&self.lock().store)
     }
 
     /// Changes the store with `change` (which returns its result and whether it changed
     /// anything) and, when it changed something, waits until a write including the
-    /// change is durable.
+    /// change is durable. The write records only the instances the change touched where
+    /// the backend can append them (the file backend's journal), the whole document
+    /// otherwise.
     ///
     /// # Errors
     /// The store could not be written (the change stays in memory and goes out with
     /// the next write).
     pub async fn update<R>(
         &self,
-        change: impl FnOnce(&mut BrokerStore) -> (R, bool),
+        change: impl FnOnce(&mut StoreChange<'_>) -> (R, bool),
     ) -> Result<R, OpsError> {
         let (result, mine) = {
             let mut doc = self.lock();
-            let (r, changed) = change(&mut doc);
+            let Tracked { store, touched, .. } = &mut *doc;
+            let (r, changed) = change(&mut StoreChange { store, touched });
             if !changed {
                 return Ok(r);
             }
@@ -309,21 +365,72 @@ impl StoreHandle {
             return Ok(result);
         }
         let wait = waited.elapsed();
-        let (snapshot, generation) = {
-            let mut doc = self.lock();
-            doc.format = STORE_FORMAT.to_string();
-            doc.version = STORE_VERSION;
-            let snapshot = serde_json::to_value(&*doc).map_err(|source| StateError::Serialize {
-                location: self.backend.describe(),
-                source,
-            })?;
-            (snapshot, self.generation.load(Ordering::SeqCst))
-        };
         let t = std::time::Instant::now();
-        self.backend.write_broker_store(&snapshot).await?;
+        let (what, generation) = self.take_write(false).inspect_err(|_| {
+            self.lock().whole = true;
+        })?;
+        let outcome = match what {
+            StoreWrite::Changes(changes) => {
+                match self.backend.write_broker_changes(&changes).await {
+                    Ok(true) => Ok(()),
+                    // The backend needs the whole document now (the file backend's
+                    // first write or a compaction): the changes just taken are in it.
+                    Ok(false) => match self.take_write(true) {
+                        Ok((StoreWrite::Whole(doc), _)) => self
+                            .backend
+                            .write_broker_store(&doc)
+                            .await
+                            .map_err(Into::into),
+                        Ok((StoreWrite::Changes(_), _)) => unreachable!("a whole write was asked"),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e.into()),
+                }
+            }
+            StoreWrite::Whole(doc) => self
+                .backend
+                .write_broker_store(&doc)
+                .await
+                .map_err(Into::into),
+        };
+        if let Err(e) = outcome {
+            // What reached the backend is unknown: the next write carries everything.
+            self.lock().whole = true;
+            return Err(e);
+        }
         tracing::debug!(waited = ?wait, write = ?t.elapsed(), changes = generation - *written, "broker store written");
         *written = generation;
         Ok(result)
+    }
+
+    /// What the next write carries, taken under the lock with the generation it covers:
+    /// the touched instances, or the whole document when `whole` is asked or an earlier
+    /// write failed.
+    fn take_write(&self, whole: bool) -> Result<(StoreWrite, u64), OpsError> {
+        let mut doc = self.lock();
+        let serialize = |source| StateError::Serialize {
+            location: self.backend.describe(),
+            source,
+        };
+        let touched = std::mem::take(&mut doc.touched);
+        let what = if whole || doc.whole {
+            doc.store.format = STORE_FORMAT.to_string();
+            doc.store.version = STORE_VERSION;
+            let v = serde_json::to_value(&doc.store).map_err(serialize)?;
+            doc.whole = false;
+            StoreWrite::Whole(v)
+        } else {
+            let mut changes = Vec::with_capacity(touched.len());
+            for id in touched {
+                let v = match doc.store.instances.get(&id) {
+                    Some(i) => Some(serde_json::to_value(i).map_err(serialize)?),
+                    None => None,
+                };
+                changes.push((vec!["instances".to_string(), id], v));
+            }
+            StoreWrite::Changes(changes)
+        };
+        Ok((what, self.generation.load(Ordering::SeqCst)))
     }
 }
 
@@ -1030,6 +1137,62 @@ mod tests {
                 task_id: None,
             },
         }
+    }
+
+    #[tokio::test]
+    async fn store_writes_carry_only_the_touched_instances_and_reload_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state/ws.json");
+        let backend = crate::state::LocalBackend::new(&state);
+        backend
+            .write_broker_store(&serde_json::json!({}))
+            .await
+            .unwrap();
+        let handle = StoreHandle {
+            backend: Box::new(crate::state::LocalBackend::new(&state)),
+            doc: Mutex::new(Tracked {
+                store: BrokerStore::default(),
+                touched: BTreeSet::new(),
+                whole: false,
+            }),
+            generation: AtomicU64::new(0),
+            written: tokio::sync::Mutex::new(0),
+        };
+        // This handle's first write is whole (the backend's writer has no document yet).
+        for id in ["a", "b", "c"] {
+            handle
+                .update(|s| {
+                    s.insert(id.into(), inst(id, OpKind::Provision, OpState::InProgress));
+                    ((), true)
+                })
+                .await
+                .unwrap();
+        }
+        handle
+            .update(|s| {
+                let b = s.instance_mut("b").unwrap();
+                b.operation.state = OpState::Succeeded;
+                ((), true)
+            })
+            .await
+            .unwrap();
+        // A change that says it changed nothing writes nothing.
+        handle
+            .update(|s| ((), s.instances.contains_key("zz")))
+            .await
+            .unwrap();
+        let journal =
+            std::fs::read_to_string(dir.path().join("state/ws.json.broker.journal")).unwrap();
+        let last: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+        assert_eq!(last["put"].as_array().unwrap().len(), 1, "{last}");
+        assert_eq!(last["put"][0][0], serde_json::json!(["instances", "b"]));
+        // Read back from disk by another handle: the whole store as in memory.
+        let reread = read_store(&crate::state::LocalBackend::new(&state))
+            .await
+            .unwrap();
+        assert_eq!(reread.instances, handle.read(|s| s.instances.clone()));
+        assert_eq!(reread.instances["b"].operation.state, OpState::Succeeded);
+        assert_eq!(reread.format, STORE_FORMAT);
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! - `<state>.broker.journal` starts with a header `{"broker_journal": 1, "base": B}`
 //!   (it continues the snapshot of seq B) and then holds one JSON line per write,
 //!   `{"seq": N, "put": [[PATH, VALUE]…], "delete": [PATH…]}`, appended and fdatasynced.
-//!   PATH is one or two keys: the writer diffs the new document against the last one
-//!   down to the entries of top-level objects (one instance of `instances`), so a write
-//!   costs the size of what changed.
+//!   PATH is one or two keys. `anvil broker` hands over the instances it changed
+//!   ([`BrokerFile::write_changes`]); a whole document ([`BrokerFile::write`]) is diffed
+//!   against the last one down to the entries of top-level objects (one instance of
+//!   `instances`). Either way a write costs the size of what changed.
 //!
 //! Loading reads the snapshot, then the journal, and applies the records with a seq above
 //! the snapshot's. An unparsable last line is a write torn by a crash and is ignored (it
@@ -199,6 +200,75 @@ impl BrokerFile {
         result
     }
 
+    /// Records changed entries without the whole document: each `(PATH, Some(value))`
+    /// is set and each `(PATH, None)` removed (PATH one or two keys), as one appended
+    /// record; O(changes). Returns `Ok(false)`, writing nothing, when this process must
+    /// write the whole document instead (its first write, a journal due for compaction,
+    /// an earlier failed write): the caller then calls [`BrokerFile::write`].
+    ///
+    /// # Errors
+    /// IO errors, naming the file; the next write then compacts.
+    pub(crate) fn write_changes(
+        &self,
+        changes: &[(Vec<String>, Option<Value>)],
+    ) -> Result<bool, StateError> {
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.last.is_none()
+            || w.file.is_none()
+            || w.journal_bytes > self.compact_over.max(w.snapshot_bytes)
+        {
+            return Ok(false);
+        }
+        let mut record = Record::default();
+        for (path, value) in changes {
+            match value {
+                Some(v) => record.put.push((path.clone(), v.clone())),
+                None => record.delete.push(path.clone()),
+            }
+        }
+        if record.is_empty() {
+            return Ok(true);
+        }
+        let result = self.append(&mut w, &mut record).and_then(|()| {
+            let last = w.last.as_mut().ok_or_else(|| StateError::Corrupt {
+                location: loc(&self.journal),
+                detail: "the writer lost its document".into(),
+            })?;
+            apply(last, &record).map_err(|detail| StateError::Corrupt {
+                location: loc(&self.journal),
+                detail,
+            })
+        });
+        if result.is_err() {
+            w.last = None;
+            w.file = None;
+        }
+        result.map(|()| true)
+    }
+
+    /// Appends `record` with the next seq and syncs it.
+    fn append(&self, w: &mut Writer, record: &mut Record) -> Result<(), StateError> {
+        record.seq = w.seq + 1;
+        let mut line = serde_json::to_vec(&record).map_err(|source| StateError::Serialize {
+            location: loc(&self.journal),
+            source,
+        })?;
+        line.push(b'\n');
+        let io = |e| StateError::io("append to", &self.journal, e);
+        let file = w
+            .file
+            .as_mut()
+            .ok_or_else(|| io(std::io::Error::other("the journal is not open")))?;
+        self.faults.step().map_err(io)?;
+        file.write_all(&line).map_err(io)?;
+        self.faults.step().map_err(io)?;
+        // The file's length changes with each append; fdatasync covers that metadata.
+        file.sync_data().map_err(io)?;
+        w.seq = record.seq;
+        w.journal_bytes += line.len() as u64;
+        Ok(())
+    }
+
     fn write_locked(&self, w: &mut Writer, doc: &Value) -> Result<(), StateError> {
         let record = match (&w.last, &w.file) {
             (Some(last), Some(_)) if w.journal_bytes <= self.compact_over.max(w.snapshot_bytes) => {
@@ -212,23 +282,7 @@ impl BrokerFile {
         if record.is_empty() {
             return Ok(());
         }
-        record.seq = w.seq + 1;
-        let mut line = serde_json::to_vec(&record).map_err(|source| StateError::Serialize {
-            location: loc(&self.journal),
-            source,
-        })?;
-        line.push(b'\n');
-        let Some(file) = w.file.as_mut() else {
-            return self.compact(w, doc);
-        };
-        let io = |e| StateError::io("append to", &self.journal, e);
-        self.faults.step().map_err(io)?;
-        file.write_all(&line).map_err(io)?;
-        self.faults.step().map_err(io)?;
-        // The file's length changes with each append; fdatasync covers that metadata.
-        file.sync_data().map_err(io)?;
-        w.seq = record.seq;
-        w.journal_bytes += line.len() as u64;
+        self.append(w, &mut record)?;
         w.last = Some(doc.clone());
         Ok(())
     }
@@ -641,5 +695,74 @@ mod tests {
         // What reached the disk is unknown: the writer starts over with a compaction.
         let w = s.writer.lock().unwrap();
         assert!(w.last.is_none() && w.file.is_none());
+    }
+
+    #[test]
+    fn changes_append_only_what_changed_and_mix_with_whole_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let put = |id: &str, st: &str| {
+            (
+                vec!["instances".to_string(), id.to_string()],
+                Some(json!({"id": id, "state": st})),
+            )
+        };
+        // Before this process's first whole write there is nothing to append to.
+        assert!(!s.write_changes(&[put("a", "x")]).unwrap());
+        assert_eq!(s.read().unwrap(), None);
+        s.write(&doc(&[("a", "in progress")])).unwrap();
+        assert!(s
+            .write_changes(&[put("a", "succeeded"), put("b", "in progress")])
+            .unwrap());
+        let journal = lines(s.journal_path());
+        assert_eq!(
+            serde_json::from_str::<Value>(&journal[1]).unwrap(),
+            json!({"seq": 2, "put": [
+                [["instances", "a"], {"id": "a", "state": "succeeded"}],
+                [["instances", "b"], {"id": "b", "state": "in progress"}]]})
+        );
+        let both = doc(&[("a", "succeeded"), ("b", "in progress")]);
+        assert_eq!(store(dir.path()).read().unwrap(), Some(both.clone()));
+        // A removal; nothing at all appends nothing.
+        let gone = (vec!["instances".to_string(), "a".to_string()], None);
+        assert!(s.write_changes(&[gone]).unwrap());
+        assert!(s.write_changes(&[]).unwrap());
+        assert_eq!(lines(s.journal_path()).len(), 3);
+        let only_b = doc(&[("b", "in progress")]);
+        assert_eq!(store(dir.path()).read().unwrap(), Some(only_b.clone()));
+        // The writer's document followed the changes: a whole write of the same
+        // document appends nothing, and one more change is diffed against it.
+        s.write(&only_b).unwrap();
+        assert_eq!(lines(s.journal_path()).len(), 3);
+        s.write(&doc(&[("b", "succeeded")])).unwrap();
+        let journal = lines(s.journal_path());
+        assert_eq!(
+            serde_json::from_str::<Value>(&journal[3]).unwrap(),
+            json!({"seq": 4, "put": [[["instances", "b"], {"id": "b", "state": "succeeded"}]]})
+        );
+    }
+
+    #[test]
+    fn changes_are_refused_when_the_journal_is_due_for_compaction_or_a_write_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).with_compact_over(64);
+        s.write(&doc(&[])).unwrap();
+        let big = (
+            vec!["instances".to_string(), "a".to_string()],
+            Some(json!({"id": "a", "state": "x".repeat(200)})),
+        );
+        assert!(s.write_changes(std::slice::from_ref(&big)).unwrap());
+        // Over the threshold: the caller must write the whole document (which compacts).
+        assert!(!s.write_changes(std::slice::from_ref(&big)).unwrap());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/ws.json");
+        let s = BrokerFile::new(&path, Faults::crash_after(13));
+        s.write(&doc(&[])).unwrap();
+        let err = s.write_changes(std::slice::from_ref(&big)).unwrap_err();
+        assert!(err.to_string().contains("ws.json.broker.journal"), "{err}");
+        assert_eq!(store(dir.path()).read().unwrap(), Some(doc(&[])));
+        // What reached the disk is unknown: only a whole write is taken now.
+        assert!(!s.write_changes(std::slice::from_ref(&big)).unwrap());
     }
 }

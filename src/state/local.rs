@@ -437,6 +437,18 @@ impl StateBackend for LocalBackend {
         let doc = doc.clone();
         super::blocking(&loc(broker.journal_path()), move || broker.write(&doc)).await
     }
+
+    async fn write_broker_changes(
+        &self,
+        changes: &[(Vec<String>, Option<serde_json::Value>)],
+    ) -> Result<bool, StateError> {
+        let broker = self.broker.clone();
+        let changes = changes.to_vec();
+        super::blocking(&loc(broker.journal_path()), move || {
+            broker.write_changes(&changes)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -346,6 +346,22 @@ pub trait StateBackend: Send + Sync {
         Ok(None)
     }
 
+    /// Records some entries of the broker's store durably, without the whole document:
+    /// each `(PATH, Some(value))` set, each `(PATH, None)` removed, PATH one key or two
+    /// (`["instances", ID]`). O(changes) where a backend can; `Ok(false)` (nothing
+    /// written) where it cannot now, and the caller writes the whole document with
+    /// [`StateBackend::write_broker_store`]. Default: `Ok(false)`.
+    ///
+    /// # Errors
+    /// IO or backend errors.
+    async fn write_broker_changes(
+        &self,
+        changes: &[(Vec<String>, Option<serde_json::Value>)],
+    ) -> Result<bool, StateError> {
+        let _ = changes;
+        Ok(false)
+    }
+
     /// Replaces the broker's store durably (it is on disk or committed when this
     /// returns). Not under the state lock: the broker is the store's only writer.
     ///
