@@ -64,17 +64,14 @@ impl AwsResource for DbInstance {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let ident = sdk::str_attr(&recorded.attributes, "identifier")?;
-        let Some(db) = describe(c, ident).await? else {
-            return Ok(None);
-        };
-        Ok(observe(recorded, &db))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

@@ -38,25 +38,14 @@ impl AwsResource for Eip {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
-        let out = sdk::found(
-            c.ec2
-                .describe_addresses()
-                .allocation_ids(id)
-                .send()
-                .await
-                .map_err(c.err("ec2", "DescribeAddresses")),
-        )?;
-        Ok(out
-            .as_ref()
-            .and_then(|o| o.addresses().first())
-            .map(|a| observe(recorded, a)))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

@@ -35,25 +35,14 @@ impl AwsResource for InternetGateway {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
-        let out = sdk::found(
-            c.ec2
-                .describe_internet_gateways()
-                .internet_gateway_ids(id)
-                .send()
-                .await
-                .map_err(c.err("ec2", "DescribeInternetGateways")),
-        )?;
-        Ok(out
-            .as_ref()
-            .and_then(|o| o.internet_gateways().first())
-            .map(|g| observe(recorded, g)))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

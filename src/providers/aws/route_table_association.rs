@@ -44,17 +44,14 @@ impl AwsResource for RouteTableAssociation {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        sdk::recorded_id(recorded)?;
-        let table = sdk::str_attr(&recorded.attributes, "route_table_id")?;
-        Ok(super::route_table::describe(c, table)
-            .await?
-            .and_then(|t| observe(recorded, &t)))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

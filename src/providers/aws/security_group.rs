@@ -46,14 +46,14 @@ impl AwsResource for SecurityGroup {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
-        Ok(describe(c, id).await?.map(|g| observe(c, recorded, &g)))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

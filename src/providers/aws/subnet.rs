@@ -58,25 +58,14 @@ impl AwsResource for Subnet {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
-        let out = sdk::found(
-            c.ec2
-                .describe_subnets()
-                .subnet_ids(id)
-                .send()
-                .await
-                .map_err(c.err("ec2", "DescribeSubnets")),
-        )?;
-        Ok(out
-            .as_ref()
-            .and_then(|o| o.subnets().first())
-            .map(|s| observe(recorded, s)))
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {

@@ -49,25 +49,14 @@ impl AwsResource for Vpc {
         )
     }
 
+    /// One record is a batch of one: the same filtered `Describe*` as refresh's.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         c: &Clients,
         recorded: &ResourceState,
     ) -> Result<Option<ResourceState>, ProviderError> {
-        let id = sdk::recorded_id(recorded)?;
-        let out = sdk::found(
-            c.ec2
-                .describe_vpcs()
-                .vpc_ids(id)
-                .send()
-                .await
-                .map_err(c.err("ec2", "DescribeVpcs")),
-        )?;
-        let Some(vpc) = out.as_ref().and_then(|o| o.vpcs().first()) else {
-            return Ok(None);
-        };
-        observe(c, recorded, vpc).await.map(Some)
+        Ok(self.read_many(c, &[recorded]).await?.pop().flatten())
     }
 
     fn batches_reads(&self) -> bool {
