@@ -18,7 +18,15 @@
 //! (goal ≤ 1.2×), with the work bound (sum of durations / `--parallelism`) beside it,
 //! which is the other lower bound when the graph is wide.
 //!
-//! Pass `-- --parallelism N` to set the apply and plan parallelism (default anvil's, 10),
+//! moto is the third bound: it answers on one Python interpreter, one request at a time
+//! under the GIL. The bench reads moto's CPU time (`/proc/PID/stat`) around the apply and
+//! the plan: a run cannot take less wall time than moto spent serving it. And after the
+//! plan it times the read floor: every object read once from boto3 (one unfiltered
+//! `Describe*` per type, plus the per-object calls AWS has no list form for), the least
+//! moto work any refresh of this workspace needs.
+//!
+//! `ANVIL_BENCH_BIN=path/to/anvil` runs that binary instead of the one built with the
+//! bench. Pass `-- --parallelism N` to set the apply and plan parallelism (default anvil's, 10),
 //! `-- example` or `-- many` to run one case only. The no-op plan runs with
 //! `ANVIL_LOG=anvil=debug`, and its refresh (the AWS reads) is reported apart from the
 //! whole plan (spec load, schema check, model, plan).
@@ -88,7 +96,10 @@ fn refresh_time(log: &str) -> Option<Duration> {
 }
 
 fn anvil(dir: &Path, moto: &Moto, args: &[&str], debug_log: bool) -> Run {
-    let mut cmd = Command::new(BIN);
+    // `ANVIL_BENCH_BIN` runs another build of anvil (a release binary at hand, when this
+    // bench was built in the dev profile to save the release build's time).
+    let bin = std::env::var_os("ANVIL_BENCH_BIN").unwrap_or_else(|| BIN.into());
+    let mut cmd = Command::new(bin);
     if debug_log {
         cmd.env("ANVIL_LOG", "anvil=debug");
     }
@@ -212,6 +223,50 @@ fn critical_path(
     (end.0, chain)
 }
 
+/// moto's CPU time since `before`, in seconds for the table (`?` when unreadable).
+fn busy(moto: &Moto, before: Option<Duration>) -> String {
+    match (before, moto.cpu_time()) {
+        (Some(b), Some(a)) => format!("{:.2}", secs(a.saturating_sub(b))),
+        _ => "?".to_string(),
+    }
+}
+
+/// The least moto time any refresh of these environments needs: every object read once,
+/// from boto3 (no anvil), one after the other — one unfiltered `Describe*` per EC2 and
+/// RDS type (moto renders each object once), and the per-object calls AWS has no list
+/// form for (EKS clusters and node groups, the VPC DNS attributes, the bucket settings).
+/// moto serves requests one at a time under the GIL, so no client, however parallel,
+/// refreshes faster than this.
+fn read_floor(moto: &Moto) -> Duration {
+    let v = moto.python(
+        "import time\n\
+         kw = dict(endpoint_url=ENDPOINT, region_name='eu-central-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         ec2, eks, rds, s3 = (boto3.client(n, **kw) for n in ('ec2', 'eks', 'rds', 's3'))\n\
+         ec2.describe_availability_zones(); eks.list_clusters(); \
+         rds.describe_db_instances(); s3.list_buckets()\n\
+         start = time.perf_counter()\n\
+         vpcs = ec2.describe_vpcs()['Vpcs']\n\
+         for f in (ec2.describe_subnets, ec2.describe_internet_gateways, \
+         ec2.describe_addresses, ec2.describe_nat_gateways, ec2.describe_route_tables, \
+         ec2.describe_security_groups, rds.describe_db_instances, \
+         rds.describe_db_subnet_groups):\n    f()\n\
+         for v in vpcs:\n    \
+         for a in ('enableDnsSupport', 'enableDnsHostnames'):\n        \
+         ec2.describe_vpc_attribute(VpcId=v['VpcId'], Attribute=a)\n\
+         for c in eks.list_clusters()['clusters']:\n    \
+         eks.describe_cluster(name=c)\n    \
+         for g in eks.list_nodegroups(clusterName=c)['nodegroups']:\n        \
+         eks.describe_nodegroup(clusterName=c, nodegroupName=g)\n\
+         for b in s3.list_buckets()['Buckets']:\n    \
+         n = b['Name']\n    \
+         s3.get_bucket_versioning(Bucket=n); s3.get_public_access_block(Bucket=n)\n    \
+         s3.get_bucket_lifecycle_configuration(Bucket=n); s3.get_bucket_tagging(Bucket=n)\n\
+         result = time.perf_counter() - start\n",
+    );
+    Duration::from_secs_f64(v.as_f64().expect("the floor snippet returns seconds"))
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -236,6 +291,7 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
     for (name, yaml) in docs {
         std::fs::write(dir.path().join("env").join(name), yaml).expect("write");
     }
+    let moto_before_apply = moto.cpu_time();
     let apply = anvil(
         dir.path(),
         moto,
@@ -249,6 +305,7 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
         false,
     );
     assert_eq!(apply.code, 0, "{label}: apply exited {}", apply.code);
+    let moto_apply = busy(moto, moto_before_apply);
     let deps = dependencies(dir.path(), ws);
     let cost: HashMap<String, Duration> = apply
         .finished
@@ -268,6 +325,7 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
     // spec load, plan and the final state write.
     let first = apply.started.values().min().copied().unwrap_or_default();
     let last = apply.finished.values().max().copied().unwrap_or_default();
+    let moto_before_plan = moto.cpu_time();
     let plan = anvil(
         dir.path(),
         moto,
@@ -281,6 +339,8 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
         true,
     );
     assert_eq!(plan.code, 0, "{label}: the plan after apply is not empty");
+    let moto_plan = busy(moto, moto_before_plan);
+    let floor = read_floor(moto);
     // The engine alone: the same plan without reading the real world (Terraform's
     // `-refresh=false`), so moto's per-object cost is out of it.
     let offline = anvil(
@@ -294,9 +354,10 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
         "{label}: the --refresh=false plan is not empty"
     );
     println!(
-        "| {label} | {} | {parallelism} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}× | {:.2} | {} | {:.2} |",
+        "| {label} | {} | {parallelism} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2}× | {:.2} | {} | {} | {:.2} | {:.2} |",
         deps.len(),
         secs(apply.wall),
+        moto_apply,
         secs(last.saturating_sub(first)),
         secs(cp),
         secs(work_bound),
@@ -304,6 +365,8 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
         secs(plan.wall),
         plan.refreshed
             .map_or_else(|| "?".to_string(), |d| format!("{:.2}", secs(d))),
+        moto_plan,
+        secs(floor),
         secs(offline.wall),
     );
     let weighted: Vec<String> = chain
@@ -347,9 +410,9 @@ fn main() {
     };
     let moto = Moto::start();
     println!(
-        "| workspace | resources | parallelism | apply (s) | first create → last done (s) | critical path (s) | work / parallelism (s) | apply ÷ max(bounds) | no-op plan (s) | its refresh (s) | plan --refresh=false (s) |"
+        "| workspace | resources | parallelism | apply (s) | moto CPU in apply (s) | first create → last done (s) | critical path (s) | work / parallelism (s) | apply ÷ max(bounds) | no-op plan (s) | its refresh (s) | moto CPU in plan (s) | read floor (s) | plan --refresh=false (s) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     if only("example") {
         case(
             &moto,

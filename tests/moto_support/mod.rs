@@ -119,6 +119,24 @@ impl Moto {
         })
     }
 
+    /// The CPU time (user + system) the server process has used so far, from
+    /// `/proc/PID/stat`; `None` when it cannot be read. moto answers on one Python
+    /// interpreter (one core, under the GIL), so its CPU time over a run is a lower bound
+    /// on that run's wall time.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14,
+        // stime 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        (hz > 0).then(|| Duration::from_millis(ticks * 1000 / hz))
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
