@@ -9,6 +9,10 @@
 //!    environments posted at once to a server with 4 workers, timed until every one is
 //!    `ready`; against the ideal 100 × T / 4 (goal ≤ 1.2×).
 //!
+//! `ANVIL_BENCH_BIN=path/to/anvil` runs that binary instead of the one built with the
+//! bench. moto's CPU time (`/proc/PID/stat`) is reported beside the throughput times:
+//! moto serves one request at a time under the GIL, so no run is shorter than that.
+//!
 //! Results go to stdout as Markdown rows for docs/benchmarks.md.
 
 #[path = "../tests/serve_support/mod.rs"]
@@ -22,6 +26,13 @@ use serve_support::{environment_yaml, Serve, TOKEN};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_anvil");
+
+/// The anvil binary to run: `ANVIL_BENCH_BIN` (a release binary at hand, when this bench
+/// was built in the dev profile to save the release build's time), else the one built
+/// with the bench.
+fn bin() -> String {
+    std::env::var("ANVIL_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const CLIENTS: usize = 50;
 const PER_CLIENT: usize = 20;
 
@@ -109,7 +120,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = Serve::start(
-                BIN,
+                &bin(),
                 &dir.path().join("embedded"),
                 &["--no-workers"],
                 &dir.path().join("embedded.log"),
@@ -119,7 +130,7 @@ fn main() {
         match std::env::var("ANVIL_BENCH_DATABASE") {
             Ok(db) => {
                 let s = Serve::start(
-                    BIN,
+                    &bin(),
                     &dir.path().join("pg"),
                     &["--no-workers", "--database", &db],
                     &dir.path().join("pg.log"),
@@ -200,9 +211,10 @@ async fn throughput(dir: &std::path::Path) {
          'rds': lambda: c.describe_db_instances(), 's3': lambda: c.list_buckets(), \
          'sts': lambda: c.get_caller_identity()}[name]()\n",
     );
+    let before_one = moto.cpu_time();
     let one = {
         let s = Serve::start_with(
-            BIN,
+            &bin(),
             &dir.join("one"),
             &["--workers", "1"],
             &dir.join("one.log"),
@@ -212,11 +224,13 @@ async fn throughput(dir: &std::path::Path) {
         );
         provision_all(&s.url, &["solo".to_string()]).await
     };
+    let moto_one = busy(&moto, before_one);
     moto.reset();
     let names: Vec<String> = (0..100).map(|i| format!("tp-{i}")).collect();
+    let before_all = moto.cpu_time();
     let total = {
         let s = Serve::start_with(
-            BIN,
+            &bin(),
             &dir.join("hundred"),
             &["--workers", "4"],
             &dir.join("hundred.log"),
@@ -226,12 +240,23 @@ async fn throughput(dir: &std::path::Path) {
         );
         provision_all(&s.url, &names).await
     };
+    let moto_all = busy(&moto, before_all);
     let ideal = one.as_secs_f64() * 100.0 / 4.0;
     println!(
-        "| 100 environments, 4 workers, moto | one alone {:.1} s | total {:.1} s | ideal {:.1} s | {:.2}× | goal ≤ 1.2× |",
+        "| 100 environments, 4 workers, moto | one alone {:.1} s (moto busy {moto_one} s) | total {:.1} s (moto busy {moto_all} s) | ideal {:.1} s | {:.2}× | goal ≤ 1.2× |",
         one.as_secs_f64(),
         total.as_secs_f64(),
         ideal,
         total.as_secs_f64() / ideal
     );
+}
+
+/// moto's CPU time since `before`, in seconds (`?` when unreadable). moto serves one
+/// request at a time under the GIL, so a run takes at least this long.
+#[cfg(feature = "aws")]
+fn busy(moto: &moto_support::Moto, before: Option<Duration>) -> String {
+    match (before, moto.cpu_time()) {
+        (Some(b), Some(a)) => format!("{:.1}", a.saturating_sub(b).as_secs_f64()),
+        _ => "?".to_string(),
+    }
 }

@@ -149,19 +149,7 @@ const GATHER_MAX: Duration = Duration::from_millis(250);
 /// the rest waited for the state lock. Each batch waits at most [`GATHER_MAX`], next to
 /// a deploy's minutes.
 async fn gather<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
-    let mut jobs = vec![first];
-    let until = tokio::time::Instant::now() + GATHER_MAX;
-    loop {
-        while let Ok(more) = rx.try_recv() {
-            jobs.push(more);
-        }
-        let quiet = (tokio::time::Instant::now() + GATHER_QUIET).min(until);
-        match tokio::time::timeout_at(quiet, rx.recv()).await {
-            Ok(Some(more)) => jobs.push(more),
-            // Quiet for GATHER_QUIET, past GATHER_MAX, or the queue closed.
-            Ok(None) | Err(_) => return jobs,
-        }
-    }
+    crate::ops::broker::gather(first, rx, GATHER_QUIET, GATHER_MAX, |_| false).await
 }
 
 /// Waits for the worker loop to end (the caller cancelled `stopping`).

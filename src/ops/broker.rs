@@ -960,6 +960,46 @@ pub struct IndexStatus {
     mount: String,
 }
 
+/// Queued index statuses are written once none came for this long...
+const INDEX_QUIET: Duration = Duration::from_millis(20);
+/// ...or this long after the first, whichever is sooner.
+const INDEX_MAX: Duration = Duration::from_millis(100);
+
+/// `first` and what follows it closely on `rx`: items are taken until none came for
+/// `quiet`, `max` after the first, the channel closed, or an item is `urgent` (it is
+/// kept, and the batch ends at once). Batches a burst of requests into one piece of work
+/// (the broker worker's deploys, the index writer's read-modify-write).
+pub async fn gather<T>(
+    first: T,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    quiet: Duration,
+    max: Duration,
+    urgent: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let mut now = urgent(&first);
+    let mut items = vec![first];
+    let until = tokio::time::Instant::now() + max;
+    loop {
+        // What is already queued always joins.
+        while let Ok(more) = rx.try_recv() {
+            now |= urgent(&more);
+            items.push(more);
+        }
+        if now {
+            return items;
+        }
+        let wait = (tokio::time::Instant::now() + quiet).min(until);
+        match tokio::time::timeout_at(wait, rx.recv()).await {
+            Ok(Some(more)) => {
+                now = urgent(&more);
+                items.push(more);
+            }
+            // Quiet for `quiet`, past `max`, or the channel closed.
+            Ok(None) | Err(_) => return items,
+        }
+    }
+}
+
 /// Changes to write, and who waits for the write.
 type StatusRequest = (
     Vec<StatusChange>,
@@ -989,10 +1029,13 @@ impl IndexStatus {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StatusRequest>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
+                // Queued statuses (a provision's `request_received`) wait for the rest of
+                // their burst, so a burst costs one read-modify-write of the index, not
+                // one per store write; a caller waiting for its write is not kept.
+                let batch = gather(first, &mut rx, INDEX_QUIET, INDEX_MAX, |(_, done)| {
+                    done.is_some()
+                })
+                .await;
                 let changes: Vec<StatusChange> =
                     batch.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
                 let result = read_modify_write(
@@ -1114,6 +1157,75 @@ pub const PROVISIONED: &str = BROKER_DONE;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Queued statuses wait for their burst's tail (quiet, then the limit); a caller
+    /// waiting for its write ends the batch at once, taking what is already queued.
+    #[tokio::test(start_paused = true)]
+    async fn gather_waits_for_a_burst_but_not_for_an_urgent_item() {
+        let quiet = Duration::from_millis(20);
+        let max = Duration::from_millis(100);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, bool)>();
+        let urgent = |(_, u): &(u32, bool)| *u;
+
+        // A burst 5 ms apart, then silence: taken whole, `quiet` after its last item.
+        let feeder = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                for i in 1..=3 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tx.send((i, false)).unwrap();
+                }
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        let got = gather((0, false), &mut rx, quiet, max, urgent).await;
+        assert_eq!(
+            got.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(15) + quiet);
+        feeder.await.unwrap();
+
+        // An urgent first item: no wait, but what is queued already comes along.
+        tx.send((1, false)).unwrap();
+        let t0 = tokio::time::Instant::now();
+        let got = gather((0, true), &mut rx, quiet, max, urgent).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        // An urgent item arriving mid-burst ends the batch when it arrives.
+        let feeder = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                tx.send((1, true)).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                tx.send((2, false)).unwrap();
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        let got = gather((0, false), &mut rx, quiet, max, urgent).await;
+        assert_eq!(got, vec![(0, false), (1, true)]);
+        assert_eq!(t0.elapsed(), Duration::from_millis(5));
+        feeder.await.unwrap();
+        assert_eq!(rx.recv().await, Some((2, false)));
+
+        // A steady stream stops at `max`.
+        let stream = tokio::spawn(async move {
+            for i in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tx.send((i, false)).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        let got = gather((0, false), &mut rx, quiet, max, urgent).await;
+        assert_eq!(t0.elapsed(), max);
+        assert!(got.len() > 15 && got.len() <= 21, "{}", got.len());
+        drop(rx);
+        stream.await.unwrap();
+    }
 
     fn inst(id: &str, kind: OpKind, state: OpState) -> StoredInstance {
         StoredInstance {
