@@ -14,7 +14,10 @@
 //!    provisions, each from its own OS thread on a fresh connection, timed from the
 //!    connect to the response's last byte.
 //!
-//! Rounds default to 1; pass another count: `cargo bench --bench broker -- 3`.
+//! For each round, stderr says how long the provision burst took and how much CPU the
+//! clients, the broker and the two simulators spent in it (`/proc/PID/task/*/schedstat`).
+//! `ANVIL_BENCH_BROKER_LOG=FILE` appends the broker's debug log to FILE (its `broker
+//! store written` lines time each group commit). Rounds default to 1; pass another count: `cargo bench --bench broker -- 3`.
 //! Results go to stdout as Markdown rows for docs/benchmarks.md.
 
 use std::io::{BufRead, BufReader};
@@ -37,10 +40,25 @@ struct Proc(Child, String);
 
 impl Proc {
     fn start(cmd: &mut Command, prefix: &str) -> Proc {
+        Proc::start_logged(cmd, prefix, None)
+    }
+
+    /// Like `start`, with the process's stderr appended to `log` when given.
+    fn start_logged(cmd: &mut Command, prefix: &str, log: Option<&str>) -> Proc {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("open {path}: {e}")),
+            ),
+            None => Stdio::null(),
+        };
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start anvil");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -59,6 +77,20 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The time every thread of process `pid` has spent on a CPU so far
+/// (`/proc/PID/task/*/schedstat`, nanoseconds; zero when unreadable).
+fn on_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -91,7 +123,10 @@ async fn round(round: usize) {
     std::fs::write(dir.path().join("foundation.yaml"), FOUNDATION).expect("write");
     std::fs::write(dir.path().join("small.yml.tmpl"), TEMPLATE).expect("write");
     let state = dir.path().join("state/bench.json");
-    let broker = Proc::start(
+    // `ANVIL_BENCH_BROKER_LOG=FILE`: the broker's debug log (its `broker store written`
+    // lines time each group commit) is appended to FILE.
+    let log = std::env::var("ANVIL_BENCH_BROKER_LOG").ok();
+    let broker = Proc::start_logged(
         Command::new(BIN)
             .args(["broker", "--foundation"])
             .arg(dir.path())
@@ -106,8 +141,10 @@ async fn round(round: usize) {
             .env("VAULT_ADDR", &vault.1)
             .env("VAULT_TOKEN", "root")
             .env("ANVIL_BROKER_USERNAME", USER)
-            .env("ANVIL_BROKER_PASSWORD", PASSWORD),
+            .env("ANVIL_BROKER_PASSWORD", PASSWORD)
+            .envs(log.as_ref().map(|_| ("ANVIL_LOG", "anvil=debug"))),
         "anvil broker listening on ",
+        log.as_deref(),
     );
     let url = broker.1.clone();
     let floor = catalog_burst(&url).await;
@@ -146,12 +183,32 @@ async fn round(round: usize) {
             took
         }));
     }
+    let pids = [
+        ("clients", std::process::id()),
+        ("broker", broker.0.id()),
+        ("bosh sim", bosh.0.id()),
+        ("vault sim", vault.0.id()),
+    ];
+    let cpu_before: Vec<Duration> = pids.iter().map(|(_, p)| on_cpu(*p)).collect();
     barrier.wait().await;
     let start = Instant::now();
     let mut lat = Vec::new();
     for t in tasks {
         lat.push(t.await.expect("client"));
     }
+    let burst = start.elapsed();
+    let spent: Vec<String> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, p), before)| {
+            format!("{name} {:.1} ms", ms(on_cpu(*p).saturating_sub(*before)))
+        })
+        .collect();
+    eprintln!(
+        "round {round}: the provision burst took {:.1} ms; CPU in it: {}",
+        ms(burst),
+        spent.join(", ")
+    );
     lat.sort();
     let poller = reqwest::Client::new();
     let mut pending: Vec<String> = ids.clone();

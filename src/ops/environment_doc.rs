@@ -12,7 +12,9 @@
 use crate::model;
 use crate::providers::Registry;
 use crate::spec::{self, DocumentBody, FieldPath, LoadOptions, Location, SpecError, SpecErrors};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// How the body is written (from its `Content-Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,14 +85,18 @@ pub fn check(
         });
     }
     let text = match format {
-        BodyFormat::Json => json_text(file, text)?,
-        BodyFormat::Yaml => {
-            yaml_syntax(file, text)?;
-            text.to_string()
-        }
+        BodyFormat::Json => Cow::Owned(json_text(file, text)?),
+        BodyFormat::Yaml => Cow::Borrowed(text),
     };
     let opts = LoadOptions::default();
-    let spec = spec::load_str(file, &text, &opts).map_err(EnvironmentDocError::Invalid)?;
+    let spec = spec::load_str(file, &text, &opts).map_err(|errors| {
+        // A YAML syntax error is told apart from a document that is merely wrong only
+        // when loading failed, so a good document is scanned once.
+        match (format, yaml_syntax(file, &text)) {
+            (BodyFormat::Yaml, Err(malformed)) => malformed,
+            _ => EnvironmentDocError::Invalid(errors),
+        }
+    })?;
     let doc = match spec.documents.as_slice() {
         [only] => only,
         [] => {
@@ -115,9 +121,11 @@ pub fn check(
             ),
         )));
     };
-    let mut registry = Registry::builtin();
+    // The built-in providers and their schemas, made once: a check only reads them.
+    static BUILTIN: OnceLock<Registry> = OnceLock::new();
+    let registry = BUILTIN.get_or_init(Registry::builtin);
     let model = model::build(&spec, registry.schemas()).map_err(EnvironmentDocError::Invalid)?;
-    registry.configure(&model.providers).map_err(|errs| {
+    registry.check_instances(&model.providers).map_err(|errs| {
         EnvironmentDocError::Invalid(SpecErrors(
             errs.into_iter()
                 .map(|(i, e)| model.providers[i].error(e.message))

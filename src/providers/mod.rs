@@ -276,6 +276,30 @@ impl Registry {
         &mut self,
         instances: &[ProviderInstance],
     ) -> Result<(), Vec<(usize, ProviderError)>> {
+        for (name, p) in self.configured(instances)? {
+            self.providers.insert(name, p);
+        }
+        Ok(())
+    }
+
+    /// What [`Registry::configure`] checks, without registering anything: whether each
+    /// instance can be made from its provider with its settings.
+    ///
+    /// # Errors
+    /// Each instance that could not be configured, by its index in `instances`.
+    pub fn check_instances(
+        &self,
+        instances: &[ProviderInstance],
+    ) -> Result<(), Vec<(usize, ProviderError)>> {
+        self.configured(instances).map(drop)
+    }
+
+    /// The provider instances `instances` declare, each made from its provider's
+    /// default instance with its own settings, by instance name.
+    fn configured(
+        &self,
+        instances: &[ProviderInstance],
+    ) -> Result<Vec<(String, Arc<dyn Provider>)>, Vec<(usize, ProviderError)>> {
         let mut errors = Vec::new();
         let mut made = Vec::new();
         for (i, inst) in instances.iter().enumerate() {
@@ -300,13 +324,11 @@ impl Registry {
                 Err(e) => errors.push((i, e)),
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        if errors.is_empty() {
+            Ok(made)
+        } else {
+            Err(errors)
         }
-        for (name, p) in made {
-            self.providers.insert(name, p);
-        }
-        Ok(())
     }
 
     /// Registers a provider as its default instance (under its name).
