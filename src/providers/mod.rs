@@ -245,6 +245,12 @@ pub fn imported_record(
     }
 }
 
+/// A provider instance and its name (`bosh.east`).
+type Named = (String, Arc<dyn Provider>);
+
+/// Why provider instances could not be configured: each error by the instance's index.
+pub type InstanceErrors = Vec<(usize, ProviderError)>;
+
 /// The providers known to a run by instance name (`bosh`, `bosh.east`), and which
 /// provider owns each type.
 #[derive(Clone, Default)]
@@ -272,10 +278,7 @@ impl Registry {
     ///
     /// # Errors
     /// Each instance that could not be configured, by its index in `instances`.
-    pub fn configure(
-        &mut self,
-        instances: &[ProviderInstance],
-    ) -> Result<(), Vec<(usize, ProviderError)>> {
+    pub fn configure(&mut self, instances: &[ProviderInstance]) -> Result<(), InstanceErrors> {
         for (name, p) in self.configured(instances)? {
             self.providers.insert(name, p);
         }
@@ -287,19 +290,13 @@ impl Registry {
     ///
     /// # Errors
     /// Each instance that could not be configured, by its index in `instances`.
-    pub fn check_instances(
-        &self,
-        instances: &[ProviderInstance],
-    ) -> Result<(), Vec<(usize, ProviderError)>> {
+    pub fn check_instances(&self, instances: &[ProviderInstance]) -> Result<(), InstanceErrors> {
         self.configured(instances).map(drop)
     }
 
     /// The provider instances `instances` declare, each made from its provider's
     /// default instance with its own settings, by instance name.
-    fn configured(
-        &self,
-        instances: &[ProviderInstance],
-    ) -> Result<Vec<(String, Arc<dyn Provider>)>, Vec<(usize, ProviderError)>> {
+    fn configured(&self, instances: &[ProviderInstance]) -> Result<Vec<Named>, InstanceErrors> {
         let mut errors = Vec::new();
         let mut made = Vec::new();
         for (i, inst) in instances.iter().enumerate() {
