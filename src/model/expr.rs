@@ -113,6 +113,16 @@ pub struct ResolveError {
     pub message: String,
 }
 
+/// Whether any string in `v` has a `$` (keys are names, never templates).
+fn has_dollar(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('$'),
+        Value::Array(items) => items.iter().any(has_dollar),
+        Value::Object(m) => m.values().any(has_dollar),
+        _ => false,
+    }
+}
+
 /// Error from parsing a template string.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -125,6 +135,11 @@ impl Expr {
     /// The first malformed interpolation, with the dotted path (relative to `value`) of
     /// the string it is in.
     pub fn parse(value: &Value) -> Result<Expr, (String, TemplateError)> {
+        // Without a `$` there is neither a reference nor an escape: the value is a
+        // literal as written (most attributes; no copy into a template and back).
+        if !has_dollar(value) {
+            return Ok(Expr::Lit(value.clone()));
+        }
         match value {
             Value::String(s) => match parse_template(s) {
                 Ok(parts) => {
@@ -386,6 +401,35 @@ fn escape_value(v: &Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A value without `$` parses to itself; one with `$` anywhere inside still goes
+    /// through the template parser (references, and `$${` unescaped).
+    #[test]
+    fn values_without_a_dollar_are_literal_as_written() {
+        for v in [
+            json!("plain"),
+            json!(""),
+            json!(42),
+            json!(null),
+            json!(["a", 1, {"b": [true, "c"]}]),
+            json!({"x": {"y": "z"}, "$key": "keys are not templates"}),
+        ] {
+            assert_eq!(Expr::parse(&v).unwrap(), Expr::Lit(v.clone()), "{v}");
+        }
+        assert_eq!(
+            Expr::parse(&json!({"a": ["x", "$${literal}"]})).unwrap(),
+            Expr::Lit(json!({"a": ["x", "${literal}"]}))
+        );
+        assert_eq!(
+            Expr::parse(&json!({"a": "cost: 5$"})).unwrap(),
+            Expr::Lit(json!({"a": "cost: 5$"}))
+        );
+        let Expr::Object(m) = Expr::parse(&json!({"a": 1, "b": {"c": "${x.y.z}"}})).unwrap() else {
+            panic!("a reference inside makes an object expression");
+        };
+        assert_eq!(m["a"], Expr::Lit(json!(1)));
+        assert!(matches!(&m["b"], Expr::Object(_)));
+    }
 
     fn r(s: &str) -> Reference {
         let segs: Vec<&str> = s.split('.').collect();
