@@ -196,12 +196,8 @@ async fn round(round: usize) {
         ("vault sim", vault.0.id()),
     ];
     let cpu_before: Vec<Duration> = pids.iter().map(|(_, p)| on_cpu(*p)).collect();
-    barrier.wait().await;
     let start = Instant::now();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.push(t.await.expect("client"));
-    }
+    let lat = release(&barrier, tasks).await;
     let burst = start.elapsed();
     let spent: Vec<String> = pids
         .iter()
@@ -215,7 +211,6 @@ async fn round(round: usize) {
         ms(burst),
         spent.join(", ")
     );
-    lat.sort();
     wait_succeeded(&url, &ids).await;
     let e2e = start.elapsed().as_secs_f64();
     let (raw, raw_ids) = raw_provision_burst(&url, round).await;
@@ -369,13 +364,7 @@ async fn raw_provision_burst(url: &str, round: usize) -> (Vec<Duration>, Vec<Str
             took
         }));
     }
-    barrier.wait().await;
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.push(t.await.expect("client"));
-    }
-    lat.sort();
-    (lat, ids)
+    (release(&barrier, tasks).await, ids)
 }
 
 /// The floor under the accept latency: the same burst (100 fresh clients at once) of
@@ -398,8 +387,17 @@ async fn catalog_burst(url: &str) -> Vec<Duration> {
             took
         }));
     }
+    release(&barrier, tasks).await
+}
+
+/// Releases a burst (the clients wait on `barrier`, whose last party is this caller)
+/// and returns each client's latency, sorted.
+async fn release(
+    barrier: &tokio::sync::Barrier,
+    tasks: Vec<tokio::task::JoinHandle<Duration>>,
+) -> Vec<Duration> {
     barrier.wait().await;
-    let mut lat = Vec::new();
+    let mut lat = Vec::with_capacity(tasks.len());
     for t in tasks {
         lat.push(t.await.expect("client"));
     }

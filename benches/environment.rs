@@ -225,10 +225,8 @@ fn critical_path(
 
 /// moto's CPU time since `before`, in seconds for the table (`?` when unreadable).
 fn busy(moto: &Moto, before: Option<Duration>) -> String {
-    match (before, moto.cpu_time()) {
-        (Some(b), Some(a)) => format!("{:.2}", secs(a.saturating_sub(b))),
-        _ => "?".to_string(),
-    }
+    moto.busy_since(before)
+        .map_or_else(|| "?".to_string(), |d| format!("{:.2}", secs(d)))
 }
 
 /// The least moto time any refresh of these environments needs: every object read once,
@@ -278,14 +276,7 @@ fn case(moto: &Moto, label: &str, ws: &str, docs: &[(String, String)], paralleli
     // moto imports a service's code and builds a region's backend on its first request
     // (seconds on this machine): done here, so that the first create of the timed apply
     // does not pay it and lengthen the critical path.
-    moto.python(
-        "for name in ['ec2', 'eks', 'rds', 's3', 'sts']:\n    \
-         c = boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', \
-         aws_access_key_id='testing', aws_secret_access_key='testing')\n    \
-         {'ec2': lambda: c.describe_vpcs(), 'eks': lambda: c.list_clusters(), \
-         'rds': lambda: c.describe_db_instances(), 's3': lambda: c.list_buckets(), \
-         'sts': lambda: c.get_caller_identity()}[name]()\n",
-    );
+    moto.warm_up();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("env")).expect("mkdir");
     for (name, yaml) in docs {

@@ -203,14 +203,7 @@ async fn throughput(dir: &std::path::Path) {
     // moto imports a service's code and builds a region's backend on its first request
     // (seconds here): done before the timing, so it is not in the single apply's T (it
     // would inflate the ideal the 100 are compared with).
-    moto.python(
-        "for name in ['ec2', 'eks', 'rds', 's3', 'sts']:\n    \
-         c = boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', \
-         aws_access_key_id='testing', aws_secret_access_key='testing')\n    \
-         {'ec2': lambda: c.describe_vpcs(), 'eks': lambda: c.list_clusters(), \
-         'rds': lambda: c.describe_db_instances(), 's3': lambda: c.list_buckets(), \
-         'sts': lambda: c.get_caller_identity()}[name]()\n",
-    );
+    moto.warm_up();
     let before_one = moto.cpu_time();
     let one = {
         let s = Serve::start_with(
@@ -255,8 +248,6 @@ async fn throughput(dir: &std::path::Path) {
 /// request at a time under the GIL, so a run takes at least this long.
 #[cfg(feature = "aws")]
 fn busy(moto: &moto_support::Moto, before: Option<Duration>) -> String {
-    match (before, moto.cpu_time()) {
-        (Some(b), Some(a)) => format!("{:.1}", a.saturating_sub(b).as_secs_f64()),
-        _ => "?".to_string(),
-    }
+    moto.busy_since(before)
+        .map_or_else(|| "?".to_string(), |d| format!("{:.1}", d.as_secs_f64()))
 }

@@ -92,10 +92,12 @@ pub fn check(
     let spec = spec::load_str(file, &text, &opts).map_err(|errors| {
         // A YAML syntax error is told apart from a document that is merely wrong only
         // when loading failed, so a good document is scanned once.
-        match (format, yaml_syntax(file, &text)) {
-            (BodyFormat::Yaml, Err(malformed)) => malformed,
-            _ => EnvironmentDocError::Invalid(errors),
+        if format == BodyFormat::Yaml {
+            if let Err(malformed) = yaml_syntax(file, &text) {
+                return malformed;
+            }
         }
+        EnvironmentDocError::Invalid(errors)
     })?;
     let doc = match spec.documents.as_slice() {
         [only] => only,

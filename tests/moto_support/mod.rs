@@ -137,6 +137,26 @@ impl Moto {
         (hz > 0).then(|| Duration::from_millis(ticks * 1000 / hz))
     }
 
+    /// moto's CPU time since `before` (an earlier [`Moto::cpu_time`]); `None` when
+    /// either reading failed.
+    pub fn busy_since(&self, before: Option<Duration>) -> Option<Duration> {
+        Some(self.cpu_time()?.saturating_sub(before?))
+    }
+
+    /// Makes one request per service anvil uses. moto imports a service's code and
+    /// builds a region's backend on its first request (seconds on a small machine), so a
+    /// benchmark calls this before timing anything.
+    pub fn warm_up(&self) {
+        self.python(
+            "for name in ['ec2', 'eks', 'rds', 's3', 'sts']:\n    \
+             c = boto3.client(name, endpoint_url=ENDPOINT, region_name='eu-central-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing')\n    \
+             {'ec2': lambda: c.describe_vpcs(), 'eks': lambda: c.list_clusters(), \
+             'rds': lambda: c.describe_db_instances(), 's3': lambda: c.list_buckets(), \
+             'sts': lambda: c.get_caller_identity()}[name]()\n",
+        );
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
