@@ -13,9 +13,16 @@
 //!   torn (no newline, a bad checksum or JSON: a kill mid-append), and everything
 //!   before it stands. Opening then compacts: the replayed queue becomes the new
 //!   snapshot (temporary sibling, fsync, rename, fsync of the directory) and the journal
-//!   is emptied, dropping the torn tail; the same compaction runs when the journal
-//!   outgrows the snapshot (and 1 MiB). A crash between the rename and the truncation
+//!   is emptied, dropping the torn tail. A crash between the rename and the truncation
 //!   leaves records the snapshot already holds, which replay again harmlessly.
+//! - While serving, the journal is compacted once it outgrows the snapshot (and 1 MiB),
+//!   without holding up the changes made meanwhile: under the locks, the journal is
+//!   synced, the queue encoded and new records switched to `journal.next.jsonl`
+//!   (created, and its directory entry synced, first); then, with the locks released,
+//!   the snapshot is written and `journal.next.jsonl` renamed over `journal.jsonl`.
+//!   Opening replays `journal.next.jsonl` after `journal.jsonl`, so every crash point
+//!   reads back the same queue: old snapshot + both journals, new snapshot + both
+//!   (the first replays what the snapshot holds), or new snapshot + the renamed one.
 //! - A failed journal write leaves memory ahead of the disk, so the queue then refuses
 //!   every call naming the journal: a restart reloads what was written.
 //! - Reads (`get`, `list`, `events`) wait for the changes they could see to be synced,
@@ -60,6 +67,8 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 
 const SNAPSHOT: &str = "queue.json";
 const JOURNAL: &str = "journal.jsonl";
+/// Where records go while a compaction writes the snapshot (then renamed to `JOURNAL`).
+const NEXT_JOURNAL: &str = "journal.next.jsonl";
 
 /// The job queue of embedded mode; see the module docs.
 pub struct FileQueue {
@@ -67,8 +76,8 @@ pub struct FileQueue {
     inner: Mutex<Inner>,
     journal: Journal,
     notify: Notify,
-    /// Held (flocked) while the queue is open.
-    _lock: File,
+    /// Held (flocked) while the queue is open, and by a compaction still finishing.
+    lock: Arc<File>,
 }
 
 impl std::fmt::Debug for FileQueue {
@@ -96,6 +105,58 @@ struct Journal {
     writer: Mutex<Writer>,
     /// Compaction threshold (a test lowers it).
     compact_min: u64,
+    /// Shared with a compaction's second half, which runs with no lock held.
+    compaction: Arc<Compaction>,
+}
+
+/// A compaction's second half: what [`FileQueue::compact`] leaves to do with no lock
+/// held.
+struct Finish {
+    dir: PathBuf,
+    /// The queue as `journal.jsonl` leaves it.
+    doc: Doc,
+    state: Arc<Compaction>,
+    /// The queue's lock: another process opening the queue waits until this is done.
+    _lock: Arc<File>,
+}
+
+impl Finish {
+    /// Writes the snapshot, then renames the next journal over the journal (blocking).
+    fn run(self) {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        let done = self.write_snapshot().and_then(|n| {
+            std::fs::rename(self.dir.join(NEXT_JOURNAL), self.dir.join(JOURNAL))?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok(n)
+        });
+        match done {
+            Ok(n) => {
+                self.state.snapshot_len.store(n, Ordering::Release);
+                self.state.running.store(false, Ordering::Release);
+                tracing::debug!(took = ?started.elapsed(), bytes = n, "queue compaction: snapshot written, journal renamed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.dir.display(), "cannot compact the queue journal; it keeps growing until a restart")
+            }
+        }
+    }
+
+    /// Encodes and writes the snapshot; returns its length.
+    fn write_snapshot(&self) -> std::io::Result<u64> {
+        let bytes = serde_json::to_vec(&self.doc)?;
+        atomic_write(&self.dir.join(SNAPSHOT), &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+}
+
+/// A compaction's state.
+struct Compaction {
+    /// A compaction is writing the snapshot; the next waits for it. Stays set when one
+    /// failed: the journal then grows until a restart folds it in.
+    running: std::sync::atomic::AtomicBool,
+    /// The snapshot's length when last written (the threshold to outgrow).
+    snapshot_len: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -113,8 +174,6 @@ struct Writer {
     file: Arc<File>,
     /// The journal file's length.
     len: u64,
-    /// The snapshot's length when last written.
-    snapshot_len: u64,
     /// Syncs of the journal so far (group commit makes it fewer than the changes).
     syncs: u64,
 }
@@ -125,9 +184,11 @@ struct Doc {
     version: u32,
     /// The insertion number of the next environment (list order and cursors).
     next_seq: i64,
-    environments: Vec<EnvRecord>,
+    /// Shared (`Arc`) so a compaction's copy of the queue costs no deep clone; a change
+    /// copies the one record it changes if a compaction still holds it.
+    environments: Vec<Arc<EnvRecord>>,
     /// Every job, in the order queued (done ones are kept as history).
-    jobs: Vec<JobRecord>,
+    jobs: Vec<Arc<JobRecord>>,
 }
 
 /// One journal record: the environments and jobs a change touched, as they are after it.
@@ -135,9 +196,9 @@ struct Doc {
 struct Record {
     next_seq: i64,
     #[serde(default)]
-    envs: Vec<EnvRecord>,
+    envs: Vec<Arc<EnvRecord>>,
     #[serde(default)]
-    jobs: Vec<JobRecord>,
+    jobs: Vec<Arc<JobRecord>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,7 +257,7 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 }
 
 impl Doc {
-    fn env(&self, id: Uuid) -> Result<&EnvRecord, QueueError> {
+    fn env(&self, id: Uuid) -> Result<&Arc<EnvRecord>, QueueError> {
         self.environments
             .iter()
             .find(|e| e.env.id == id)
@@ -207,20 +268,21 @@ impl Doc {
         self.environments
             .iter_mut()
             .find(|e| e.env.id == id)
+            .map(Arc::make_mut)
             .ok_or(QueueError::NotFound { id })
     }
 
-    fn job(&self, id: Uuid) -> Option<&JobRecord> {
+    fn job(&self, id: Uuid) -> Option<&Arc<JobRecord>> {
         self.jobs.iter().find(|j| j.id == id)
     }
 
     fn job_mut(&mut self, id: Uuid) -> Option<&mut JobRecord> {
-        self.jobs.iter_mut().find(|j| j.id == id)
+        self.jobs.iter_mut().find(|j| j.id == id).map(Arc::make_mut)
     }
 
     fn new_job(&mut self, environment_id: Uuid, kind: JobKind, now: DateTime<Utc>) -> Uuid {
         let id = Uuid::new_v4();
-        self.jobs.push(JobRecord {
+        self.jobs.push(Arc::new(JobRecord {
             id,
             environment_id,
             kind,
@@ -230,7 +292,7 @@ impl Doc {
             created_at: now,
             finished_at: None,
             lease_until: None,
-        });
+        }));
         id
     }
 
@@ -327,10 +389,13 @@ impl FileQueue {
                 writer: Mutex::new(Writer {
                     file: Arc::new(opened.journal),
                     len: 0,
-                    snapshot_len: opened.snapshot_len,
                     syncs: 0,
                 }),
                 compact_min,
+                compaction: Arc::new(Compaction {
+                    running: false.into(),
+                    snapshot_len: opened.snapshot_len.into(),
+                }),
             },
             dir,
             inner: Mutex::new(Inner {
@@ -339,7 +404,7 @@ impl FileQueue {
                 workers: HashMap::new(),
             }),
             notify: Notify::new(),
-            _lock: opened.lock,
+            lock: Arc::new(opened.lock),
         })
     }
 
@@ -420,10 +485,29 @@ impl FileQueue {
                 (std::mem::take(&mut p.bytes), p.appended)
             };
             self.write_synced(&mut w, bytes, upto).await?;
-            if w.len > self.journal.compact_min.max(w.snapshot_len) {
-                self.compact(&mut w).await;
+            if self.outgrown(&w) {
+                // The snapshot is written with no lock held; this call waits for it
+                // (so a test that reopens the queue finds it done), the others do not.
+                if let Some(rest) = self.compact(&mut w).await {
+                    drop(w);
+                    if let Err(e) = tokio::task::spawn_blocking(move || rest.run()).await {
+                        tracing::warn!(error = %e, "the compaction task failed");
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the journal outgrew the snapshot (and the minimum) and no compaction runs.
+    fn outgrown(&self, w: &Writer) -> bool {
+        use std::sync::atomic::Ordering;
+        let c = &self.journal.compaction;
+        w.len
+            > self
+                .journal
+                .compact_min
+                .max(c.snapshot_len.load(Ordering::Acquire))
+            && !c.running.load(Ordering::Acquire)
     }
 
     /// Appends `bytes` (records up to `upto`) to the journal and syncs it; on failure
@@ -458,51 +542,71 @@ impl FileQueue {
         Err(self.failed_error(&why))
     }
 
-    /// Writes the queue as the new snapshot and empties the journal. Holds `inner`
-    /// throughout, so no change slips between the two. A failure is only logged: the
-    /// journal still holds everything, and the threshold is raised so the next try
-    /// waits for the journal to grow again.
-    async fn compact(&self, w: &mut Writer) {
+    /// Compacts the journal into the snapshot (see the module docs). The first half
+    /// runs here, holding the writer (`w`) throughout and `inner` from the last sync of
+    /// the journal to the switch of new records to `journal.next.jsonl`; the second
+    /// half, returned, writes the snapshot and renames the next journal over the
+    /// journal with no lock held. A failure is only logged: the journals still hold
+    /// everything, and compaction stops until a restart folds them in.
+    async fn compact(&self, w: &mut Writer) -> Option<Finish> {
+        use std::sync::atomic::Ordering;
+        let state = self.journal.compaction.clone();
+        let stop = |why: String| {
+            tracing::warn!(dir = %self.dir.display(), "cannot compact the queue journal ({why}); it keeps growing until a restart");
+            state.running.store(true, Ordering::Release);
+        };
+        // The next journal and its directory entry are on disk before a record goes
+        // to it (a synced record in a file a crash unlinks would be lost).
+        let dir = self.dir.clone();
+        let next = match tokio::task::spawn_blocking(move || {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.join(NEXT_JOURNAL))?;
+            // Opening folded any earlier one in and removed it; a failed compaction
+            // stops the next, so this is new and empty.
+            f.set_len(0)?;
+            File::open(&dir)?.sync_all()?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                stop(format!("{}: {e}", self.dir.join(NEXT_JOURNAL).display()));
+                return None;
+            }
+            Err(e) => {
+                stop(format!("the task failed: {e}"));
+                return None;
+            }
+        };
         let inner = self.inner.lock().await;
+        let locked = std::time::Instant::now();
         let (bytes, upto) = {
             let mut p = self.pending();
             (std::mem::take(&mut p.bytes), p.appended)
         };
         if !bytes.is_empty() && self.write_synced(w, bytes, upto).await.is_err() {
-            return;
+            return None;
         }
-        let snapshot = match serde_json::to_vec(&inner.doc) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode the queue snapshot; the journal keeps growing");
-                w.snapshot_len = w.len;
-                return;
-            }
-        };
-        let n = snapshot.len() as u64;
-        let path = self.dir.join(SNAPSHOT);
-        let file = w.file.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            atomic_write(&path, &snapshot)?;
-            file.set_len(0)?;
-            file.sync_data()
-        })
-        .await;
+        // The snapshot holds exactly what `journal.jsonl` does (a copy of the record
+        // pointers, encoded later); later records go to the next journal.
+        let doc = inner.doc.clone();
+        w.file = Arc::new(next);
+        w.len = 0;
+        state.running.store(true, Ordering::Release);
         drop(inner);
-        match res {
-            Ok(Ok(())) => {
-                w.len = 0;
-                w.snapshot_len = n;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, dir = %self.dir.display(), "cannot compact the queue journal; it keeps growing");
-                w.snapshot_len = w.len;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the compaction task failed");
-                w.snapshot_len = w.len;
-            }
-        }
+        tracing::debug!(held = ?locked.elapsed(), "queue compaction: new records go to the next journal");
+        Some(Finish {
+            dir: self.dir.clone(),
+            doc,
+            state,
+            _lock: self.lock.clone(),
+        })
     }
 
     /// Waits for every change made so far to be synced (before a read shows it).
@@ -633,15 +737,27 @@ fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
         .map_err(|e| storage(&journal_path, format!("cannot open: {e}")))?;
     let bytes = std::fs::read(&journal_path)
         .map_err(|e| storage(&journal_path, format!("cannot read: {e}")))?;
-    if !bytes.is_empty() {
-        let (records, torn) = decode_journal(&bytes);
-        if torn {
-            // The tail a kill cut short (its call never returned): dropped below.
-            tracing::warn!(
-                journal = %journal_path.display(),
-                replayed = records.len(),
-                "the queue journal ends in a torn record (a kill mid-write); it is ignored"
-            );
+    // A compaction that did not finish left the records after its switch here.
+    let next_path = dir.join(NEXT_JOURNAL);
+    let next = match std::fs::read(&next_path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(storage(&next_path, format!("cannot read: {e}"))),
+    };
+    if !bytes.is_empty() || next.is_some() {
+        let mut records = Vec::new();
+        for (path, bytes) in [(&journal_path, Some(&bytes)), (&next_path, next.as_ref())] {
+            let Some(bytes) = bytes else { continue };
+            let (recs, torn) = decode_journal(bytes);
+            if torn {
+                // The tail a kill cut short (its call never returned): dropped below.
+                tracing::warn!(
+                    journal = %path.display(),
+                    replayed = recs.len(),
+                    "the queue journal ends in a torn record (a kill mid-write); it is ignored"
+                );
+            }
+            records.extend(recs);
         }
         let mut envs = doc
             .environments
@@ -668,6 +784,11 @@ fn open_blocking(dir: &Path) -> Result<Opened, QueueError> {
             .set_len(0)
             .and_then(|()| journal.sync_data())
             .map_err(|e| storage(&journal_path, format!("cannot empty after compaction: {e}")))?;
+        if next.is_some() {
+            std::fs::remove_file(&next_path)
+                .and_then(|()| File::open(dir)?.sync_all())
+                .map_err(|e| storage(&next_path, format!("cannot remove after compaction: {e}")))?;
+        }
     }
     let mut events = HashMap::new();
     for rec in &doc.environments {
@@ -789,13 +910,13 @@ impl JobQueue for FileQueue {
             updated_at: now,
         };
         let doc = &mut inner.doc;
-        doc.environments.push(EnvRecord {
+        doc.environments.push(Arc::new(EnvRecord {
             seq: doc.next_seq,
             env: env.clone(),
             idempotency_key: new.idempotency_key,
             digest,
             sensitive: BTreeMap::new(),
-        });
+        }));
         doc.next_seq += 1;
         let job = doc.new_job(env.id, JobKind::Provision, now);
         let seq = self.log(&inner.doc, &[env.id], &[job])?;
@@ -831,7 +952,7 @@ impl JobQueue for FileQueue {
             .environments
             .iter()
             .filter(|e| e.seq > after && query.status.is_none_or(|s| s == e.env.status));
-        let page: Vec<&EnvRecord> = matching.by_ref().take(limit).collect();
+        let page: Vec<&Arc<EnvRecord>> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();
         Ok(Page {
             next: match (more, page.last()) {
@@ -855,6 +976,7 @@ impl JobQueue for FileQueue {
         let mut jobs = Vec::new();
         for j in doc.jobs.iter_mut() {
             if j.environment_id == id && j.state == JobState::Queued {
+                let j = Arc::make_mut(j);
                 j.state = JobState::Cancelled;
                 j.finished_at = Some(now);
                 jobs.push(j.id);
@@ -931,7 +1053,7 @@ impl JobQueue for FileQueue {
         let Some(pos) = inner.doc.jobs.iter().position(|j| j.takeable(now)) else {
             return Ok(None);
         };
-        let j = &mut inner.doc.jobs[pos];
+        let j = Arc::make_mut(&mut inner.doc.jobs[pos]);
         j.state = JobState::Running;
         j.attempt += 1;
         j.worker = Some(worker.to_string());
@@ -1311,11 +1433,15 @@ mod tests {
             }
             last = len;
             let w = q.journal.writer.lock().await;
+            let snapshot_len = q
+                .journal
+                .compaction
+                .snapshot_len
+                .load(std::sync::atomic::Ordering::Acquire);
             assert!(
-                w.len <= 2048.max(w.snapshot_len) + 4096,
-                "journal {} bytes, snapshot {}",
+                w.len <= 2048.max(snapshot_len) + 4096,
+                "journal {} bytes, snapshot {snapshot_len}",
                 w.len,
-                w.snapshot_len
             );
         }
         assert!(compactions >= 2, "{compactions}");
@@ -1331,6 +1457,76 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(q.get(*id).await.unwrap().name, format!("e{i}"));
         }
+    }
+
+    /// A compaction holds up no change: records made while it writes the snapshot go to
+    /// `journal.next.jsonl`. Whatever point a crash stops it at, a reopen reads back
+    /// every environment, in order: before the snapshot is written (old snapshot and
+    /// both journals), after it (new snapshot, both journals) and after the rename.
+    #[tokio::test]
+    async fn a_compaction_crashed_at_any_point_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let q = FileQueue::open_with(&dir, u64::MAX).await.unwrap();
+        let mut names = Vec::new();
+        for i in 0..5 {
+            names.push(format!("a{i}"));
+            q.submit(new(&names[i])).await.unwrap();
+        }
+        let finish = {
+            let mut w = q.journal.writer.lock().await;
+            q.compact(&mut w).await.expect("a compaction starts")
+        };
+        // Changes go on while the snapshot is not written yet.
+        for i in 0..3 {
+            names.push(format!("b{i}"));
+            q.submit(new(names.last().unwrap())).await.unwrap();
+        }
+        assert!(std::fs::metadata(dir.join(NEXT_JOURNAL)).unwrap().len() > 0);
+        let copy = |name: &str| {
+            let to = tmp.path().join(name);
+            std::fs::create_dir_all(to.join("events")).unwrap();
+            for f in [SNAPSHOT, JOURNAL, NEXT_JOURNAL] {
+                if dir.join(f).exists() {
+                    std::fs::copy(dir.join(f), to.join(f)).unwrap();
+                }
+            }
+            to
+        };
+        let mut crashed = vec![copy("before-snapshot")];
+        finish.write_snapshot().unwrap();
+        crashed.push(copy("before-rename"));
+        finish.run();
+        assert!(!dir.join(NEXT_JOURNAL).exists());
+        // After the rename the records keep going to the (renamed) journal.
+        names.push("c0".into());
+        q.submit(new("c0")).await.unwrap();
+        crashed.push(copy("after-rename"));
+        let all = ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        };
+        for (k, d) in crashed.iter().enumerate() {
+            let r = FileQueue::open(d).await.unwrap();
+            let got: Vec<String> = r
+                .list(&all)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            let want = if k < 2 { &names[..8] } else { &names[..] };
+            assert_eq!(got, want, "{}", d.display());
+            // Opening folded everything into the snapshot.
+            assert!(!d.join(NEXT_JOURNAL).exists());
+            assert_eq!(journal_len(d), 0);
+        }
+        assert!(!q
+            .journal
+            .compaction
+            .running
+            .load(std::sync::atomic::Ordering::Acquire));
     }
 
     /// Records appended while no sync runs are written and synced together by the next
