@@ -2,8 +2,9 @@
 //!
 //! 1. API accept latency: `anvil serve --no-workers` (embedded file queue in a scratch
 //!    directory; with `ANVIL_BENCH_DATABASE=postgres://…` also on PostgreSQL), 50
-//!    concurrent clients each POST `PER_CLIENT` distinct Environment documents one after
-//!    the other; each request's time to its `201`, p50 / p99 / max (goal p99 < 20 ms).
+//!    concurrent clients each POST `WARM_ROUNDS` + `PER_CLIENT` distinct Environment
+//!    documents one after the other; each measured request's time to its `201`, p50 /
+//!    p99 / max (goal p99 < 20 ms), and the same for all of them.
 //! 2. Throughput (only built with the `aws` feature; needs moto from `.venv/`): one
 //!    environment applied alone by one worker gives the single-apply time T; then 100
 //!    environments posted at once to a server with 4 workers, timed until every one is
