@@ -17,9 +17,10 @@
 //!   leaves records the snapshot already holds, which replay again harmlessly.
 //! - While serving, the journal is compacted once it outgrows the snapshot (and 1 MiB),
 //!   without holding up the changes made meanwhile: under the locks, the journal is
-//!   synced, the queue encoded and new records switched to `journal.next.jsonl`
-//!   (created, and its directory entry synced, first); then, with the locks released,
-//!   the snapshot is written and `journal.next.jsonl` renamed over `journal.jsonl`.
+//!   synced, the queue copied (its records are `Arc`s: a copy of pointers) and new
+//!   records switched to `journal.next.jsonl` (created, and its directory entry synced,
+//!   first); then, with the locks released, the copy is encoded and written as the
+//!   snapshot and `journal.next.jsonl` renamed over `journal.jsonl`.
 //!   Opening replays `journal.next.jsonl` after `journal.jsonl`, so every crash point
 //!   reads back the same queue: old snapshot + both journals, new snapshot + both
 //!   (the first replays what the snapshot holds), or new snapshot + the renamed one.
@@ -152,8 +153,8 @@ impl Finish {
 
 /// A compaction's state.
 struct Compaction {
-    /// A compaction is writing the snapshot; the next waits for it. Stays set when one
-    /// failed: the journal then grows until a restart folds it in.
+    /// A compaction is writing the snapshot; no other starts until it is done. Stays
+    /// set when one failed: the journal then grows until a restart folds it in.
     running: std::sync::atomic::AtomicBool,
     /// The snapshot's length when last written (the threshold to outgrow).
     snapshot_len: std::sync::atomic::AtomicU64,
