@@ -114,6 +114,56 @@ async fn submit_idempotency_and_names(kind: Kind) {
     ));
 }
 
+/// Many submits at once (PostgreSQL records them in batches, one transaction each; the
+/// file queue shares its syncs): each distinct one is created once, and duplicates
+/// arriving together are refused or answered as the same environment exactly as one
+/// after the other would be.
+async fn concurrent_submits_keep_names_and_keys_unique(kind: Kind) {
+    let u = open(kind).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        // Every fifth: the same name ("dup") and no key; every seventh: key "k" with
+        // the same document (name "keyed"); the rest distinct.
+        let new = if i % 5 == 0 {
+            new("dup", None)
+        } else if i % 7 == 0 {
+            new("keyed", Some("k"))
+        } else {
+            new(&format!("e{i}"), None)
+        };
+        let q = u.queue.clone();
+        calls.push(tokio::spawn(async move { q.submit(new).await }));
+    }
+    let mut created = Vec::new();
+    let (mut taken, mut same_key) = (0, Vec::new());
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(s) if s.created => created.push(s.environment),
+            Ok(s) => same_key.push(s.environment.id),
+            Err(QueueError::NameTaken { name, .. }) if name == "dup" => taken += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // 8 "dup" (one created), 4 "keyed" (one created, the others the same one), 28 distinct.
+    assert_eq!(taken, 7);
+    assert_eq!(created.len(), 28 + 1 + 1);
+    let keyed = created.iter().find(|e| e.name == "keyed").unwrap().id;
+    assert_eq!(same_key, vec![keyed; 3]);
+    let page = u
+        .queue
+        .list(&ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut listed: Vec<_> = page.items.iter().map(|e| e.id).collect();
+    let mut ids: Vec<_> = created.iter().map(|e| e.id).collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+}
+
 async fn list_filters_and_pages(kind: Kind) {
     let u = open(kind).await;
     let q = &u.queue;
@@ -400,6 +450,7 @@ conformance!(
     file,
     super::Kind::File,
     submit_idempotency_and_names,
+    concurrent_submits_keep_names_and_keys_unique,
     list_filters_and_pages,
     take_heartbeat_lease_expiry_and_finish,
     destroy_and_refresh_conflicts,
@@ -409,6 +460,7 @@ conformance!(
     postgres,
     super::Kind::Postgres,
     submit_idempotency_and_names,
+    concurrent_submits_keep_names_and_keys_unique,
     list_filters_and_pages,
     take_heartbeat_lease_expiry_and_finish,
     destroy_and_refresh_conflicts,
