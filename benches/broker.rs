@@ -271,24 +271,13 @@ async fn wait_succeeded(url: &str, ids: &[String]) {
 /// connection: connect, write the request, read the response to its last byte, all
 /// timed. Sorted latencies.
 fn lean_provision_burst(url: &str, round: usize) -> Vec<Duration> {
-    use base64::Engine as _;
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("http://").to_string();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let body = serde_json::json!({
-                "service_id": "redis",
-                "plan_id": "redis-small",
-                "organization_guid": "org",
-                "space_guid": "space",
-            })
-            .to_string();
-            let request = format!(
-                "PUT /v2/service_instances/00000000-0000-4000-9000-{round:04x}{i:08x}?accepts_incomplete=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nX-Broker-API-Version: 2.17\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let id = format!("00000000-0000-4000-9000-{round:04x}{i:08x}");
+            let request = raw_provision_request(&addr, &id);
             let addr = addr.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
@@ -323,26 +312,14 @@ fn lean_provision_burst(url: &str, round: usize) -> Vec<Duration> {
 /// burst; this shows the broker's latency with less of its CPU taken by its clients.
 /// Sorted latencies, and the ids (to wait for their deploys).
 async fn raw_provision_burst(url: &str, round: usize) -> (Vec<Duration>, Vec<String>) {
-    use base64::Engine as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = url.trim_start_matches("http://").to_string();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    let body = serde_json::json!({
-        "service_id": "redis",
-        "plan_id": "redis-small",
-        "organization_guid": "org",
-        "space_guid": "space",
-    })
-    .to_string();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let mut ids = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
         let id = format!("00000000-0000-4000-a000-{round:04x}{i:08x}");
-        let request = format!(
-            "PUT /v2/service_instances/{id}?accepts_incomplete=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nX-Broker-API-Version: 2.17\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let request = raw_provision_request(&addr, &id);
         ids.push(id);
         let addr = addr.clone();
         let barrier = barrier.clone();
@@ -368,6 +345,25 @@ async fn raw_provision_burst(url: &str, round: usize) -> (Vec<Duration>, Vec<Str
         }));
     }
     (release(&barrier, tasks).await, ids)
+}
+
+/// The bytes of one async provision of instance `id` to the broker at `addr`
+/// (`HOST:PORT`), for the raw-socket bursts: HTTP/1.1 with `Connection: close`, so the
+/// response ends when the broker closes the connection.
+fn raw_provision_request(addr: &str, id: &str) -> String {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let body = serde_json::json!({
+        "service_id": "redis",
+        "plan_id": "redis-small",
+        "organization_guid": "org",
+        "space_guid": "space",
+    })
+    .to_string();
+    format!(
+        "PUT /v2/service_instances/{id}?accepts_incomplete=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nX-Broker-API-Version: 2.17\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// The same burst of `GET /v2/catalog` (reads nothing, writes nothing) from `clients`,
