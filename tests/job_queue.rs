@@ -114,8 +114,8 @@ async fn submit_idempotency_and_names(kind: Kind) {
     ));
 }
 
-/// Many submits at once (PostgreSQL records them in batches, one transaction each; the
-/// file queue shares its syncs): each distinct one is created once, and duplicates
+/// Many submits at once (PostgreSQL inserts them side by side, its unique indexes
+/// refusing the duplicates; the file queue shares its syncs): each distinct one is created once, and duplicates
 /// arriving together are refused or answered as the same environment exactly as one
 /// after the other would be.
 async fn concurrent_submits_keep_names_and_keys_unique(kind: Kind) {

@@ -21,10 +21,21 @@
 //! (attempt + 1) and its old holder's heartbeat, status changes and finish are refused.
 //! A job is not taken while another job of its environment is under a live lease.
 //!
-//! Waking: a queued job sends `NOTIFY anvil_jobs` (delivered at commit); every queue keeps
-//! one connection `LISTEN`ing and wakes its idle workers, so a job submitted to one
-//! server is taken at once by another's workers. If that connection is lost the workers
-//! still poll (their idle timeout) while it reconnects.
+//! A submit is one statement with no lock of ours: it inserts the environment, its job
+//! and its first event, or nothing when a unique index (live name; user and idempotency
+//! key) refuses it; then it reads which one did. PostgreSQL's speculative insertion
+//! makes two submits of one name wait for each other, and nothing else, so submits
+//! commit side by side (their WAL flushes grouped) on every server. `seq` is the order
+//! of insertion, not of commit: a `list` walk may miss an environment recorded while it
+//! pages (as any keyset pagination does), never show one twice.
+//!
+//! Waking: after a commit that queued a job, the queue wakes its own idle workers and
+//! sends `NOTIFY anvil_jobs` once per burst from a task of its own (not in the
+//! transaction: a transaction that notifies takes PostgreSQL's notify-queue lock at its
+//! commit, which would make all submits commit one at a time). Every queue keeps one
+//! connection `LISTEN`ing and wakes its idle workers, so a job submitted to one server is
+//! taken at once by another's workers. If that connection is lost the workers still poll
+//! (their idle timeout) while it reconnects.
 
 use super::rules::{
     decode_cursor, destroy_refusal, document_digest, encode_cursor, refresh_refusal, taken_message,
@@ -47,9 +58,9 @@ use uuid::Uuid;
 /// state backend's is `…6c00`).
 const DDL_LOCK_KEY: i64 = 0x616e_7669_6c01;
 
-/// Key of the advisory lock that serializes submits, so the name and idempotency-key
-/// checks and the insert are one step across servers.
-const SUBMIT_LOCK_KEY: i64 = 0x616e_7669_6c02;
+/// How often a submit tries again when the environment that refused its name was
+/// destroyed before it could be named in the refusal.
+const SUBMIT_ATTEMPTS: usize = 3;
 
 /// Connections a queue keeps at most: the API's requests and every worker's take,
 /// heartbeat and events share them.
@@ -72,6 +83,8 @@ pub struct PostgresQueue {
     t: Tables,
     /// Wakes this process's idle workers: a job was queued here or announced by NOTIFY.
     notify: std::sync::Arc<Notify>,
+    /// Wakes [`Self::announcer`]: a job was queued here.
+    announcing: std::sync::Arc<Notify>,
     /// Stops the listener when the queue is dropped.
     stop: CancellationToken,
 }
@@ -140,10 +153,12 @@ impl PostgresQueue {
             target,
             t,
             notify: std::sync::Arc::new(Notify::new()),
+            announcing: std::sync::Arc::new(Notify::new()),
             stop: CancellationToken::new(),
         };
         queue.create_tables().await?;
         queue.listen();
+        queue.announcer();
         Ok(queue)
     }
 
@@ -339,12 +354,60 @@ impl PostgresQueue {
         Ok(n == 1)
     }
 
-    /// Announces a queued job to every server's workers (sent at commit).
-    async fn announce(&self, tx: &Transaction<'_>) -> Result<(), QueueError> {
-        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-            .await
-            .map_err(|e| self.pg("announce a queued job", &e))?;
-        Ok(())
+    /// After a commit that queued a job: wakes this process's idle workers now and every
+    /// server's through [`Self::announcer`].
+    fn announce(&self) {
+        wake(&self.notify);
+        self.announcing.notify_one();
+    }
+
+    /// Sends `NOTIFY` on [`CHANNEL`] after jobs were queued, one for each burst: a
+    /// `NOTIFY` inside the queuing transaction would take PostgreSQL's notify-queue lock
+    /// at its commit and make every submit commit one after another.
+    fn announcer(&self) {
+        let pool = self.target.pool.clone();
+        let pending = self.announcing.clone();
+        let stop = self.stop.clone();
+        let location = self.target.redacted.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = pending.notified() => {}
+                }
+                let sent = match pool.get().await {
+                    Ok(c) => c
+                        .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(error) = sent {
+                    tracing::warn!(database = %location, %error, "cannot announce a queued job to other servers; their workers poll");
+                }
+            }
+        });
+    }
+
+    /// The one statement that records a new environment, its provision job and its
+    /// first event, or nothing when a unique index (a live name, an idempotency key)
+    /// refuses it.
+    fn submit_sql(&self) -> String {
+        format!(
+            "WITH e AS (\
+                INSERT INTO {envs} (id, name, user_id, status, document, idempotency_key, digest, event_seq) \
+                VALUES ($1, $2, $3, 'queued', $4, $5, $6, 1) \
+                ON CONFLICT DO NOTHING RETURNING {ENV_COLUMNS}), \
+             j AS (INSERT INTO {jobs} (id, environment_id, kind, state) \
+                SELECT $7, id, 'provision', 'queued' FROM e), \
+             v AS (INSERT INTO {events} (environment_id, seq, kind, message) \
+                SELECT id, 1, 'status', 'queued' FROM e) \
+             SELECT {ENV_COLUMNS} FROM e",
+            envs = self.t.envs,
+            jobs = self.t.jobs,
+            events = self.t.events,
+        )
     }
 
     /// Locks the environment's row for the rest of `tx` and returns its status.
@@ -414,7 +477,7 @@ impl PostgresQueue {
         )
         .await
         .map_err(|e| self.pg("queue a job", &e))?;
-        self.announce(tx).await
+        Ok(())
     }
 
     fn env_from_row(&self, row: &Row) -> Result<Environment, QueueError> {
@@ -459,6 +522,15 @@ impl PostgresQueue {
 
     async fn commit(&self, tx: Transaction<'_>, action: &str) -> Result<(), QueueError> {
         tx.commit().await.map_err(|e| self.pg(action, &e))
+    }
+
+    /// Ends `tx` without its changes, then returns `refusal`. Dropping it instead would
+    /// leave its row locks held until the connection's next use, and another
+    /// connection's `take` would skip the environment meanwhile.
+    async fn refuse<T>(&self, tx: Transaction<'_>, refusal: QueueError) -> Result<T, QueueError> {
+        // The refusal is the answer; a rollback that fails ends with its connection.
+        let _ = tx.rollback().await;
+        Err(refusal)
     }
 
     async fn begin<'a>(
@@ -510,80 +582,85 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 #[async_trait]
 impl JobQueue for PostgresQueue {
     async fn submit(&self, new: NewEnvironment) -> Result<Submitted, QueueError> {
+        const ACTION: &str = "record an environment";
         let digest = document_digest(&new.user_id, &new.document);
-        let mut client = self.client().await?;
-        let tx = self.begin(&mut client, "record an environment").await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBMIT_LOCK_KEY])
+        let document = new.document.to_string();
+        let client = self.client().await?;
+        let record = client
+            .prepare_cached(&self.submit_sql())
             .await
-            .map_err(|e| self.pg("record an environment", &e))?;
-        if let Some(key) = &new.idempotency_key {
-            let earlier = tx
+            .map_err(|e| self.pg(ACTION, &e))?;
+        for _ in 0..SUBMIT_ATTEMPTS {
+            let inserted = client
+                .query_opt(
+                    &record,
+                    &[
+                        &Uuid::new_v4(),
+                        &new.name,
+                        &new.user_id,
+                        &document,
+                        &new.idempotency_key,
+                        &digest,
+                        &Uuid::new_v4(),
+                    ],
+                )
+                .await
+                .map_err(|e| self.pg(ACTION, &e))?;
+            if let Some(row) = inserted {
+                let environment = self.env_from_row(&row)?;
+                self.announce();
+                return Ok(Submitted {
+                    environment,
+                    created: true,
+                });
+            }
+            // A unique index refused it: tell which, the key's first.
+            if let Some(key) = &new.idempotency_key {
+                let earlier = client
+                    .query_opt(
+                        &format!(
+                            "SELECT {ENV_COLUMNS}, digest FROM {} \
+                             WHERE idempotency_key = $1 AND user_id = $2",
+                            self.t.envs
+                        ),
+                        &[key, &new.user_id],
+                    )
+                    .await
+                    .map_err(|e| self.pg("read an environment", &e))?;
+                if let Some(row) = earlier {
+                    let d: String = row.get(12);
+                    if d != digest {
+                        return Err(QueueError::IdempotencyMismatch { key: key.clone() });
+                    }
+                    return Ok(Submitted {
+                        environment: self.env_from_row(&row)?,
+                        created: false,
+                    });
+                }
+            }
+            let taken = client
                 .query_opt(
                     &format!(
-                        "SELECT {ENV_COLUMNS}, digest FROM {} \
-                         WHERE idempotency_key = $1 AND user_id = $2",
+                        "SELECT id, status FROM {} WHERE name = $1 AND status <> 'destroyed' LIMIT 1",
                         self.t.envs
                     ),
-                    &[key, &new.user_id],
+                    &[&new.name],
                 )
                 .await
                 .map_err(|e| self.pg("read an environment", &e))?;
-            if let Some(row) = earlier {
-                let d: String = row.get(12);
-                if d != digest {
-                    return Err(QueueError::IdempotencyMismatch { key: key.clone() });
-                }
-                return Ok(Submitted {
-                    environment: self.env_from_row(&row)?,
-                    created: false,
+            if let Some(row) = taken {
+                return Err(QueueError::NameTaken {
+                    name: new.name,
+                    id: row.get(0),
+                    status: self.status(row.get(1))?.as_str(),
                 });
             }
+            // The environment holding the name was destroyed since: try again.
         }
-        let taken = tx
-            .query_opt(
-                &format!(
-                    "SELECT id, status FROM {} WHERE name = $1 AND status <> 'destroyed' LIMIT 1",
-                    self.t.envs
-                ),
-                &[&new.name],
-            )
-            .await
-            .map_err(|e| self.pg("read an environment", &e))?;
-        if let Some(row) = taken {
-            return Err(QueueError::NameTaken {
-                name: new.name,
-                id: row.get(0),
-                status: self.status(row.get(1))?.as_str(),
-            });
-        }
-        let id = Uuid::new_v4();
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO {} (id, name, user_id, status, document, idempotency_key, digest) \
-                     VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING {ENV_COLUMNS}",
-                    self.t.envs
-                ),
-                &[
-                    &id,
-                    &new.name,
-                    &new.user_id,
-                    &new.document.to_string(),
-                    &new.idempotency_key,
-                    &digest,
-                ],
-            )
-            .await
-            .map_err(|e| self.pg("record an environment", &e))?;
-        let environment = self.env_from_row(&row)?;
-        self.new_job(&tx, id, JobKind::Provision).await?;
-        self.push_event(&tx, id, "status", "queued").await?;
-        self.commit(tx, "record an environment").await?;
-        wake(&self.notify);
-        Ok(Submitted {
-            environment,
-            created: true,
-        })
+        Err(self.storage(format!(
+            "cannot {ACTION} {:?}: its name was taken and freed again {SUBMIT_ATTEMPTS} times while recording it; retry the request",
+            new.name
+        )))
     }
 
     async fn get(&self, id: Uuid) -> Result<Environment, QueueError> {
@@ -631,7 +708,7 @@ impl JobQueue for PostgresQueue {
         let tx = self.begin(&mut client, "queue a destroy").await?;
         let status = self.lock_env(&tx, id).await?;
         if let Some(e) = destroy_refusal(id, status) {
-            return Err(e);
+            return self.refuse(tx, e).await;
         }
         // A provision job no worker took yet is simply replaced.
         tx.execute(
@@ -658,7 +735,7 @@ impl JobQueue for PostgresQueue {
             .await?;
         let env = self.read_env(&tx, id).await?;
         self.commit(tx, "queue a destroy").await?;
-        wake(&self.notify);
+        self.announce();
         Ok(env)
     }
 
@@ -667,7 +744,7 @@ impl JobQueue for PostgresQueue {
         let tx = self.begin(&mut client, "queue a refresh").await?;
         let status = self.lock_env(&tx, id).await?;
         if let Some(e) = refresh_refusal(id, status) {
-            return Err(e);
+            return self.refuse(tx, e).await;
         }
         self.new_job(&tx, id, JobKind::Provision).await?;
         tx.execute(
@@ -684,7 +761,7 @@ impl JobQueue for PostgresQueue {
             .await?;
         let env = self.read_env(&tx, id).await?;
         self.commit(tx, "queue a refresh").await?;
-        wake(&self.notify);
+        self.announce();
         Ok(env)
     }
 
@@ -849,7 +926,9 @@ impl JobQueue for PostgresQueue {
     async fn set_status(&self, job: &Job, status: Status) -> Result<(), QueueError> {
         let mut client = self.client().await?;
         let tx = self.begin(&mut client, "move an environment").await?;
-        self.owned(&tx, job).await?;
+        if let Err(e) = self.owned(&tx, job).await {
+            return self.refuse(tx, e).await;
+        }
         tx.execute(
             &format!(
                 "UPDATE {} SET status = $2, updated_at = now() WHERE id = $1",
@@ -881,7 +960,9 @@ impl JobQueue for PostgresQueue {
     async fn finish(&self, job: &Job, outcome: JobOutcome) -> Result<(), QueueError> {
         let mut client = self.client().await?;
         let tx = self.begin(&mut client, "end a job").await?;
-        self.owned(&tx, job).await?;
+        if let Err(e) = self.owned(&tx, job).await {
+            return self.refuse(tx, e).await;
+        }
         let (status, label) = match &outcome {
             JobOutcome::Ready { .. } => (Status::Ready, "ready"),
             JobOutcome::Destroyed => (Status::Destroyed, "destroyed"),
@@ -966,7 +1047,9 @@ impl JobQueue for PostgresQueue {
     ) -> Result<(), QueueError> {
         let mut client = self.client().await?;
         let tx = self.begin(&mut client, "store a sensitive output").await?;
-        self.owned(&tx, job).await?;
+        if let Err(e) = self.owned(&tx, job).await {
+            return self.refuse(tx, e).await;
+        }
         tx.execute(
             &format!(
                 "INSERT INTO {} (environment_id, name, value) VALUES ($1, $2, $3) \
