@@ -8,7 +8,9 @@
 //! each case on a fresh database of one throwaway cluster (tests/pg_support). PostgreSQL
 //! only: two queues opened at once on an empty database both create the tables; two
 //! queues (two servers) on one database with eight takers racing hand every job to
-//! exactly one taker, one job per environment at a time.
+//! exactly one taker, one job per environment at a time; two servers racing one name
+//! and one idempotency key record each once; a job submitted to one server wakes the
+//! other's idle worker.
 
 mod pg_support;
 
@@ -530,6 +532,70 @@ async fn postgres_servers_sharing_a_database_take_each_job_once() {
     let job = taken.iter().find(|j| j.environment_id == ids[0]).unwrap();
     b.finish(job, JobOutcome::Destroyed).await.unwrap();
     assert_eq!(a.get(ids[0]).await.unwrap().status, Status::Destroyed);
+}
+
+/// Two servers recording the same name and the same idempotency key at once (no lock of
+/// anvil's: the unique indexes decide): one environment each, every other submit of the
+/// name refused and every other one of the key answered with that environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_servers_racing_one_name_and_one_key_record_each_once() {
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let a: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    let b: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let q = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let new = if i % 3 == 0 {
+                new("keyed", Some("k"))
+            } else {
+                new("dup", None)
+            };
+            tokio::spawn(async move { q.submit(new).await })
+        })
+        .collect();
+    let (mut created, mut same_key, mut taken) = (Vec::new(), Vec::new(), 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(s) if s.created => created.push(s.environment),
+            Ok(s) => same_key.push(s.environment.id),
+            Err(QueueError::NameTaken { name, .. }) if name == "dup" => taken += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut names: Vec<_> = created.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["dup", "keyed"]);
+    assert_eq!(taken, 16 - 1);
+    let keyed = created.iter().find(|e| e.name == "keyed").unwrap().id;
+    assert_eq!(same_key, vec![keyed; 8 - 1]);
+    // Each created environment has exactly its one job.
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running), (2, 0));
+}
+
+/// A job submitted to one server wakes the other's idle worker (its `LISTEN`
+/// connection hears the `NOTIFY` sent after the commit), round after round. The outer
+/// timeout only keeps a broken wake from hanging the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_job_submitted_to_one_server_wakes_the_others_idle_worker() {
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let a: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    let b: Arc<dyn JobQueue> = Arc::new(PostgresQueue::open(&url).await.unwrap());
+    for round in 0..3 {
+        // Use up any wake left from before (the listener's first, the last round's).
+        b.wait_for_work(Duration::ZERO).await;
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.wait_for_work(Duration::from_secs(3600)).await })
+        };
+        a.submit(new(&format!("w{round}"), None)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: b's idle worker was never woken"))
+            .unwrap();
+        let job = b.take("w", LEASE).await.unwrap().expect("the job a queued");
+        assert_eq!(job.kind, JobKind::Provision);
+    }
 }
 
 #[tokio::test]
