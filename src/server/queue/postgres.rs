@@ -524,9 +524,9 @@ impl PostgresQueue {
         tx.commit().await.map_err(|e| self.pg(action, &e))
     }
 
-    /// Ends `tx` without its changes, then returns `refusal`. Dropping it instead would
-    /// leave its row locks held until the connection's next use, and another
-    /// connection's `take` would skip the environment meanwhile.
+    /// Ends `tx` without its changes, then returns `refusal`. Dropping it instead sends
+    /// the rollback without waiting for it: another connection's `take` right after
+    /// could still find the environment's row locked and skip it.
     async fn refuse<T>(&self, tx: Transaction<'_>, refusal: QueueError) -> Result<T, QueueError> {
         // The refusal is the answer; a rollback that fails ends with its connection.
         let _ = tx.rollback().await;
@@ -607,8 +607,9 @@ impl JobQueue for PostgresQueue {
                 .await
                 .map_err(|e| self.pg(ACTION, &e))?;
             if let Some(row) = inserted {
-                let environment = self.env_from_row(&row)?;
+                // Committed: announce it whatever the answer.
                 self.announce();
+                let environment = self.env_from_row(&row)?;
                 return Ok(Submitted {
                     environment,
                     created: true,
