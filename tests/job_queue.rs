@@ -17,7 +17,8 @@ mod pg_support;
 use anvil::server::queue::file::FileQueue;
 use anvil::server::queue::postgres::PostgresQueue;
 use anvil::server::queue::{
-    JobKind, JobOutcome, JobQueue, ListQuery, NewEnvironment, QueueError, Status,
+    Environment, JobKind, JobOutcome, JobQueue, ListQuery, NewEnvironment, QueueError, Status,
+    Submitted,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -116,6 +117,23 @@ async fn submit_idempotency_and_names(kind: Kind) {
     ));
 }
 
+/// The answers to concurrent submits: the environments created, the ids answered for a
+/// key already used, and how many were refused because "dup" was taken.
+async fn tally(
+    calls: Vec<tokio::task::JoinHandle<Result<Submitted, QueueError>>>,
+) -> (Vec<Environment>, Vec<uuid::Uuid>, usize) {
+    let (mut created, mut same_key, mut taken) = (Vec::new(), Vec::new(), 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(s) if s.created => created.push(s.environment),
+            Ok(s) => same_key.push(s.environment.id),
+            Err(QueueError::NameTaken { name, .. }) if name == "dup" => taken += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    (created, same_key, taken)
+}
+
 /// Many submits at once (PostgreSQL inserts them side by side, its unique indexes
 /// refusing the duplicates; the file queue shares its syncs): each distinct one is created once, and duplicates
 /// arriving together are refused or answered as the same environment exactly as one
@@ -136,16 +154,7 @@ async fn concurrent_submits_keep_names_and_keys_unique(kind: Kind) {
         let q = u.queue.clone();
         calls.push(tokio::spawn(async move { q.submit(new).await }));
     }
-    let mut created = Vec::new();
-    let (mut taken, mut same_key) = (0, Vec::new());
-    for c in calls {
-        match c.await.unwrap() {
-            Ok(s) if s.created => created.push(s.environment),
-            Ok(s) => same_key.push(s.environment.id),
-            Err(QueueError::NameTaken { name, .. }) if name == "dup" => taken += 1,
-            other => panic!("{other:?}"),
-        }
-    }
+    let (created, same_key, taken) = tally(calls).await;
     // 8 "dup" (one created), 4 "keyed" (one created, the others the same one), 28 distinct.
     assert_eq!(taken, 7);
     assert_eq!(created.len(), 28 + 1 + 1);
@@ -553,15 +562,7 @@ async fn postgres_servers_racing_one_name_and_one_key_record_each_once() {
             tokio::spawn(async move { q.submit(new).await })
         })
         .collect();
-    let (mut created, mut same_key, mut taken) = (Vec::new(), Vec::new(), 0);
-    for c in calls {
-        match c.await.unwrap() {
-            Ok(s) if s.created => created.push(s.environment),
-            Ok(s) => same_key.push(s.environment.id),
-            Err(QueueError::NameTaken { name, .. }) if name == "dup" => taken += 1,
-            other => panic!("{other:?}"),
-        }
-    }
+    let (created, same_key, taken) = tally(calls).await;
     let mut names: Vec<_> = created.iter().map(|e| e.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["dup", "keyed"]);
