@@ -110,16 +110,35 @@ struct Tables {
     events: String,
     secrets: String,
     workers: String,
+    /// The one statement that records a new environment, its provision job and its
+    /// first event, or nothing when a unique index (a live name, an idempotency key)
+    /// refuses it; built once, prepared once per connection.
+    submit: String,
 }
 
 impl Tables {
     fn new(schema: &str) -> Tables {
+        let envs = format!("{schema}.anvil_environments");
+        let jobs = format!("{schema}.anvil_jobs");
+        let events = format!("{schema}.anvil_job_events");
+        let submit = format!(
+            "WITH e AS (\
+                INSERT INTO {envs} (id, name, user_id, status, document, idempotency_key, digest, event_seq) \
+                VALUES ($1, $2, $3, 'queued', $4, $5, $6, 1) \
+                ON CONFLICT DO NOTHING RETURNING {ENV_COLUMNS}), \
+             j AS (INSERT INTO {jobs} (id, environment_id, kind, state) \
+                SELECT $7, id, 'provision', 'queued' FROM e), \
+             v AS (INSERT INTO {events} (environment_id, seq, kind, message) \
+                SELECT id, 1, 'status', 'queued' FROM e) \
+             SELECT {ENV_COLUMNS} FROM e"
+        );
         Tables {
-            envs: format!("{schema}.anvil_environments"),
-            jobs: format!("{schema}.anvil_jobs"),
-            events: format!("{schema}.anvil_job_events"),
+            envs,
+            jobs,
+            events,
             secrets: format!("{schema}.anvil_environment_secrets"),
             workers: format!("{schema}.anvil_workers"),
+            submit,
         }
     }
 }
@@ -390,26 +409,6 @@ impl PostgresQueue {
         });
     }
 
-    /// The one statement that records a new environment, its provision job and its
-    /// first event, or nothing when a unique index (a live name, an idempotency key)
-    /// refuses it.
-    fn submit_sql(&self) -> String {
-        format!(
-            "WITH e AS (\
-                INSERT INTO {envs} (id, name, user_id, status, document, idempotency_key, digest, event_seq) \
-                VALUES ($1, $2, $3, 'queued', $4, $5, $6, 1) \
-                ON CONFLICT DO NOTHING RETURNING {ENV_COLUMNS}), \
-             j AS (INSERT INTO {jobs} (id, environment_id, kind, state) \
-                SELECT $7, id, 'provision', 'queued' FROM e), \
-             v AS (INSERT INTO {events} (environment_id, seq, kind, message) \
-                SELECT id, 1, 'status', 'queued' FROM e) \
-             SELECT {ENV_COLUMNS} FROM e",
-            envs = self.t.envs,
-            jobs = self.t.jobs,
-            events = self.t.events,
-        )
-    }
-
     /// Locks the environment's row for the rest of `tx` and returns its status.
     async fn lock_env(&self, tx: &Transaction<'_>, id: Uuid) -> Result<Status, QueueError> {
         let row = tx
@@ -587,7 +586,7 @@ impl JobQueue for PostgresQueue {
         let document = new.document.to_string();
         let client = self.client().await?;
         let record = client
-            .prepare_cached(&self.submit_sql())
+            .prepare_cached(&self.t.submit)
             .await
             .map_err(|e| self.pg(ACTION, &e))?;
         for _ in 0..SUBMIT_ATTEMPTS {
